@@ -1,0 +1,146 @@
+"""The `cinelab` command line: a thin typer app over the API functions."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from cinelab.errors import CinelabError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Deep learning on cardiac and chest imaging: echo, cine MRI, chest X-ray.")
+synth_app = typer.Typer(no_args_is_help=True, help="Write synthetic cohorts with known truth.")
+measure_app = typer.Typer(no_args_is_help=True, help="Clinical measurements (EF, volumes).")
+app.add_typer(synth_app, name="synth")
+app.add_typer(measure_app, name="measure")
+
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(fn: F) -> F:
+    """Unusable input: exit non-zero with a one-line reason, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (CinelabError, FileNotFoundError) as exc:
+            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@synth_app.command("echo")
+@friendly
+def synth_echo(
+    out: Annotated[Path, typer.Option(help="Folder to write the EchoNet-layout cohort into.")],
+    n: Annotated[int, typer.Option(help="Number of videos.")] = 120,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same cohort).")] = 0,
+    size: Annotated[int, typer.Option(help="Frame size in pixels.")] = 112,
+    dicom: Annotated[bool, typer.Option(help="Also write multi-frame ultrasound DICOMs.")] = False,
+) -> None:
+    """Synthetic apical-4-chamber echo cohort in the EchoNet-Dynamic layout."""
+    from cinelab.synth.echo import synth_echo_cohort
+
+    with console.status(f"synthesising {n} echo videos"):
+        root = synth_echo_cohort(out, n=n, seed=seed, size=size, dicom=dicom)
+    console.print(f"wrote {n} videos to {root}")
+
+
+@app.command()
+@friendly
+def ingest(
+    root: Annotated[Path, typer.Argument(help="Cohort folder (EchoNet layout, DICOMs, videos).")],
+    out: Annotated[Path, typer.Option(help="Folder for manifest.csv, tracings.csv, problems.csv")],
+    layout: Annotated[str, typer.Option(help="auto, echonet, dicom or videos.")] = "auto",
+    labels: Annotated[Path | None, typer.Option(help="Label CSV (DICOM/video folders).")] = None,
+) -> None:
+    """Read a cohort layout into a validated manifest and a problems report."""
+    from cinelab.formats.ingest import ingest as ingest_api
+    from cinelab.formats.ingest import write_ingested
+
+    result = ingest_api(root, layout=layout, labels=labels)
+    write_ingested(result, out)
+    _print_problems(result.problems)
+    console.print(f"{result.layout}: {len(result.manifest)} samples, "
+                  f"{len(result.problems)} problem(s) -> {out}")
+    if result.manifest.empty:
+        raise CinelabError(f"{root}: no usable sample found")
+
+
+@app.command()
+@friendly
+def prepare(
+    source: Annotated[Path, typer.Argument(help="An ingest folder, a manifest CSV, or a cohort.")],
+    out: Annotated[Path, typer.Option(help="Prepared store folder.")],
+    size: Annotated[int, typer.Option(help="Output frame size.")] = 112,
+    channels: Annotated[int, typer.Option(help="3 (RGB) or 1 (greyscale).")] = 3,
+    crop: Annotated[str, typer.Option(help="auto, always or never crop to the sector.")] = "auto",
+    workers: Annotated[int | None, typer.Option(help="Processes (default: one per core).")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address.")] = None,
+    force: Annotated[bool, typer.Option(help="Recompute complete samples too.")] = False,
+) -> None:
+    """Decode every sample once into a memory-mappable, resumable prepared store."""
+    from rich.progress import Progress
+
+    from cinelab.prep.prepare import PrepSpec
+    from cinelab.prep.prepare import prepare as prepare_api
+
+    cohort = _load_cohort(source)
+    spec = PrepSpec(size=size, channels=channels, crop=crop)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("preparing", total=len(cohort.manifest))
+        summary = prepare_api(cohort.manifest, out, spec, tracings=cohort.tracings,
+                              workers=workers, scheduler=scheduler, force=force,
+                              on_result=lambda _: progress.advance(task))
+    _print_problems(summary.problems)
+    console.print(f"prepared {summary.prepared}, already complete {summary.skipped}, "
+                  f"failed {summary.failed} -> {out}")
+    if summary.usable == 0:
+        raise CinelabError(f"{source}: nothing usable was produced")
+
+
+@measure_app.command("tracings")
+@friendly
+def measure_tracings(
+    source: Annotated[Path, typer.Argument(help="EchoNet folder, ingest folder or store.")],
+    out: Annotated[Path, typer.Option(help="CSV to write (one row per video).")],
+) -> None:
+    """EDV, ESV and EF by the method of discs from VolumeTracings, beside FileList values."""
+    from cinelab.measure.tracings import measure_cohort_tracings
+
+    table, problems = measure_cohort_tracings(source)
+    from cinelab.utils import write_csv
+
+    write_csv(table, out)
+    _print_problems(problems)
+    console.print(f"{len(table)} videos measured -> {out}")
+
+
+def _load_cohort(source: Path) -> Any:
+    from cinelab.formats.ingest import ingest as ingest_api
+    from cinelab.formats.ingest import load_ingested
+
+    if source.is_file() or (source / "manifest.csv").exists():
+        return load_ingested(source)
+    return ingest_api(source)
+
+
+def _print_problems(problems: list, limit: int = 10) -> None:
+    for p in problems[:limit]:
+        console.print(f"[yellow]problem:[/yellow] {p.file} [{p.stage}] {p.error}",
+                      highlight=False, soft_wrap=True)
+    if len(problems) > limit:
+        console.print(f"... and {len(problems) - limit} more (see problems.csv)")
+
+
+if __name__ == "__main__":
+    app()

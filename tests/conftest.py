@@ -1,0 +1,26 @@
+"""Shared fixtures: the real public samples (skipped when absent) and small synthetic data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = Path(os.environ.get("CINELAB_REAL_DATA", ROOT.parent / "shared" / "data" / "real"))
+
+
+def real_path(*parts: str) -> Path:
+    """A folder under ../shared/data/real, or skip the test with a reason when absent."""
+    path = REAL.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real sample folder {path} is absent (it lives beside the project in "
+                    "../shared/data/real and is never copied into the repository)")
+    return path
+
+
+@pytest.fixture
+def real_data() -> Path:
+    """Root of the real samples."""
+    return real_path()
