@@ -19,6 +19,7 @@ from cinelab.utils import atomic_path
 REQUIRED = ("sample_id", "patient_id", "path", "modality", "view", "split", "fold")
 SPLITS = ("train", "val", "test")
 _TEXT_COLUMNS = ("modality", "view", "split")
+PATH_SUFFIX = "_path"  # columns named *_path hold optional file paths ('' when absent)
 _SPLIT_ALIASES = {
     "train": "train", "training": "train",
     "val": "val", "valid": "val", "validation": "val", "validate": "val",
@@ -71,16 +72,23 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     if path.suffix == ".parquet":
         df = pd.read_parquet(path)
     else:
-        df = pd.read_csv(path, dtype={c: str for c in ("sample_id", "patient_id", *_TEXT_COLUMNS)},
-                         keep_default_na=True)
+        header = pd.read_csv(path, nrows=0).columns
+        text = [c for c in header if c in ("sample_id", "patient_id", *_TEXT_COLUMNS)
+                or _is_path_column(c)]
+        df = pd.read_csv(path, dtype={c: str for c in text}, keep_default_na=True)
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise InputError(path, ", ".join(missing), f"columns {list(REQUIRED)}",
                          f"columns {list(df.columns)}")
-    for col in _TEXT_COLUMNS:
+    for col in [*_TEXT_COLUMNS, *filter(_is_path_column, df.columns)]:
         df[col] = df[col].fillna("").astype(str)
     df["fold"] = df["fold"].fillna(-1).astype(int)
     return df
+
+
+def _is_path_column(name: object) -> bool:
+    """Optional file columns ('mask_path', 'truth_path', ...): text, '' when absent."""
+    return str(name).endswith(PATH_SUFFIX)
 
 
 def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
@@ -135,7 +143,7 @@ def _missing_columns(df: pd.DataFrame) -> list[Problem]:
 def _duplicate_ids(df: pd.DataFrame) -> list[Problem]:
     dup = df["sample_id"].duplicated(keep="first")
     first = {sid: i for i, sid in reversed(list(enumerate(df["sample_id"])))}
-    return [_problem(i, "sample_id", "a unique sample id",
+    return [_problem(int(i), "sample_id", "a unique sample id",
                      f"'{df['sample_id'].iat[i]}' already in row {first[df['sample_id'].iat[i]]}")
             for i in np.flatnonzero(dup.to_numpy())]
 
@@ -176,12 +184,12 @@ def _bad_labels(df: pd.DataFrame, column: str, lo: float, hi: float) -> list[Pro
 
 def _leakage(df: pd.DataFrame) -> list[Problem]:
     labelled = df.reset_index(drop=True)
-    labelled = labelled[labelled["split"] != ""]
+    labelled = labelled[labelled["split"].isin(SPLITS)]  # bad splits are reported apart
     splits = labelled.groupby("patient_id")["split"].agg(lambda s: sorted(set(s)))
     out = []
     for pid, names in splits.items():
         if len(names) > 1:
-            rows = labelled.index[labelled["patient_id"] == pid].tolist()
+            rows = [int(r) for r in labelled.index[labelled["patient_id"] == pid]]
             out.append(_problem(rows[0], "patient_id", "each patient in one split",
                                 f"patient '{pid}' in splits {names} (rows {rows})"))
     return out

@@ -147,6 +147,8 @@ def prepare(
     out = Path(out)
     spec = spec or PrepSpec()
     (out / "samples").mkdir(parents=True, exist_ok=True)
+    for stale in (out / "samples").glob(".*.tmp*"):  # left by a killed run
+        stale.unlink(missing_ok=True)
     _write_info(out, spec, status="incomplete")
     summary = PrepareSummary(store=out)
     tasks = []

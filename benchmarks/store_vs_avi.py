@@ -1,0 +1,133 @@
+"""Clips per second from the prepared store vs decoding the AVI per clip (EchoNet-style).
+
+Also: prepare throughput (videos/s) with 1 and 2 processes, and peak memory of prepare vs
+cohort size. Prints numbers; never asserts timings.
+
+    python benchmarks/store_vs_avi.py [--n 48] [--clips 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cinelab.data.store import PreparedStore
+from cinelab.formats.ingest import ingest
+from cinelab.prep.prepare import PrepSpec, prepare
+
+FRAMES, PERIOD = 32, 2
+
+
+class AviClips(Dataset):
+    """EchoNet-Dynamic's loader: decode the whole AVI to float on every access, take a clip."""
+
+    def __init__(self, paths: list[str], n: int) -> None:
+        self.paths, self.n = paths, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        cap = cv2.VideoCapture(self.paths[i % len(self.paths)])
+        frames = []
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+        video = np.stack(frames).transpose(3, 0, 1, 2).astype(np.float32)
+        rng = np.random.default_rng(i)
+        start = rng.integers(0, max(1, video.shape[1] - (FRAMES - 1) * PERIOD))
+        idx = np.clip(start + PERIOD * np.arange(FRAMES), 0, video.shape[1] - 1)
+        return torch.from_numpy(video[:, idx].copy())
+
+
+class StoreClips(Dataset):
+    """cinelab: index the memory-mapped uint8 frames; normalisation happens on the batch."""
+
+    def __init__(self, root: str, ids: list[str], n: int) -> None:
+        self.root, self.ids, self.n, self.store = root, ids, n, None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if self.store is None:
+            self.store = PreparedStore(self.root)
+        frames = self.store.frames(self.ids[i % len(self.ids)])
+        rng = np.random.default_rng(i)
+        start = rng.integers(0, max(1, frames.shape[0] - (FRAMES - 1) * PERIOD))
+        idx = np.clip(start + PERIOD * np.arange(FRAMES), 0, frames.shape[0] - 1)
+        return torch.from_numpy(np.ascontiguousarray(frames[idx].transpose(3, 0, 1, 2)))
+
+
+def clips_per_second(dataset: Dataset, workers: int = 2, batch: int = 8) -> float:
+    """Serve every item of the dataset through a DataLoader; clips per second."""
+    loader = DataLoader(dataset, batch_size=batch, num_workers=workers, shuffle=False,
+                        persistent_workers=False)
+    start = time.perf_counter()
+    count = sum(b.shape[0] for b in loader)
+    return count / (time.perf_counter() - start)
+
+
+def prepare_rate(cohort: Path, out: Path, workers: int) -> float:
+    """Videos per second for a fresh prepare with `workers` processes."""
+    manifest = ingest(cohort).manifest
+    start = time.perf_counter()
+    summary = prepare(manifest, out, PrepSpec(size=112), workers=workers)
+    return summary.prepared / (time.perf_counter() - start)
+
+
+def peak_memory_mb(cohort: Path, out: Path, n: int) -> float:
+    """Peak RSS (MB) of a child process preparing the first n videos with one process."""
+    code = (
+        "import resource,sys;from cinelab.formats.ingest import ingest;"
+        "from cinelab.prep.prepare import prepare,PrepSpec;"
+        f"m=ingest(sys.argv[1]).manifest.head({n});"
+        "prepare(m,sys.argv[2],PrepSpec(size=112),workers=1);"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(cohort), str(out)],
+                          capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    """Run the benchmarks on a synthetic cohort and print a table."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=48, help="videos in the synthetic cohort")
+    parser.add_argument("--clips", type=int, default=160, help="clips served per loader")
+    args = parser.parse_args()
+    from cinelab.synth.echo import synth_echo_cohort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cohort = synth_echo_cohort(tmp / "cohort", n=args.n, seed=1)
+        rate1 = prepare_rate(cohort, tmp / "store1", workers=1)
+        rate2 = prepare_rate(cohort, tmp / "store2", workers=2)
+        store = PreparedStore(tmp / "store2")
+        paths = store.manifest["path"].tolist()
+        avi = clips_per_second(AviClips(paths, args.clips // 4))
+        mem = clips_per_second(StoreClips(str(store.root), store.ids, args.clips))
+        print(f"prepare: {rate1:.1f} videos/s with 1 process, {rate2:.1f} with 2")
+        print(f"random {FRAMES}-frame clips (period {PERIOD}), 2 workers: "
+              f"store {mem:.0f} clips/s, AVI decode per clip {avi:.1f} clips/s, "
+              f"speed-up {mem / avi:.0f}x")
+        for n in (args.n // 4, args.n // 2, args.n):
+            peak = peak_memory_mb(cohort, tmp / f"mem{n}", n)
+            print(f"prepare peak memory with {n:3d} videos: {peak:.0f} MB")
+        print(f"(this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()
