@@ -125,6 +125,19 @@ def measure_tracings(
     console.print(f"{len(table)} videos measured -> {out}")
 
 
+@app.command()
+@friendly
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for every demo output.")] = Path("runs/demo"),
+    n: Annotated[int, typer.Option(help="Videos in the synthetic cohort.")] = 120,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """The end-to-end demo on a synthetic echo cohort, printing its metrics."""
+    from cinelab.demo import DemoConfig, run_demo
+
+    run_demo(out, DemoConfig(n_videos=n, seed=seed), console=Console())
+
+
 def _load_cohort(source: Path) -> Any:
     from cinelab.formats.ingest import ingest as ingest_api
     from cinelab.formats.ingest import load_ingested
