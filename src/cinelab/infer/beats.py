@@ -1,0 +1,162 @@
+"""Beat-by-beat analysis: ED/ES detection on an LV area curve and one clip per beat.
+
+ED frames are local maxima of the left-ventricular area, ES frames local minima, found with
+scipy.signal.find_peaks. A peak must rise by `prominence` times the robust range
+(95th minus 5th percentile) of the curve, so the threshold does not depend on the video
+length (EchoNet-Dynamic's ``sorted(size)[round(len(size) ** 0.05)]`` picks an element near
+the minimum, not the 5th percentile). Peaks need only a minimum
+spacing, never a constant RR interval, so irregular rhythms are handled.
+
+The first and last extremum of a curve may be missed: near the ends of the video the rise
+on one side cannot be confirmed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.signal import find_peaks, savgol_filter
+
+from cinelab.data.sampling import clip_ending_at, clip_span
+
+ROBUST_LOW_PERCENTILE = 5.0
+ROBUST_HIGH_PERCENTILE = 95.0
+DEFAULT_PROMINENCE = 0.5
+DEFAULT_MIN_DISTANCE_S = 0.25
+DEFAULT_MIN_DISTANCE_FRAMES = 5  # used when the frame rate is unknown
+SAVGOL_POLYORDER = 2
+DEFAULT_MAX_BEATS = 5
+
+FALLBACK_NONE = ""
+FALLBACK_NO_BEATS = "no_beats"
+FALLBACK_SHORT_VIDEO = "short_video"
+FALLBACK_CLIPPED_START = "clipped_start"
+
+
+@dataclass(frozen=True)
+class Beat:
+    """One cardiac cycle: its end-diastolic and following end-systolic frame."""
+
+    ed: int
+    es: int
+
+
+def detect_ed_es(
+    area: np.ndarray,
+    fps: float | None = None,
+    prominence: float = DEFAULT_PROMINENCE,
+    min_distance_s: float = DEFAULT_MIN_DISTANCE_S,
+    smooth: int | None = None,
+    min_distance_frames: int = DEFAULT_MIN_DISTANCE_FRAMES,
+) -> tuple[np.ndarray, np.ndarray]:
+    """ED (area maxima) and ES (area minima) frame indices of an LV area curve.
+
+    `prominence` is a fraction of the robust range (p95 - p5) of the curve. Peaks are at
+    least `min_distance_s` seconds apart when `fps` is given, else `min_distance_frames`
+    frames. `smooth` (odd window, frames) applies a Savitzky-Golay filter first.
+    A constant curve has no beats.
+    """
+    curve = _check_area(area)
+    empty = np.zeros(0, dtype=np.int64)
+    if prominence <= 0:
+        raise ValueError(f"prominence: expected a fraction > 0, found {prominence}")
+    if len(curve) < 3:
+        return empty, empty
+    if smooth:
+        curve = smooth_curve(curve, smooth)
+    low, high = np.percentile(curve, [ROBUST_LOW_PERCENTILE, ROBUST_HIGH_PERCENTILE])
+    robust_range = float(high - low)
+    if not robust_range > 0:
+        return empty, empty
+    distance = _min_distance(fps, min_distance_s, min_distance_frames)
+    threshold = prominence * robust_range
+    ed, _ = find_peaks(curve, prominence=threshold, distance=distance)
+    es, _ = find_peaks(-curve, prominence=threshold, distance=distance)
+    return ed.astype(np.int64), es.astype(np.int64)
+
+
+def smooth_curve(curve: np.ndarray, window: int) -> np.ndarray:
+    """Savitzky-Golay smoothing (window shrunk to the curve length, kept odd)."""
+    if int(window) != window or window < 1:
+        raise ValueError(f"smooth: expected an odd window >= 3 frames or None, found {window}")
+    window = min(int(window), len(curve))
+    window -= 1 - window % 2  # largest odd value not above it
+    if window <= SAVGOL_POLYORDER:
+        return np.asarray(curve, dtype=np.float64)
+    return savgol_filter(curve, window, SAVGOL_POLYORDER, mode="interp")
+
+
+def beats_from_extrema(ed: np.ndarray, es: np.ndarray) -> list[Beat]:
+    """Pair each ES with the preceding ED; an ES without an ED since the last ES is dropped."""
+    ed = np.sort(np.asarray(ed, dtype=np.int64))
+    es = np.sort(np.asarray(es, dtype=np.int64))
+    beats = []
+    previous_es = -1
+    for s in es:
+        candidates = ed[(ed < s) & (ed > previous_es)]
+        if len(candidates):
+            beats.append(Beat(int(candidates[-1]), int(s)))
+        previous_es = s
+    return beats
+
+
+def area_ef(area: np.ndarray, beat: Beat) -> float:
+    """Fractional area change (A_ed - A_es) / A_ed * 100 of one beat (a diagnostic only).
+
+    Beat EF comes from the model's prediction on the beat's clip, not from areas.
+    """
+    curve = _check_area(area)
+    a_ed, a_es = float(curve[beat.ed]), float(curve[beat.es])
+    if not a_ed > 0:
+        raise ValueError(f"area[{beat.ed}]: expected an ED area > 0, found {a_ed}")
+    return (a_ed - a_es) / a_ed * 100.0
+
+
+def select_beat_clips(
+    es_frames: np.ndarray,
+    n_total: int,
+    frames: int,
+    period: int,
+    max_beats: int = DEFAULT_MAX_BEATS,
+) -> tuple[list[int], str]:
+    """Starts of clips ending at each ES frame (EchoNet-Dynamic beat-by-beat), and a fallback.
+
+    With more than `max_beats` ES frames, `max_beats` are chosen evenly across the video.
+    Fallbacks: ``""`` normal; ``"no_beats"`` no ES (the caller averages all clips);
+    ``"short_video"`` video shorter than one clip (one padded clip from 0);
+    ``"clipped_start"`` an ES too early for a full clip before it (that clip starts at 0).
+    Identical starts are kept once.
+    """
+    if max_beats < 1:
+        raise ValueError(f"max_beats: expected an integer >= 1, found {max_beats}")
+    span = clip_span(frames, period)
+    es_frames = np.sort(np.asarray(es_frames, dtype=np.int64).reshape(-1))
+    if n_total < span:
+        return [0], FALLBACK_SHORT_VIDEO
+    if len(es_frames) == 0:
+        return [], FALLBACK_NO_BEATS
+    if len(es_frames) > max_beats:
+        chosen = np.round(np.linspace(0, len(es_frames) - 1, max_beats)).astype(np.int64)
+        es_frames = es_frames[chosen]
+    starts = [clip_ending_at(int(e), frames, period, n_total) for e in es_frames]
+    clipped = any(int(e) < span - 1 for e in es_frames)
+    return sorted(set(starts)), FALLBACK_CLIPPED_START if clipped else FALLBACK_NONE
+
+
+def _check_area(area: np.ndarray) -> np.ndarray:
+    """A finite 1-D float curve."""
+    curve = np.asarray(area, dtype=np.float64)
+    if curve.ndim != 1 or not np.all(np.isfinite(curve)):
+        raise ValueError(f"area: expected a finite 1-D curve (one value per frame), found "
+                         f"shape {curve.shape}" + ("" if curve.ndim != 1 else " with NaN/inf"))
+    return curve
+
+
+def _min_distance(fps: float | None, min_distance_s: float, min_distance_frames: int) -> int:
+    """Minimum peak spacing in frames (at least 1)."""
+    if fps is None:
+        return max(1, int(min_distance_frames))
+    if not fps > 0:
+        raise ValueError(f"fps: expected a frame rate > 0 or None, found {fps}")
+    return max(1, int(round(min_distance_s * fps)))
