@@ -1,0 +1,165 @@
+"""Ejection fraction from LV tracings (EchoNet-Dynamic conventions; coordinates in pixels).
+
+A traced frame is an (N, 4) array of lines X1, Y1, X2, Y2 as in EchoNet's VolumeTracings.csv:
+row 0 is the long axis (apex to mitral-annulus midpoint), rows 1.. are the disc chords
+perpendicular to it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import skimage.draw
+
+from cinelab.errors import InputError, Problem
+
+LINE_COLUMNS = ("X1", "Y1", "X2", "Y2")
+TRACING_COLUMNS = ("sample_id", "frame", *LINE_COLUMNS)
+TRACED_FRAMES_PER_SAMPLE = 2
+MM3_PER_ML = 1000.0
+PERCENT = 100.0
+ECHONET_SUFFIX = ".avi"
+EF_STAGE = "measure.ef"
+
+
+def _check_lines(lines: np.ndarray, field: str = "lines") -> np.ndarray:
+    """Lines as float (N, 4) with N >= 2 (a long axis plus at least one chord)."""
+    arr = np.asarray(lines, dtype=float)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise InputError(None, field, "an (N, 4) array of X1, Y1, X2, Y2 lines",
+                         f"shape {arr.shape}")
+    if arr.shape[0] < 2:
+        raise InputError(None, field, "a long axis plus at least one disc chord (>= 2 lines)",
+                         f"{arr.shape[0]} line(s)", "each traced frame needs its disc chords")
+    if not np.isfinite(arr).all():
+        raise InputError(None, field, "finite coordinates", "NaN or infinite values")
+    return arr
+
+
+def _lengths(lines: np.ndarray) -> np.ndarray:
+    """Euclidean length of each line."""
+    return np.hypot(lines[:, 2] - lines[:, 0], lines[:, 3] - lines[:, 1])
+
+
+def disc_volume(lines: np.ndarray) -> float:
+    """Method of discs (Simpson): sum(pi/4 d_i^2) * L / n_discs, in pixel^3."""
+    arr = _check_lines(lines)
+    lengths = _lengths(arr)
+    long_axis, diameters = lengths[0], lengths[1:]
+    return float(np.sum(math.pi / 4.0 * diameters**2) * long_axis / len(diameters))
+
+
+def tracing_polygon(lines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Polygon (ys, xs) from the chord endpoints, as EchoNet builds its masks."""
+    arr = _check_lines(lines)
+    xs = np.concatenate((arr[1:, 0], np.flip(arr[1:, 2])))
+    ys = np.concatenate((arr[1:, 1], np.flip(arr[1:, 3])))
+    return ys, xs
+
+
+def tracing_mask(lines: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Boolean (H, W) mask of the traced cavity (EchoNet: rounded vertices, filled polygon)."""
+    ys, xs = tracing_polygon(lines)
+    rr, cc = skimage.draw.polygon(np.rint(ys).astype(int), np.rint(xs).astype(int),
+                                  shape=tuple(shape))
+    mask = np.zeros(tuple(shape), dtype=bool)
+    mask[rr, cc] = True
+    return mask
+
+
+def tracing_area(lines: np.ndarray) -> float:
+    """Area (pixel^2) of the tracing polygon (shoelace formula on unrounded vertices)."""
+    ys, xs = tracing_polygon(lines)
+    return float(0.5 * abs(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1))))
+
+
+def area_length_volume(area: float, length: float) -> float:
+    """Single-plane area-length volume 8 A^2 / (3 pi L)."""
+    if length <= 0:
+        raise InputError(None, "length", "a positive long-axis length", repr(length))
+    return 8.0 * area**2 / (3.0 * math.pi * length)
+
+
+def ef_from_volumes(edv: float, esv: float) -> float:
+    """Ejection fraction in percent: 100 (EDV - ESV) / EDV."""
+    if edv <= 0:
+        raise InputError(None, "EDV", "a positive end-diastolic volume", repr(edv))
+    return PERCENT * (edv - esv) / edv
+
+
+def tracings_from_echonet_csv(df: pd.DataFrame) -> pd.DataFrame:
+    """EchoNet VolumeTracings.csv -> tracings frame (sample_id without '.avi', frame, X1..Y2)."""
+    missing = [c for c in ("FileName", "Frame", *LINE_COLUMNS) if c not in df.columns]
+    if missing:
+        raise InputError(None, "columns", "FileName, X1, Y1, X2, Y2, Frame",
+                         f"missing {missing}")
+    out = df.rename(columns={"FileName": "sample_id", "Frame": "frame"})
+    names = out["sample_id"].astype(str)
+    out["sample_id"] = names.where(~names.str.lower().str.endswith(ECHONET_SUFFIX),
+                                   names.str[: -len(ECHONET_SUFFIX)])
+    return out.loc[:, list(TRACING_COLUMNS)].reset_index(drop=True)
+
+
+def _frame_measures(lines: np.ndarray, scale: float) -> dict[str, float]:
+    """Disc and area-length volumes of one traced frame, times `scale`."""
+    length = float(_lengths(lines)[0])
+    return {
+        "disc": disc_volume(lines) * scale,
+        "area_length": area_length_volume(tracing_area(lines), length) * scale,
+    }
+
+
+def _sample_row(sample_id: str, group: pd.DataFrame, scale: float) -> dict[str, object]:
+    """One EF row from the lines of one sample; raises InputError on a bad sample."""
+    frames = list(dict.fromkeys(group["frame"].tolist()))
+    if len(frames) != TRACED_FRAMES_PER_SAMPLE:
+        raise InputError(None, "frame", f"exactly {TRACED_FRAMES_PER_SAMPLE} traced frames",
+                         f"{len(frames)} frame(s): {frames}")
+    measures, n_lines = {}, {}
+    for frame in frames:
+        lines = group.loc[group["frame"] == frame, list(LINE_COLUMNS)].to_numpy(float)
+        n_lines[frame] = len(lines)
+        try:
+            measures[frame] = _frame_measures(lines, scale)
+        except InputError as exc:
+            raise InputError(None, f"frame {frame} lines", exc.expected, exc.found,
+                             exc.fix) from exc
+    ed, es = sorted(frames, key=lambda f: measures[f]["disc"], reverse=True)
+    med, mes = measures[ed], measures[es]
+    return {
+        "sample_id": sample_id, "ed_frame": ed, "es_frame": es,
+        "EDV": med["disc"], "ESV": mes["disc"],
+        "EF": ef_from_volumes(med["disc"], mes["disc"]),
+        "EDV_area_length": med["area_length"], "ESV_area_length": mes["area_length"],
+        "EF_area_length": ef_from_volumes(med["area_length"], mes["area_length"]),
+        "n_lines_ed": n_lines[ed], "n_lines_es": n_lines[es],
+    }
+
+
+def ef_from_tracings(
+    tracings: pd.DataFrame, pixel_size_mm: float | None = None
+) -> tuple[pd.DataFrame, list[Problem]]:
+    """EDV, ESV and EF per sample from a tracings frame (sample_id, frame, X1, Y1, X2, Y2).
+
+    ED is the traced frame with the larger disc volume. Volumes are pixel^3, or mL when
+    `pixel_size_mm` is given. Samples without exactly two valid traced frames are reported
+    in the problems list and left out of the table.
+    """
+    missing = [c for c in TRACING_COLUMNS if c not in tracings.columns]
+    if missing:
+        raise InputError(None, "columns", ", ".join(TRACING_COLUMNS), f"missing {missing}",
+                         "use tracings_from_echonet_csv for an EchoNet VolumeTracings.csv")
+    if pixel_size_mm is not None and pixel_size_mm <= 0:
+        raise InputError(None, "pixel_size_mm", "a positive pixel size", repr(pixel_size_mm))
+    scale = 1.0 if pixel_size_mm is None else pixel_size_mm**3 / MM3_PER_ML
+    rows, problems = [], []
+    for sample_id, group in tracings.groupby("sample_id", sort=False):
+        try:
+            rows.append(_sample_row(str(sample_id), group, scale))
+        except InputError as exc:
+            problems.append(Problem.from_exception(str(sample_id), EF_STAGE, exc))
+    columns = ["sample_id", "ed_frame", "es_frame", "EDV", "ESV", "EF", "EDV_area_length",
+               "ESV_area_length", "EF_area_length", "n_lines_ed", "n_lines_es"]
+    return pd.DataFrame(rows, columns=columns), problems
