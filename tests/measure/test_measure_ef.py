@@ -20,7 +20,9 @@ from cinelab.measure.ef import (
 )
 from conftest import real_path
 
-REAL_EF_TOLERANCE = 1.55  # EF points; the largest real deviation is 1.52 (0X1012703CDC1436FE)
+REAL_EF_TOLERANCE = 1.5  # EF points, the bound for every real echonet-mini video
+# plain cylinders reach 1.52 on 0X1012703CDC1436FE (39.49 vs 41.01); truncated cones stay < 1.2
+DISC_EF_TOLERANCE = 1.55
 
 
 def cylinder_lines(length: float, diameter: float, n_chords: int, x0: float = 10.0,
@@ -144,6 +146,7 @@ def test_real_echonet_tracings_reproduce_filelist_ef():
     merged = table.merge(filelist, left_on="sample_id", right_on="FileName",
                          suffixes=("", "_filelist"))
     assert problems == [] and len(merged) == 10
-    assert (merged.EF - merged.EF_filelist).abs().max() < REAL_EF_TOLERANCE
+    assert (merged.EF - merged.EF_filelist).abs().max() < DISC_EF_TOLERANCE
+    assert (merged.EF_frustum - merged.EF_filelist).abs().max() <= REAL_EF_TOLERANCE
     assert (merged.EF - merged.EF_filelist).abs().mean() < 0.8
     assert (merged.ed_frame != merged.es_frame).all() and (merged.EDV > merged.ESV).all()

@@ -51,6 +51,21 @@ def disc_volume(lines: np.ndarray) -> float:
     return float(np.sum(math.pi / 4.0 * diameters**2) * long_axis / len(diameters))
 
 
+def frustum_volume(lines: np.ndarray) -> float:
+    """Discs refined as truncated cones between consecutive chords, each L / n_discs high.
+
+    Follows the cavity's taper between chords instead of a staircase of cylinders; on the
+    real EchoNet-Dynamic tracings it tracks FileList EF a little closer than plain discs.
+    """
+    arr = _check_lines(lines)
+    lengths = _lengths(arr)
+    long_axis, d = lengths[0], lengths[1:]
+    if len(d) == 1:
+        return disc_volume(arr)
+    cones = math.pi / 12.0 * (d[:-1] ** 2 + d[:-1] * d[1:] + d[1:] ** 2)
+    return float(np.sum(cones) * long_axis / len(d))
+
+
 def tracing_polygon(lines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Polygon (ys, xs) from the chord endpoints, as EchoNet builds its masks."""
     arr = _check_lines(lines)
@@ -107,6 +122,7 @@ def _frame_measures(lines: np.ndarray, scale: float) -> dict[str, float]:
     length = float(_lengths(lines)[0])
     return {
         "disc": disc_volume(lines) * scale,
+        "frustum": frustum_volume(lines) * scale,
         "area_length": area_length_volume(tracing_area(lines), length) * scale,
     }
 
@@ -132,6 +148,7 @@ def _sample_row(sample_id: str, group: pd.DataFrame, scale: float) -> dict[str, 
         "sample_id": sample_id, "ed_frame": ed, "es_frame": es,
         "EDV": med["disc"], "ESV": mes["disc"],
         "EF": ef_from_volumes(med["disc"], mes["disc"]),
+        "EF_frustum": ef_from_volumes(med["frustum"], mes["frustum"]),
         "EDV_area_length": med["area_length"], "ESV_area_length": mes["area_length"],
         "EF_area_length": ef_from_volumes(med["area_length"], mes["area_length"]),
         "n_lines_ed": n_lines[ed], "n_lines_es": n_lines[es],
@@ -160,6 +177,7 @@ def ef_from_tracings(
             rows.append(_sample_row(str(sample_id), group, scale))
         except InputError as exc:
             problems.append(Problem.from_exception(str(sample_id), EF_STAGE, exc))
-    columns = ["sample_id", "ed_frame", "es_frame", "EDV", "ESV", "EF", "EDV_area_length",
+    columns = ["sample_id", "ed_frame", "es_frame", "EDV", "ESV", "EF", "EF_frustum",
+               "EDV_area_length",
                "ESV_area_length", "EF_area_length", "n_lines_ed", "n_lines_es"]
     return pd.DataFrame(rows, columns=columns), problems
