@@ -127,6 +127,71 @@ def measure_tracings(
 
 @app.command()
 @friendly
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="EF (or segmentation) checkpoint, or a run "
+                                                    "folder with ef/ and seg/.")],
+    input: Annotated[Path, typer.Argument(help="Prepared store, video folder, AVI or DICOM.")],
+    out: Annotated[Path, typer.Option(help="Folder for the prediction CSVs and masks.")],
+    seg: Annotated[Path | None, typer.Option(help="Segmentation checkpoint.")] = None,
+    split: Annotated[str | None, typer.Option(help="Only this split of a store.")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Label CSV (e.g. FileList.csv).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Clips or frames per forward pass.")] = 16,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    overlays: Annotated[bool, typer.Option(help="Write LV-outline overlay videos.")] = False,
+    max_beats: Annotated[int, typer.Option(help="Beats averaged beat by beat.")] = 5,
+    stride: Annotated[int, typer.Option(help="Step between all-clips start frames.")] = 1,
+) -> None:
+    """EF from one clip, all clips and beat by beat, with LV masks and ED/ES frames."""
+    from rich.progress import Progress
+
+    from cinelab.infer.predictor import predict as predict_api
+
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("predicting", total=None)
+        predict_api(checkpoint, input, out, seg_checkpoint=seg, batch_size=batch_size,
+                    device=device, overlays=overlays, max_beats=max_beats,
+                    all_clips_stride=stride, labels=labels, split=split,
+                    progress=lambda *_: progress.advance(task))
+    console.print(f"predictions -> {out}")
+
+
+@app.command()
+@friendly
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder or prediction folder.")],
+    data: Annotated[Path | None, typer.Option(help="Prepared store with the labels.")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Label CSV (sample_id/FileName, EF).")]
+    = None,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 1000,
+) -> None:
+    """Dice, EF MAE/RMSE/R² with bootstrap CIs, AUCs, ED/ES frame error, plots."""
+    from cinelab.runs import evaluate_run
+
+    metrics = evaluate_run(run_dir, data=data, labels=labels, n_boot=n_boot)
+    for name, report in metrics.get("ef", {}).items():
+        console.print(f"{name}: MAE {report['mae']['value']:.2f}, "
+                      f"R² {report['r2']['value']:.3f}")
+    seg_metrics = metrics.get("segmentation", {})
+    if "dice_overall" in seg_metrics:
+        console.print(f"Dice overall {seg_metrics['dice_overall']['value']:.3f}")
+    console.print(f"metrics -> {Path(run_dir) / 'evaluation'}")
+
+
+@app.command()
+@friendly
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="An evaluated run folder.")],
+    data: Annotated[Path | None, typer.Option(help="Store with the frames for overlays.")]
+    = None,
+) -> None:
+    """One self-contained HTML report of a run."""
+    from cinelab.runs import report_run
+
+    console.print(f"report -> {report_run(run_dir, data=data)}")
+
+
+@app.command()
+@friendly
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for every demo output.")] = Path("runs/demo"),
     n: Annotated[int, typer.Option(help="Videos in the synthetic cohort.")] = 120,

@@ -70,7 +70,9 @@ class PredictionDir:
 
 
 def load_mask(path: str | Path) -> np.ndarray:
-    """The (T, H, W) array under key 'mask' of an .npz file."""
+    """The (T, H, W) array under key 'mask' of an .npz file, or a prepared store's .npy mask."""
+    if Path(path).suffix == ".npy":
+        return np.load(path, mmap_mode="r")
     try:
         with np.load(path) as data:
             if MASK_KEY not in data:

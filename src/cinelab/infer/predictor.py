@@ -59,6 +59,7 @@ __all__ = ["VideoPrediction", "predict", "predict_ef_clips", "predict_video",
 FALLBACK_NO_SEGMENTATION = "no_segmentation"
 FALLBACK_NO_EF_MODEL = "no_ef_model"
 EF_LABEL = "EF"
+INPUT_JSON = "input.json"  # what was predicted: input path, split, label CSV
 PREDICTION_COLUMNS = ["sample_id", "ef_one_clip", "ef_all_clips", "ef_beats", "n_beats",
                       "fallback", "n_frames", "fps"]
 BEAT_COLUMNS = ["sample_id", "beat", "ed_frame", "es_frame", "ed_area", "es_area", "ef",
@@ -273,6 +274,7 @@ def predict(
     labels: str | Path | None = None,
     lv_class: int = LV_CLASS,
     progress: Callable[[str, str], None] | None = None,
+    split: str | None = None,
 ) -> Path:
     """Predict every sample of `input` (store, folder, video or DICOM) into `out_dir`.
 
@@ -281,7 +283,7 @@ def predict(
     checkpoints and settings is skipped; the CSVs are rebuilt from the parts at the end.
     `labels` is an optional label CSV (e.g. FileList.csv) for folder/file inputs.
     `progress(sample_id, status)` is called with "done", "skipped" or "failed".
-    Returns `out_dir`.
+    `split` keeps one split of a prepared store. Returns `out_dir`.
     """
     settings = {"max_beats": max_beats, "all_clips_stride": all_clips_stride,
                 "lv_class": lv_class}
@@ -290,7 +292,9 @@ def predict(
     run = _Run(Path(out_dir), load_for_task(ef_path, EF_TASK), load_for_task(seg_path, SEG_TASK),
                settings, batch_size, device, overlays)
     run.key = {"ef": _hash(ef_path), "seg": _hash(seg_path), **settings}
-    items = list_items(input, labels, exclude=run.out)
+    items = list_items(input, labels, exclude=run.out, split=split)
+    write_json(run.out / INPUT_JSON, {"input": str(Path(input).resolve()), "split": split,
+                                      "labels": None if labels is None else str(labels)})
     for item in items:
         status = "skipped" if _is_done(run, item.sample_id) else _predict_item(run, item)
         if progress is not None:

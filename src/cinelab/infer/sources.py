@@ -148,14 +148,15 @@ def input_kind(path: str | Path) -> str:
 
 
 def list_items(path: str | Path, labels: str | Path | None = None,
-               exclude: str | Path | None = None) -> list[SourceItem]:
+               exclude: str | Path | None = None, split: str | None = None) -> list[SourceItem]:
     """Every sample of the input, in a stable order; `labels` is an optional CSV keyed by
     sample id or file name (e.g. EchoNet's FileList.csv) whose columns become labels.
-    Files under `exclude` (e.g. the output folder inside an input folder) are left out."""
+    Files under `exclude` (e.g. the output folder inside an input folder) are left out;
+    `split` keeps one split of a prepared store (train/val/test)."""
     path = Path(path)
     kind = input_kind(path)
     if kind == KIND_STORE:
-        items = _store_items(PreparedStore(path))
+        items = _store_items(PreparedStore(path), split)
     elif kind == KIND_FOLDER:
         items = _folder_items(path, None if exclude is None else Path(exclude).resolve())
     else:
@@ -240,8 +241,10 @@ def read_labels(path: str | Path) -> dict[str, dict[str, Any]]:
     return {i: _clean(row) for i, row in zip(ids, rows, strict=True)}
 
 
-def _store_items(store: PreparedStore) -> list[SourceItem]:
+def _store_items(store: PreparedStore, split: str | None = None) -> list[SourceItem]:
     manifest = store.manifest
+    if split is not None:
+        manifest = manifest[manifest["split"] == split]
     label_cols = [c for c in manifest.columns
                   if c not in REQUIRED and c not in STORE_META_COLUMNS]
     items = []

@@ -1,0 +1,1 @@
+"""cinelab.train."""
