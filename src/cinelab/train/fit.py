@@ -1,0 +1,348 @@
+"""`cinelab train`: fit a recipe on a prepared store with Lightning, resumably.
+
+out_dir layout after a run:
+  checkpoints/best.ckpt, checkpoints/last.ckpt   Lightning checkpoints (resume from last)
+  logs/csv/version_N/metrics.csv                 CSV logs (one version per run or resume)
+  logs/tensorboard/version_N/                    TensorBoard logs
+  model.pt                                       the best weights as a cinelab checkpoint
+  metrics.json                                   final and best validation metrics
+  recipe.yaml                                    the recipe that ran (overrides applied)
+Under DDP every rank trains; only rank 0 writes model.pt, metrics.json and recipe.yaml.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import (
+    Callback,
+    ModelCheckpoint,
+    RichProgressBar,
+    TQDMProgressBar,
+)
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader, Dataset
+
+from cinelab.data.datasets import (
+    ClipDataset,
+    TracedFrameDataset,
+    labelled_ids,
+    target_values,
+    train_val_ids,
+)
+from cinelab.data.store import PreparedStore
+from cinelab.errors import InputError
+from cinelab.models.registry import create_model
+from cinelab.train.checkpoint import InputSpec, save_checkpoint
+from cinelab.train.modules import SegmentationModule, TaskModule, VideoRegressionModule
+from cinelab.train.recipe import Recipe, load_recipe, recipe_to_dict, recipe_to_yaml
+from cinelab.utils import atomic_path, write_json
+
+CHECKPOINT_DIR = "checkpoints"
+BEST_NAME = "best"
+LAST_NAME = "last"
+CKPT_SUFFIX = ".ckpt"
+LOG_DIR = "logs"
+MODEL_FILE = "model.pt"
+METRICS_FILE = "metrics.json"
+RECIPE_FILE = "recipe.yaml"
+MAX_LOG_EVERY = 50
+SEGMENTATION_TARGET = "LV"  # InputSpec.target of segmentation models: the LV cavity mask
+
+
+@dataclass
+class FitResult:
+    """What a fit produced: the exported cinelab checkpoint, Lightning's last, metrics."""
+
+    best_checkpoint: Path
+    last_ckpt: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TaskSetup:
+    """A task's module, datasets and input spec."""
+
+    module: TaskModule
+    train: Dataset
+    val: Dataset
+    input_spec: InputSpec
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class StoreDataModule(L.LightningDataModule):
+    """Train/val loaders over store datasets; the train set learns the epoch it serves."""
+
+    def __init__(self, train: Dataset, val: Dataset, batch_size: int, num_workers: int,
+                 pin_memory: bool) -> None:
+        super().__init__()
+        self.train, self.val = train, val
+        self.loader_args = {"batch_size": batch_size, "num_workers": num_workers,
+                            "pin": pin_memory}
+
+    def train_dataloader(self) -> DataLoader:
+        # called after a resumed run restored its loops, before the first epoch's iterator
+        _set_epoch(self.train, self.trainer)
+        return _loader(self.train, train=True, **self.loader_args)
+
+    def val_dataloader(self) -> DataLoader:
+        return _loader(self.val, train=False, **self.loader_args)
+
+
+class EpochDataCallback(Callback):
+    """Tell datasets with `set_epoch` which epoch is starting (new random clips each epoch)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        _set_epoch(self.dataset, trainer)
+
+
+def _set_epoch(dataset: Dataset, trainer: L.Trainer) -> None:
+    """The epoch Lightning gives samplers (right after a resume too, unlike current_epoch)."""
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
+
+
+# -- tasks -------------------------------------------------------------------------------------
+
+
+def _normalisation(recipe: Recipe, store: PreparedStore) -> tuple[list[float], list[float]]:
+    """Mean/std (0-255 units) that the model sees: the store's, or identity for "none"."""
+    mode = recipe.data.normalize
+    if mode == "dataset":
+        return store.mean.tolist(), store.std.tolist()
+    if mode == "none":
+        channels = len(store.mean)
+        return [0.0] * channels, [1.0] * channels
+    raise InputError(None, "data.normalize", "'dataset' or 'none'", repr(mode))
+
+
+def _model(recipe: Recipe) -> torch.nn.Module:
+    return create_model(recipe.model.name, pretrained=recipe.model.pretrained,
+                        **dict(recipe.model.kwargs))
+
+
+def _spec(recipe: Recipe, store: PreparedStore, mean: list[float], std: list[float],
+          **kw: Any) -> InputSpec:
+    return InputSpec(task=recipe.task, size=_store_size(recipe, store),
+                     channels=len(mean), mean=mean, std=std, **kw)
+
+
+def _setup_video_regression(recipe: Recipe, store: PreparedStore, train_ids: list[str],
+                            val_ids: list[str]) -> TaskSetup:
+    data = recipe.data
+    if not isinstance(data.target, str) or data.frames is None:
+        raise InputError(None, "data.target/data.frames", "one target column and a clip "
+                         "length for video regression", f"{data.target!r}, {data.frames!r}")
+    train_ids = labelled_ids(store, train_ids, data.target)
+    val_ids = labelled_ids(store, val_ids, data.target)
+    seed = recipe.trainer.seed
+    train = ClipDataset(store, train_ids, data.frames, data.period, data.target, True, seed)
+    val = ClipDataset(store, val_ids, data.frames, data.period, data.target, False, seed)
+    target_mean = float(np.mean(target_values(store, train_ids, data.target)))
+    mean, std = _normalisation(recipe, store)
+    module = VideoRegressionModule(_model(recipe), mean, std, target_mean=target_mean,
+                                   loss=recipe.loss, optim=recipe.optim,
+                                   schedule=recipe.schedule, pad=data.pad,
+                                   channels_last=_channels_last(recipe))
+    spec = _spec(recipe, store, mean, std, frames=data.frames, period=data.period,
+                 target=data.target)
+    return TaskSetup(module, train, val, spec, {"target_mean": target_mean})
+
+
+def _setup_segmentation(recipe: Recipe, store: PreparedStore, train_ids: list[str],
+                        val_ids: list[str]) -> TaskSetup:
+    train, val = TracedFrameDataset(store, train_ids), TracedFrameDataset(store, val_ids)
+    mean, std = _normalisation(recipe, store)
+    module = SegmentationModule(_model(recipe), mean, std, loss=recipe.loss,
+                                optim=recipe.optim, schedule=recipe.schedule,
+                                pad=recipe.data.pad, channels_last=_channels_last(recipe))
+    spec = _spec(recipe, store, mean, std, target=SEGMENTATION_TARGET)
+    return TaskSetup(module, train, val, spec,
+                     {"skipped": [list(s) for s in train.skipped + val.skipped]})
+
+
+TASK_SETUPS: dict[str, Callable[[Recipe, PreparedStore, list[str], list[str]], TaskSetup]] = {
+    "video_regression": _setup_video_regression,
+    "regression": _setup_video_regression,
+    "segmentation": _setup_segmentation,
+}
+
+
+def build_task(recipe: Recipe, store: PreparedStore, train_ids: list[str] | None = None,
+               val_ids: list[str] | None = None) -> TaskSetup:
+    """Module, datasets and input spec of `recipe` on `store` (split from the manifest)."""
+    if recipe.task not in TASK_SETUPS:
+        raise InputError(None, "task", f"one of {sorted(TASK_SETUPS)} (trainable here)",
+                         repr(recipe.task))
+    if train_ids is None or val_ids is None:
+        train_ids, val_ids = train_val_ids(store, recipe.trainer.seed)
+    return TASK_SETUPS[recipe.task](recipe, store, train_ids, val_ids)
+
+
+def _channels_last(recipe: Recipe) -> bool:
+    return bool(getattr(recipe.trainer, "channels_last", False))
+
+
+def _store_size(recipe: Recipe, store: PreparedStore) -> int:
+    """The store's frame side, checked against the recipe's data.size."""
+    height, width = store.frames(store.ids[0]).shape[1:3]
+    wanted = recipe.data.size
+    wanted_hw = list(wanted) if isinstance(wanted, list) else [wanted, wanted]
+    if [height, width] != wanted_hw:
+        raise InputError(store.root, "data.size", f"frames of {wanted_hw[0]}x{wanted_hw[1]} px "
+                         "(the recipe's data.size)", f"{height}x{width} px in the store",
+                         f"override data.size={height} or prepare the store at that size")
+    return int(height)
+
+
+# -- trainer -----------------------------------------------------------------------------------
+
+
+def _as_recipe(recipe: Recipe | str | Path) -> Recipe:
+    return recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+
+
+def _resolve(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _is_cpu(accelerator: str) -> bool:
+    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+
+
+def _batching(n_items: int, batch_size: int, train: bool) -> tuple[int, bool, int]:
+    """(batch size, drop_last, batches per epoch): training drops a ragged last batch
+    (as EchoNet does; BatchNorm needs > 1 sample) unless the set is smaller than a batch."""
+    batch = max(1, min(batch_size, n_items))
+    drop_last = train and n_items >= batch_size
+    return batch, drop_last, n_items // batch if drop_last else math.ceil(n_items / batch)
+
+
+def _loader(dataset: Dataset, batch_size: int, num_workers: int, train: bool,
+            pin: bool) -> DataLoader:
+    batch, drop_last, _ = _batching(len(dataset), batch_size, train)
+    return DataLoader(dataset, batch_size=batch, shuffle=train, num_workers=num_workers,
+                      drop_last=drop_last, pin_memory=pin, persistent_workers=False)
+
+
+def _progress_bar() -> Callback:
+    return RichProgressBar() if sys.stderr.isatty() else TQDMProgressBar()
+
+
+def _trainer(recipe: Recipe, out: Path, ckpt_cb: ModelCheckpoint, callbacks: list[Callback],
+             n_batches: int, **settings: Any) -> L.Trainer:
+    loggers = [CSVLogger(out / LOG_DIR, name="csv"),
+               TensorBoardLogger(out / LOG_DIR, name="tensorboard", default_hp_metric=False)]
+    return L.Trainer(default_root_dir=out, callbacks=[ckpt_cb, _progress_bar(), *callbacks],
+                     logger=loggers, limit_train_batches=recipe.trainer.limit_train_batches,
+                     check_val_every_n_epoch=recipe.trainer.val_every,
+                     log_every_n_steps=max(1, min(MAX_LOG_EVERY, n_batches)), **settings)
+
+
+def _checkpoint_callback(out: Path, monitor: tuple[str, str]) -> ModelCheckpoint:
+    return ModelCheckpoint(dirpath=out / CHECKPOINT_DIR, filename=BEST_NAME,
+                           monitor=monitor[0], mode=monitor[1], save_top_k=1, save_last=True,
+                           auto_insert_metric_name=False, enable_version_counter=False)
+
+
+def fit(recipe: Recipe | str | Path, store: PreparedStore | str | Path, out_dir: str | Path,
+        resume: bool = False, precision: str | int | None = None,
+        devices: int | str | list[int] | None = None, accelerator: str | None = None,
+        strategy: str | None = None, max_epochs: int | None = None,
+        num_workers: int | None = None) -> FitResult:
+    """Train `recipe` on `store`; write checkpoints, logs, model.pt, metrics.json under out_dir.
+
+    Arguments left as None come from the recipe's trainer/data sections. With `resume`,
+    training continues from out_dir/checkpoints/last.ckpt when it exists (and starts afresh
+    when it does not); without it, an out_dir holding a previous run is refused.
+    """
+    recipe, out = _as_recipe(recipe), Path(out_dir)
+    store = store if isinstance(store, PreparedStore) else PreparedStore(store)
+    last = out / CHECKPOINT_DIR / f"{LAST_NAME}{CKPT_SUFFIX}"
+    if last.exists() and not resume:
+        raise InputError(out, "out_dir", "a new output folder, or resume=True",
+                         f"a previous run ({last} exists)",
+                         "resume it (--resume) or choose another output folder")
+    L.seed_everything(recipe.trainer.seed, workers=True, verbose=False)
+    setup = build_task(recipe, store)
+    acc = _resolve(accelerator, recipe.trainer.accelerator)
+    data = StoreDataModule(setup.train, setup.val, recipe.data.batch_size,
+                           _resolve(num_workers, recipe.data.num_workers), not _is_cpu(acc))
+    ckpt_cb = _checkpoint_callback(out, setup.module.monitor)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    trainer = _trainer(
+        recipe, out, ckpt_cb, [EpochDataCallback(setup.train)],
+        _batching(len(setup.train), recipe.data.batch_size, True)[2],
+        max_epochs=_resolve(max_epochs, recipe.trainer.max_epochs),
+        precision=_resolve(precision, recipe.trainer.precision),
+        devices=_resolve(devices, recipe.trainer.devices), accelerator=acc,
+        strategy=_resolve(strategy, recipe.trainer.strategy),
+        deterministic=_is_cpu(acc) or recipe.trainer.deterministic)
+    try:
+        for logger in trainer.loggers:
+            logger.log_hyperparams(_flat(recipe_to_dict(recipe)))
+        trainer.fit(setup.module, datamodule=data,
+                    ckpt_path=last if resume and last.exists() else None)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+    metrics = _metrics(trainer, ckpt_cb)
+    if trainer.is_global_zero:
+        _export(out, recipe, setup, ckpt_cb, metrics, store)
+    return FitResult(out / MODEL_FILE, last, metrics)
+
+
+# -- results -----------------------------------------------------------------------------------
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value if isinstance(value, int | float | str | bool) \
+                else str(value)
+    return out
+
+
+def _number(value: Any) -> float | None:
+    number = float(value.item() if isinstance(value, torch.Tensor) else value)
+    return number if math.isfinite(number) else None
+
+
+def _metrics(trainer: L.Trainer, ckpt_cb: ModelCheckpoint) -> dict[str, Any]:
+    """Last epoch's logged epoch metrics plus the best monitored score."""
+    metrics: dict[str, Any] = {k: _number(v) for k, v in trainer.callback_metrics.items()
+                               if not k.endswith(("_step", "_epoch"))}
+    metrics.update(epochs=int(trainer.current_epoch), global_step=int(trainer.global_step),
+                   monitor=ckpt_cb.monitor, mode=ckpt_cb.mode,
+                   best_score=None if ckpt_cb.best_model_score is None
+                   else _number(ckpt_cb.best_model_score))
+    return metrics
+
+
+def _export(out: Path, recipe: Recipe, setup: TaskSetup, ckpt_cb: ModelCheckpoint,
+            metrics: dict[str, Any], store: PreparedStore) -> None:
+    """Best weights -> model.pt (cinelab checkpoint); metrics.json; recipe.yaml."""
+    best = ckpt_cb.best_model_path or ckpt_cb.last_model_path
+    payload = torch.load(best, map_location="cpu", weights_only=False)
+    setup.module.load_state_dict(payload["state_dict"])
+    metrics["best_epoch"] = int(payload.get("epoch", -1))
+    extra = {"metrics": metrics, "store": str(store.root), "lightning_checkpoint": str(best),
+             **setup.extra}
+    save_checkpoint(out / MODEL_FILE, setup.module.model.cpu(), recipe_to_dict(recipe),
+                    setup.input_spec, extra)
+    write_json(out / METRICS_FILE, metrics)
+    with atomic_path(out / RECIPE_FILE) as tmp:
+        tmp.write_text(recipe_to_yaml(recipe))
