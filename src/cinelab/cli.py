@@ -17,8 +17,10 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="Deep learning on cardiac and chest imaging: echo, cine MRI, chest X-ray.")
 synth_app = typer.Typer(no_args_is_help=True, help="Write synthetic cohorts with known truth.")
 measure_app = typer.Typer(no_args_is_help=True, help="Clinical measurements (EF, volumes).")
+import_app = typer.Typer(no_args_is_help=True, help="Turn published weights into checkpoints.")
 app.add_typer(synth_app, name="synth")
 app.add_typer(measure_app, name="measure")
+app.add_typer(import_app, name="import")
 
 console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -53,6 +55,25 @@ def synth_echo(
     with console.status(f"synthesising {n} echo videos"):
         root = synth_echo_cohort(out, n=n, seed=seed, size=size, dicom=dicom)
     console.print(f"wrote {n} videos to {root}")
+
+
+@synth_app.command("cxr")
+@friendly
+def synth_cxr(
+    out: Annotated[Path, typer.Option(help="Folder to write the chest X-ray cohort into.")],
+    n: Annotated[int, typer.Option(help="Number of images.")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same cohort).")] = 0,
+    size: Annotated[int, typer.Option(help="Image size in pixels.")] = 256,
+    layout: Annotated[str, typer.Option(help="folders (DeepCOVID-XR tree) or nih.")] = "folders",
+    positive_fraction: Annotated[float, typer.Option(help="Share of positive cases.")] = 0.5,
+) -> None:
+    """Synthetic chest X-rays with lung masks (COVID-like opacities or NIH findings)."""
+    from cinelab.synth.cxr import synth_cxr_cohort
+
+    with console.status(f"synthesising {n} chest X-rays"):
+        root = synth_cxr_cohort(out, n=n, seed=seed, size=size, layout=layout,
+                                positive_fraction=positive_fraction)
+    console.print(f"wrote {n} images to {root}")
 
 
 @app.command()
@@ -123,6 +144,63 @@ def measure_tracings(
     write_csv(table, out)
     _print_problems(problems)
     console.print(f"{len(table)} videos measured -> {out}")
+
+
+@app.command()
+@friendly
+def train(
+    recipe: Annotated[str, typer.Argument(help="Recipe name (e.g. echonet-ef-cpu) or YAML path.")],
+    data: Annotated[Path, typer.Option(help="Prepared store to train on.")],
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints, logs, model.pt.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: optim.lr=3e-4")]
+    = None,
+    resume: Annotated[bool, typer.Option(help="Continue from out/checkpoints/last.ckpt.")]
+    = False,
+    precision: Annotated[str | None, typer.Option(help="32-true, bf16-mixed, 16-mixed.")] = None,
+    devices: Annotated[str | None, typer.Option(help="Devices: 1, 2, auto, ...")] = None,
+    accelerator: Annotated[str | None, typer.Option(help="cpu, gpu, auto.")] = None,
+    strategy: Annotated[str | None, typer.Option(help="auto, ddp, ...")] = None,
+    max_epochs: Annotated[int | None, typer.Option(help="Override trainer.max_epochs.")] = None,
+    num_workers: Annotated[int | None, typer.Option(help="DataLoader workers.")] = None,
+) -> None:
+    """Train a recipe on a prepared store (Lightning: checkpoints, resume, logs, DDP)."""
+    from cinelab.train.fit import fit
+    from cinelab.train.recipe import load_recipe
+
+    loaded = load_recipe(recipe, set_ or [])
+    result = fit(loaded, data, out, resume=resume, precision=precision,
+                 devices=_devices(devices), accelerator=accelerator, strategy=strategy,
+                 max_epochs=max_epochs, num_workers=num_workers)
+    console.print(f"model -> {result.best_checkpoint}; metrics {result.metrics}")
+
+
+def _devices(value: str | None) -> int | str | None:
+    return int(value) if value is not None and value.isdigit() else value
+
+
+@import_app.command("echonet")
+@friendly
+def import_echonet(
+    out: Annotated[Path, typer.Option(help="Folder for echonet-seg.pt and echonet-ef.pt.")],
+    seg: Annotated[Path | None, typer.Option(help="deeplabv3_resnet50_random.pt")] = None,
+    ef: Annotated[Path | None, typer.Option(help="r2plus1d_18_32_2_pretrained.pt")] = None,
+    data: Annotated[Path | None, typer.Option(help="Store whose mean/std to record.")] = None,
+    mean: Annotated[str | None, typer.Option(help="Per-channel mean, 0-255: 'a,b,c'.")] = None,
+    std: Annotated[str | None, typer.Option(help="Per-channel std, 0-255: 'a,b,c'.")] = None,
+    frames: Annotated[int, typer.Option(help="Frames per clip of the EF model.")] = 32,
+    period: Annotated[int, typer.Option(help="Sampling period of the EF model.")] = 2,
+) -> None:
+    """Import EchoNet-Dynamic's released weights as self-describing cinelab checkpoints."""
+    from cinelab.train.importers import import_echonet as import_api
+
+    written = import_api(seg, ef, out, frames=frames, period=period, mean=_floats(mean),
+                         std=_floats(std), store=data)
+    for name, path in written.items():
+        console.print(f"{name} -> {path}")
+
+
+def _floats(text: str | None) -> list[float] | None:
+    return None if text is None else [float(v) for v in text.split(",")]
 
 
 @app.command()

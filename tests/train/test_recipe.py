@@ -46,11 +46,12 @@ def test_echonet_seg_has_the_paper_values():
     assert r.task == "segmentation"
     assert r.model.name == "deeplabv3_resnet50" and r.model.pretrained is None
     assert r.model.kwargs["out_channels"] == 1
-    assert (r.data.size, r.data.batch_size, r.data.pad, r.data.frames) == (112, 20, 12, None)
+    assert (r.data.size, r.data.batch_size, r.data.pad, r.data.frames) == (112, 20, 0, None)
     assert (r.optim.name, r.optim.lr, r.optim.momentum, r.optim.weight_decay) == \
-        ("sgd", 1e-5, 0.9, 1e-4)
-    assert (r.schedule.name, r.schedule.step_size, r.schedule.gamma) == ("step", 15, 0.1)
+        ("sgd", 1e-5, 0.9, 0.0)
+    assert r.schedule.name == "none"
     assert r.trainer.max_epochs == 50 and r.loss.name == "bce_with_logits"
+    assert r.loss.kwargs == {"reduction": "sum"}
 
 
 def test_cpu_variants_are_small_and_inherit_the_rest():

@@ -25,6 +25,7 @@ from cinelab.data.store import (
     write_sample,
 )
 from cinelab.errors import CinelabError, Problem
+from cinelab.prep.cxr import prepare_cxr_sample
 from cinelab.prep.runner import run_tasks
 from cinelab.utils import file_hash, read_json, versions, write_csv, write_json
 
@@ -130,6 +131,7 @@ def _load_mask(mask_path: Any, transform: dict, map_mask: Callable) -> np.ndarra
 
 PREPARERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "echo": prepare_echo_sample,
+    "cxr": prepare_cxr_sample,
 }
 
 
