@@ -37,6 +37,12 @@ def recorded_input(pred_dir: Path) -> Path | None:
     return source if source.exists() else None
 
 
+def recorded_split(pred_dir: Path) -> str | None:
+    """The store split `predict` was restricted to, if any."""
+    path = pred_dir / "input.json"
+    return read_json(path).get("split") if path.exists() else None
+
+
 def labels_from(data: str | Path | None, labels: str | Path | None,
                 pred_dir: Path) -> dict[str, Any]:
     """Labels (sample_id, EF), tracings and truth masks from a store, a label CSV, or the
@@ -57,6 +63,9 @@ def labels_from(data: str | Path | None, labels: str | Path | None,
         return {"labels": preds[["sample_id", "EF"]], "tracings": None, "truth_masks": None}
     store = PreparedStore(source)
     m = store.manifest
+    split = recorded_split(pred_dir) if data is None else None
+    if split is not None:
+        m = m[m["split"] == split]
     masks = pd.DataFrame({"sample_id": m["sample_id"].astype(str),
                           "mask_path": [str(sample_files(store.root, s)["mask"]) for s in
                                         m["sample_id"].astype(str)]})

@@ -57,14 +57,14 @@ def test_echonet_seg_has_the_paper_values():
 def test_cpu_variants_are_small_and_inherit_the_rest():
     ef = load_recipe("echonet-ef-cpu")
     assert (ef.model.name, ef.data.frames, ef.data.period, ef.data.size) == \
-        ("tiny_video", 16, 2, 64)
-    assert (ef.optim.name, ef.optim.lr, ef.task, ef.data.target) == \
-        ("adam", 1e-3, "video_regression", "EF")
+        ("seg_video", 16, 4, 64)
+    assert (ef.optim.name, ef.task, ef.data.target, ef.loss.name) == \
+        ("adam", "video_regression", "EF", "mse")
     seg = load_recipe("echonet-seg-cpu")
     assert (seg.model.name, seg.data.size, seg.data.batch_size, seg.optim.name) == \
         ("unet_small", 64, 16, "adam")
-    assert seg.loss.name == "bce_with_logits"
-    assert ef.trainer.max_epochs <= 10 and seg.trainer.max_epochs <= 10
+    assert seg.loss.name == "bce+dice" and seg.loss.kwargs == {"reduction": "mean"}
+    assert ef.trainer.max_epochs <= 30 and seg.trainer.max_epochs <= 15
 
 
 def test_overrides_are_parsed_and_typed():
@@ -111,7 +111,7 @@ def test_recipe_from_a_path_with_base_and_bad_keys(tmp_path):
                                     "optim": {"lr": 5e-4}}))
     r = load_recipe(path, ["trainer.max_epochs=1"])
     assert (r.name, r.optim.lr, r.optim.name, r.model.name, r.trainer.max_epochs) == \
-        ("mine", 5e-4, "adam", "tiny_video", 1)
+        ("mine", 5e-4, "adam", "seg_video", 1)
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\ntask: segmentation\nmodel: {name: unet_small, colour: red}\n")
     with pytest.raises(InputError, match="model.colour") as err:

@@ -3,7 +3,7 @@
 Importing this package registers the built-in builders (segmentation, video).
 """
 
-from cinelab.models import segmentation, video  # noqa: F401  (registers the builders)
+from cinelab.models import seg_video, segmentation, video  # noqa: F401  (registers builders)
 from cinelab.models.registry import (
     TASKS,
     create_model,

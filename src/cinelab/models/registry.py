@@ -94,7 +94,11 @@ def register_model(name: str, task: str, weights_hint: str = "") -> Callable[[Bu
 
 
 def _with_pretrained(fn: Builder, name: str, weights_hint: str) -> Builder:
-    """Wrap a builder so that ``pretrained=<file>`` loads local weights after building."""
+    """Wrap a builder so that ``pretrained=<file>`` loads local weights after building.
+
+    A model with a ``load_pretrained(path, description)`` method (e.g. one built around
+    another registered network) decides itself where the file's weights go.
+    """
 
     @functools.wraps(fn)
     def build(*, pretrained: str | Path | None = None, **cfg: object) -> nn.Module:
@@ -103,7 +107,9 @@ def _with_pretrained(fn: Builder, name: str, weights_hint: str) -> Builder:
             from cinelab.models.weights import load_weights
 
             hint = weights_hint or f"weights for cinelab model {name!r}"
-            report = load_weights(model, pretrained, description=hint)
+            loader = getattr(model, "load_pretrained", None)
+            report = loader(pretrained, hint) if callable(loader) else \
+                load_weights(model, pretrained, description=hint)
             log.info("model %s: %s", name, report.summary())
         return model
 
