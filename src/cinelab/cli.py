@@ -272,7 +272,7 @@ def report(
 @friendly
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for every demo output.")] = Path("runs/demo"),
-    n: Annotated[int, typer.Option(help="Videos in the synthetic cohort.")] = 120,
+    n: Annotated[int, typer.Option(help="Videos in the synthetic cohort.")] = 150,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """The end-to-end demo on a synthetic echo cohort, printing its metrics."""

@@ -5,7 +5,9 @@ predict the test split (all clips + beat by beat) -> evaluate -> report.
 
 from __future__ import annotations
 
+import logging
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,7 @@ TARGETS = {"dice_overall": (">=", 0.85), "ef_mae": ("<=", 6.0)}
 class DemoConfig:
     """Demo sizes: small enough for 2 CPU cores in a few minutes."""
 
-    n_videos: int = 120
+    n_videos: int = 150
     seed: int = 0
     synth_size: int = 112
     store_size: int = 64
@@ -53,9 +55,17 @@ def _step(result: DemoResult, console: Console, name: str, fn: Callable[[], Any]
     return value
 
 
+def _quiet_training_logs() -> None:
+    """Keep Lightning's start-up chatter out of the demo's output (warnings still show)."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
 def run_demo(out: str | Path, config: DemoConfig | None = None,
              console: Console | None = None) -> DemoResult:
     """Run the whole EchoNet pipeline on a synthetic cohort; returns its metrics."""
+    _quiet_training_logs()
     config = config or DemoConfig()
     console = console or Console()
     result = DemoResult(Path(out))
@@ -103,10 +113,11 @@ def _model_steps(result: DemoResult, store: Path, run: Path, console: Console) -
     from cinelab.train.recipe import load_recipe
 
     seg = _step(result, console, f"train segmentation ({SEG_RECIPE})",
-                lambda: fit(load_recipe(SEG_RECIPE), store, run / "seg", resume=True))
+                lambda: fit(load_recipe(SEG_RECIPE), store, run / "seg", resume=True,
+                            progress=False))
     ef_recipe = load_recipe(EF_RECIPE, [f"model.pretrained={seg.best_checkpoint}"])
     _step(result, console, f"train EF ({EF_RECIPE})",
-          lambda: fit(ef_recipe, store, run / "ef", resume=True))
+          lambda: fit(ef_recipe, store, run / "ef", resume=True, progress=False))
 
 
 def _evaluation_steps(result: DemoResult, store: Path, run: Path, config: DemoConfig,

@@ -244,7 +244,8 @@ def _trainer(recipe: Recipe, out: Path, ckpt_cb: ModelCheckpoint, callbacks: lis
              n_batches: int, **settings: Any) -> L.Trainer:
     loggers = [CSVLogger(out / LOG_DIR, name="csv"),
                TensorBoardLogger(out / LOG_DIR, name="tensorboard", default_hp_metric=False)]
-    return L.Trainer(default_root_dir=out, callbacks=[ckpt_cb, _progress_bar(), *callbacks],
+    bar = [_progress_bar()] if settings.get("enable_progress_bar", True) else []
+    return L.Trainer(default_root_dir=out, callbacks=[ckpt_cb, *bar, *callbacks],
                      logger=loggers, limit_train_batches=recipe.trainer.limit_train_batches,
                      check_val_every_n_epoch=recipe.trainer.val_every,
                      log_every_n_steps=max(1, min(MAX_LOG_EVERY, n_batches)), **settings)
@@ -260,12 +261,13 @@ def fit(recipe: Recipe | str | Path, store: PreparedStore | str | Path, out_dir:
         resume: bool = False, precision: str | int | None = None,
         devices: int | str | list[int] | None = None, accelerator: str | None = None,
         strategy: str | None = None, max_epochs: int | None = None,
-        num_workers: int | None = None) -> FitResult:
+        num_workers: int | None = None, progress: bool = True) -> FitResult:
     """Train `recipe` on `store`; write checkpoints, logs, model.pt, metrics.json under out_dir.
 
     Arguments left as None come from the recipe's trainer/data sections. With `resume`,
     training continues from out_dir/checkpoints/last.ckpt when it exists (and starts afresh
     when it does not); without it, an out_dir holding a previous run is refused.
+    `progress=False` hides the progress bar and model summary (e.g. inside another display).
     """
     recipe, out = _as_recipe(recipe), Path(out_dir)
     store = store if isinstance(store, PreparedStore) else PreparedStore(store)
@@ -288,7 +290,8 @@ def fit(recipe: Recipe | str | Path, store: PreparedStore | str | Path, out_dir:
         precision=_resolve(precision, recipe.trainer.precision),
         devices=_resolve(devices, recipe.trainer.devices), accelerator=acc,
         strategy=_resolve(strategy, recipe.trainer.strategy),
-        deterministic=_is_cpu(acc) or recipe.trainer.deterministic)
+        deterministic=_is_cpu(acc) or recipe.trainer.deterministic,
+        enable_progress_bar=progress, enable_model_summary=progress)
     try:
         for logger in trainer.loggers:
             logger.log_hyperparams(_flat(recipe_to_dict(recipe)))
