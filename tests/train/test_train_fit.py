@@ -44,7 +44,8 @@ SIZE, FRAMES = 32, 16
 EF = [40.0, 50.0, 60.0, 70.0]
 SPLITS = ["train", "train", "val", "train"]
 SUBPROCESS_TIMEOUT = 120
-EF_OVERRIDES = ["data.size=32", "data.frames=4", "data.period=2", "data.batch_size=2",
+EF_OVERRIDES = ["model.name=tiny_video", "model.kwargs={num_outputs: 1}", "optim.lr=1e-3",
+                "data.size=32", "data.frames=4", "data.period=2", "data.batch_size=2",
                 "data.num_workers=0", "data.pad=2", "trainer.max_epochs=1"]
 SEG_OVERRIDES = ["data.size=32", "data.batch_size=4", "data.num_workers=0", "data.pad=2",
                  "trainer.max_epochs=1", "loss.name=bce"]
