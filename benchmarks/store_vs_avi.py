@@ -9,7 +9,6 @@ cohort size. Prints numbers; never asserts timings.
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
@@ -21,18 +20,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cinelab.data.datasets import ClipDataset
 from cinelab.data.store import PreparedStore
 from cinelab.formats.ingest import ingest
 from cinelab.prep.prepare import PrepSpec, prepare
 
-FRAMES, PERIOD = 32, 2
+FRAMES, PERIOD, PAD = 32, 2, 12
 
 
 class AviClips(Dataset):
-    """EchoNet-Dynamic's loader: decode the whole AVI to float on every access, take a clip."""
+    """EchoNet-Dynamic's `Echo.__getitem__`: decode the whole AVI, convert it to float32,
+    normalise every frame, then take one clip and pad-12 translate it, on every access."""
 
-    def __init__(self, paths: list[str], n: int) -> None:
+    def __init__(self, paths: list[str], n: int, mean: np.ndarray, std: np.ndarray) -> None:
         self.paths, self.n = paths, n
+        self.mean, self.std = mean.reshape(3, 1, 1, 1), std.reshape(3, 1, 1, 1)
 
     def __len__(self) -> int:
         return self.n
@@ -46,29 +48,23 @@ class AviClips(Dataset):
                 break
             frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
         video = np.stack(frames).transpose(3, 0, 1, 2).astype(np.float32)
+        video = (video - self.mean) / self.std
         rng = np.random.default_rng(i)
         start = rng.integers(0, max(1, video.shape[1] - (FRAMES - 1) * PERIOD))
         idx = np.clip(start + PERIOD * np.arange(FRAMES), 0, video.shape[1] - 1)
-        return torch.from_numpy(video[:, idx].copy())
+        clip = video[:, idx]
+        c, f, h, w = clip.shape
+        padded = np.zeros((c, f, h + 2 * PAD, w + 2 * PAD), clip.dtype)
+        padded[:, :, PAD:-PAD, PAD:-PAD] = clip
+        dy, dx = rng.integers(0, 2 * PAD, 2)
+        return torch.from_numpy(padded[:, :, dy:dy + h, dx:dx + w].copy())
 
 
-class StoreClips(Dataset):
-    """cinelab: index the memory-mapped uint8 frames; normalisation happens on the batch."""
-
-    def __init__(self, root: str, ids: list[str], n: int) -> None:
-        self.root, self.ids, self.n, self.store = root, ids, n, None
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        if self.store is None:
-            self.store = PreparedStore(self.root)
-        frames = self.store.frames(self.ids[i % len(self.ids)])
-        rng = np.random.default_rng(i)
-        start = rng.integers(0, max(1, frames.shape[0] - (FRAMES - 1) * PERIOD))
-        idx = np.clip(start + PERIOD * np.arange(FRAMES), 0, frames.shape[0] - 1)
-        return torch.from_numpy(np.ascontiguousarray(frames[idx].transpose(3, 0, 1, 2)))
+def store_clips(store: PreparedStore, n: int) -> Dataset:
+    """cinelab's training dataset: uint8 clips indexed from the memory-mapped store
+    (normalisation and translation happen later, on the batch, on the model's device)."""
+    ids = (store.ids * (n // len(store.ids) + 1))[:n]
+    return ClipDataset(store.root, ids, FRAMES, PERIOD, target="EF", random_clip=True)
 
 
 def clips_per_second(dataset: Dataset, workers: int = 2, batch: int = 8) -> float:
@@ -76,7 +72,7 @@ def clips_per_second(dataset: Dataset, workers: int = 2, batch: int = 8) -> floa
     loader = DataLoader(dataset, batch_size=batch, num_workers=workers, shuffle=False,
                         persistent_workers=False)
     start = time.perf_counter()
-    count = sum(b.shape[0] for b in loader)
+    count = sum(len(b[0]) if isinstance(b, list | tuple) else len(b) for b in loader)
     return count / (time.perf_counter() - start)
 
 
@@ -89,13 +85,14 @@ def prepare_rate(cohort: Path, out: Path, workers: int) -> float:
 
 
 def peak_memory_mb(cohort: Path, out: Path, n: int) -> float:
-    """Peak RSS (MB) of a child process preparing the first n videos with one process."""
+    """Peak resident memory (MB, VmHWM) of a child process preparing the first n videos."""
     code = (
-        "import resource,sys;from cinelab.formats.ingest import ingest;"
+        "import sys;from cinelab.formats.ingest import ingest;"
         "from cinelab.prep.prepare import prepare,PrepSpec;"
         f"m=ingest(sys.argv[1]).manifest.head({n});"
         "prepare(m,sys.argv[2],PrepSpec(size=112),workers=1);"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024)"
+        "hwm=[l for l in open('/proc/self/status') if l.startswith('VmHWM')][0];"
+        "print(int(hwm.split()[1])/1024)"
     )
     done = subprocess.run([sys.executable, "-c", code, str(cohort), str(out)],
                           capture_output=True, text=True, check=True)
@@ -105,8 +102,8 @@ def peak_memory_mb(cohort: Path, out: Path, n: int) -> float:
 def main() -> None:
     """Run the benchmarks on a synthetic cohort and print a table."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=48, help="videos in the synthetic cohort")
-    parser.add_argument("--clips", type=int, default=160, help="clips served per loader")
+    parser.add_argument("--n", type=int, default=96, help="videos in the synthetic cohort")
+    parser.add_argument("--clips", type=int, default=640, help="clips served from the store")
     args = parser.parse_args()
     from cinelab.synth.echo import synth_echo_cohort
 
@@ -117,8 +114,8 @@ def main() -> None:
         rate2 = prepare_rate(cohort, tmp / "store2", workers=2)
         store = PreparedStore(tmp / "store2")
         paths = store.manifest["path"].tolist()
-        avi = clips_per_second(AviClips(paths, args.clips // 4))
-        mem = clips_per_second(StoreClips(str(store.root), store.ids, args.clips))
+        avi = clips_per_second(AviClips(paths, args.clips // 4, store.mean, store.std))
+        mem = clips_per_second(store_clips(store, args.clips))
         print(f"prepare: {rate1:.1f} videos/s with 1 process, {rate2:.1f} with 2")
         print(f"random {FRAMES}-frame clips (period {PERIOD}), 2 workers: "
               f"store {mem:.0f} clips/s, AVI decode per clip {avi:.1f} clips/s, "
@@ -126,7 +123,6 @@ def main() -> None:
         for n in (args.n // 4, args.n // 2, args.n):
             peak = peak_memory_mb(cohort, tmp / f"mem{n}", n)
             print(f"prepare peak memory with {n:3d} videos: {peak:.0f} MB")
-        print(f"(this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
 
 
 if __name__ == "__main__":

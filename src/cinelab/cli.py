@@ -298,5 +298,19 @@ def _print_problems(problems: list, limit: int = 10) -> None:
         console.print(f"... and {len(problems) - limit} more (see problems.csv)")
 
 
+def _register_pipeline_commands() -> None:
+    """Add each cinelab.commands module's commands (one file per pipeline)."""
+    import importlib
+    import pkgutil
+
+    import cinelab.commands as commands
+
+    apps = {"main": app, "synth": synth_app, "measure": measure_app, "import": import_app}
+    for info in pkgutil.iter_modules(commands.__path__):
+        importlib.import_module(f"{commands.__name__}.{info.name}").register(apps)
+
+
+_register_pipeline_commands()
+
 if __name__ == "__main__":
     app()

@@ -1,9 +1,12 @@
-"""cinelab.models: a registry of segmentation and video models, local weights and imports.
+"""cinelab.models: a registry of segmentation, video and classification models.
 
-Importing this package registers the built-in builders (segmentation, video).
+Importing this package imports every module in it, so each module's `@register_model`
+builders are registered: a new model family is one new file here, nothing else to edit.
 """
 
-from cinelab.models import seg_video, segmentation, video  # noqa: F401  (registers builders)
+import importlib
+import pkgutil
+
 from cinelab.models.registry import (
     TASKS,
     create_model,
@@ -13,6 +16,12 @@ from cinelab.models.registry import (
     register_model,
     register_task,
 )
+
+_NOT_BUILDERS = {"registry", "weights"}
+
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name not in _NOT_BUILDERS:
+        importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = [
     "TASKS",

@@ -172,16 +172,31 @@ def _setup_segmentation(recipe: Recipe, store: PreparedStore, train_ids: list[st
                      {"skipped": [list(s) for s in train.skipped + val.skipped]})
 
 
-TASK_SETUPS: dict[str, Callable[[Recipe, PreparedStore, list[str], list[str]], TaskSetup]] = {
+TaskSetupFn = Callable[[Recipe, PreparedStore, list[str], list[str]], TaskSetup]
+TASK_SETUPS: dict[str, TaskSetupFn] = {
     "video_regression": _setup_video_regression,
     "regression": _setup_video_regression,
     "segmentation": _setup_segmentation,
 }
 
 
+def register_task_setup(*names: str) -> Callable[[TaskSetupFn], TaskSetupFn]:
+    """Register a task setup (recipe, store, train ids, val ids) -> TaskSetup under names
+    (a module in cinelab.train.tasks does this for its pipeline)."""
+
+    def decorate(fn: TaskSetupFn) -> TaskSetupFn:
+        for name in names:
+            TASK_SETUPS[name] = fn
+        return fn
+
+    return decorate
+
+
 def build_task(recipe: Recipe, store: PreparedStore, train_ids: list[str] | None = None,
                val_ids: list[str] | None = None) -> TaskSetup:
     """Module, datasets and input spec of `recipe` on `store` (split from the manifest)."""
+    import cinelab.train.tasks  # noqa: F401  (registers the pipelines' task setups)
+
     if recipe.task not in TASK_SETUPS:
         raise InputError(None, "task", f"one of {sorted(TASK_SETUPS)} (trainable here)",
                          repr(recipe.task))

@@ -30,7 +30,7 @@ BASE_KEY = "base"
 MAX_BASE_DEPTH = 8
 
 RECIPE_TASKS = ("segmentation", "video_regression", "video_classification",
-                "classification", "regression")
+                "classification", "regression", "image_segmentation", "image_classification")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("step", "cosine", "none")
 
