@@ -12,6 +12,7 @@ Layout of a store folder:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from cinelab.errors import InputError
 from cinelab.utils import atomic_path, read_json, write_json
 
 STORE_FORMAT = "cinelab-store/1"
+OPEN_ARRAYS = 4096  # memory maps kept open per store reader (parsing .npy headers is slow)
 
 
 def sample_files(root: str | Path, sample_id: str) -> dict[str, Path]:
@@ -138,12 +140,24 @@ class PreparedStore:
 
     def frames(self, sample_id: str) -> np.ndarray:
         """uint8 (T, H, W, C) frames, memory-mapped (nothing is read until indexed)."""
-        return np.load(sample_files(self.root, sample_id)["frames"], mmap_mode="r")
+        return self._open(sample_files(self.root, sample_id)["frames"])
 
     def mask(self, sample_id: str) -> np.ndarray | None:
         """uint8 (T, H, W) masks, memory-mapped, or None when the sample has none."""
         path = sample_files(self.root, sample_id)["mask"]
-        return np.load(path, mmap_mode="r") if path.exists() else None
+        return self._open(path) if path.exists() else None
+
+    def _open(self, path: Path) -> np.ndarray:
+        """A memory map of an .npy file, reused while it stays among the recent ones."""
+        cache: OrderedDict[Path, np.ndarray] = self.__dict__.setdefault("_maps", OrderedDict())
+        if path in cache:
+            cache.move_to_end(path)
+            return cache[path]
+        array = np.load(path, mmap_mode="r")
+        cache[path] = array
+        if len(cache) > OPEN_ARRAYS:
+            cache.popitem(last=False)
+        return array
 
     def meta(self, sample_id: str) -> dict[str, Any]:
         """Per-sample metadata (fps, original shape, pixel size, source hash, transform)."""
