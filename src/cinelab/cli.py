@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
+from cinelab.cliutil import console, friendly, print_problems
 from cinelab.errors import CinelabError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -21,24 +19,6 @@ import_app = typer.Typer(no_args_is_help=True, help="Turn published weights into
 app.add_typer(synth_app, name="synth")
 app.add_typer(measure_app, name="measure")
 app.add_typer(import_app, name="import")
-
-console = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def friendly(fn: F) -> F:
-    """Unusable input: exit non-zero with a one-line reason, no traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (CinelabError, FileNotFoundError) as exc:
-            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-            sys.exit(2)
-
-    return wrapper  # type: ignore[return-value]
-
 
 @synth_app.command("echo")
 @friendly
@@ -90,7 +70,7 @@ def ingest(
 
     result = ingest_api(root, layout=layout, labels=labels)
     write_ingested(result, out)
-    _print_problems(result.problems)
+    print_problems(result.problems)
     console.print(f"{result.layout}: {len(result.manifest)} samples, "
                   f"{len(result.problems)} problem(s) -> {out}")
     if result.manifest.empty:
@@ -122,7 +102,7 @@ def prepare(
         summary = prepare_api(cohort.manifest, out, spec, tracings=cohort.tracings,
                               workers=workers, scheduler=scheduler, force=force,
                               on_result=lambda _: progress.advance(task))
-    _print_problems(summary.problems)
+    print_problems(summary.problems)
     console.print(f"prepared {summary.prepared}, already complete {summary.skipped}, "
                   f"failed {summary.failed} -> {out}")
     if summary.usable == 0:
@@ -142,7 +122,7 @@ def measure_tracings(
     from cinelab.utils import write_csv
 
     write_csv(table, out)
-    _print_problems(problems)
+    print_problems(problems)
     console.print(f"{len(table)} videos measured -> {out}")
 
 
@@ -290,14 +270,6 @@ def _load_cohort(source: Path) -> Any:
     return ingest_api(source)
 
 
-def _print_problems(problems: list, limit: int = 10) -> None:
-    for p in problems[:limit]:
-        console.print(f"[yellow]problem:[/yellow] {p.file} [{p.stage}] {p.error}",
-                      highlight=False, soft_wrap=True)
-    if len(problems) > limit:
-        console.print(f"... and {len(problems) - limit} more (see problems.csv)")
-
-
 def _register_pipeline_commands() -> None:
     """Add each cinelab.commands module's commands (one file per pipeline)."""
     import importlib
@@ -307,7 +279,8 @@ def _register_pipeline_commands() -> None:
 
     apps = {"main": app, "synth": synth_app, "measure": measure_app, "import": import_app}
     for info in pkgutil.iter_modules(commands.__path__):
-        importlib.import_module(f"{commands.__name__}.{info.name}").register(apps)
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{commands.__name__}.{info.name}").register(apps)
 
 
 _register_pipeline_commands()

@@ -1,0 +1,41 @@
+"""Shared CLI plumbing: the stderr console, friendly errors, problem listings."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from rich.console import Console
+
+from cinelab.errors import CinelabError
+
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(fn: F) -> F:
+    """Unusable input: exit non-zero with a one-line reason, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (CinelabError, FileNotFoundError) as exc:
+            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_problems(problems: list, limit: int = 10) -> None:
+    """The first problems of a run, one line each, and how many more are in problems.csv."""
+    for p in problems[:limit]:
+        console.print(
+            f"[yellow]problem:[/yellow] {p.file} [{p.stage}] {p.error}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if len(problems) > limit:
+        console.print(f"... and {len(problems) - limit} more (see problems.csv)")
