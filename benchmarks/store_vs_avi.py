@@ -104,6 +104,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=96, help="videos in the synthetic cohort")
     parser.add_argument("--clips", type=int, default=640, help="clips served from the store")
+    parser.add_argument("--real", type=Path, default=None,
+                        help="an EchoNet-layout folder of real videos to serve clips from "
+                             "(e.g. ../shared/data/real/echonet-extra) instead of the phantoms")
+    parser.add_argument("--batch", type=int, default=16, help="clips per batch")
     args = parser.parse_args()
     from cinelab.synth.echo import synth_echo_cohort
 
@@ -113,11 +117,16 @@ def main() -> None:
         rate1 = prepare_rate(cohort, tmp / "store1", workers=1)
         rate2 = prepare_rate(cohort, tmp / "store2", workers=2)
         store = PreparedStore(tmp / "store2")
+        if args.real is not None:
+            prepare_rate(args.real, tmp / "real", workers=2)
+            store = PreparedStore(tmp / "real")
         paths = store.manifest["path"].tolist()
-        avi = clips_per_second(AviClips(paths, args.clips // 4, store.mean, store.std))
-        mem = clips_per_second(store_clips(store, args.clips))
+        avi = clips_per_second(AviClips(paths, args.clips // 8, store.mean, store.std),
+                               batch=args.batch)
+        mem = clips_per_second(store_clips(store, args.clips), batch=args.batch)
         print(f"prepare: {rate1:.1f} videos/s with 1 process, {rate2:.1f} with 2")
-        print(f"random {FRAMES}-frame clips (period {PERIOD}), 2 workers: "
+        source = f"{len(store.ids)} real videos" if args.real else f"{len(store.ids)} phantoms"
+        print(f"random {FRAMES}-frame clips (period {PERIOD}) from {source}, 2 workers: "
               f"store {mem:.0f} clips/s, AVI decode per clip {avi:.1f} clips/s, "
               f"speed-up {mem / avi:.0f}x")
         for n in (args.n // 4, args.n // 2, args.n):

@@ -276,13 +276,15 @@ def fit(recipe: Recipe | str | Path, store: PreparedStore | str | Path, out_dir:
         resume: bool = False, precision: str | int | None = None,
         devices: int | str | list[int] | None = None, accelerator: str | None = None,
         strategy: str | None = None, max_epochs: int | None = None,
-        num_workers: int | None = None, progress: bool = True) -> FitResult:
+        num_workers: int | None = None, progress: bool = True,
+        callbacks: list[Callback] | None = None) -> FitResult:
     """Train `recipe` on `store`; write checkpoints, logs, model.pt, metrics.json under out_dir.
 
     Arguments left as None come from the recipe's trainer/data sections. With `resume`,
     training continues from out_dir/checkpoints/last.ckpt when it exists (and starts afresh
     when it does not); without it, an out_dir holding a previous run is refused.
-    `progress=False` hides the progress bar and model summary (e.g. inside another display).
+    `progress=False` hides the progress bar and model summary (e.g. inside another display);
+    `callbacks` are extra Lightning callbacks (early stopping, timing, ...).
     """
     recipe, out = _as_recipe(recipe), Path(out_dir)
     store = store if isinstance(store, PreparedStore) else PreparedStore(store)
@@ -299,7 +301,7 @@ def fit(recipe: Recipe | str | Path, store: PreparedStore | str | Path, out_dir:
     ckpt_cb = _checkpoint_callback(out, setup.module.monitor)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     trainer = _trainer(
-        recipe, out, ckpt_cb, [EpochDataCallback(setup.train)],
+        recipe, out, ckpt_cb, [EpochDataCallback(setup.train), *(callbacks or [])],
         _batching(len(setup.train), recipe.data.batch_size, True)[2],
         max_epochs=_resolve(max_epochs, recipe.trainer.max_epochs),
         precision=_resolve(precision, recipe.trainer.precision),
