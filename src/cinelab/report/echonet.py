@@ -26,6 +26,7 @@ from cinelab.evaluate.echonet import (
     PER_SAMPLE_CSV,
     read_prediction_dir,
 )
+from cinelab.explain.overlay import overlay_masks
 from cinelab.report.html import HtmlReport, format_value
 from cinelab.utils import read_json
 
@@ -45,14 +46,6 @@ SECTIONS = (("summary", "Cohort"), ("settings", "Settings"), ("ef", "EF regressi
 
 
 # --------------------------------------------------------------------------- images
-
-
-def _outline(tile: np.ndarray, mask: np.ndarray, color: tuple[int, int, int]) -> np.ndarray:
-    """Draw the outer contour of a binary mask on an RGB tile (in place; returned)."""
-    contours, _ = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(tile, contours, -1, color, 1)
-    return tile
 
 
 def _base_tile(frame: np.ndarray | None, mask: np.ndarray) -> np.ndarray:
@@ -83,7 +76,8 @@ def overlay_strip(mask: np.ndarray, marks: Sequence[tuple[str, int]],
         if not 0 <= t < len(mask):
             continue
         frame = None if frames is None or t >= len(frames) else frames[t]
-        tile = _outline(_base_tile(frame, mask[t]), mask[t], ED_RGB if phase == "ED" else ES_RGB)
+        tile = overlay_masks(_base_tile(frame, mask[t])[None], mask[t][None],
+                             color=ED_RGB if phase == "ED" else ES_RGB)[0]
         tiles.append(_labelled(tile, f"{phase} {t}"))
         tiles.append(np.zeros((tiles[-1].shape[0], GAP, 3), np.uint8))
     strip = np.concatenate(tiles[:-1], axis=1) if tiles else np.zeros((8, 8, 3), np.uint8)
