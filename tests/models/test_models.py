@@ -9,6 +9,7 @@ from torch import nn
 from cinelab.models import TASKS, create_model, list_models, model_task, output_layer
 from cinelab.models.registry import (
     UnknownModelError,
+    get_entry,
     register_model,
     replace_input_conv,
     set_head,
@@ -30,7 +31,9 @@ def _inputs(name: str, in_channels: int) -> tuple[dict, torch.Tensor, tuple[int,
         x = torch.randn(BATCH, in_channels, *VIDEO_SHAPE)
         return {"num_outputs": VIDEO_OUTPUTS}, x, (BATCH, VIDEO_OUTPUTS)
     x = torch.randn(BATCH, in_channels, *IMAGE_SHAPE)
-    if task == "classification":
+    if task == "classification":  # some need a larger input (inception_v3: 75 px)
+        side = max(IMAGE_SHAPE[0], get_entry(name).min_size)
+        x = torch.randn(BATCH, in_channels, side, side)
         return {"num_outputs": VIDEO_OUTPUTS}, x, (BATCH, VIDEO_OUTPUTS)
     if task == "segmentation":
         return {"out_channels": SEG_CLASSES}, x, (BATCH, SEG_CLASSES, *IMAGE_SHAPE)

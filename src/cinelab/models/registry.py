@@ -59,6 +59,7 @@ class ModelEntry:
     builder: Builder
     weights_hint: str
     doc: str
+    min_size: int = 0  # smallest input side (px) the network accepts; 0: no limit known
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -71,10 +72,12 @@ def register_task(task: str, contract: str) -> None:
     TASKS[task] = contract
 
 
-def register_model(name: str, task: str, weights_hint: str = "") -> Callable[[Builder], Builder]:
+def register_model(name: str, task: str, weights_hint: str = "",
+                   min_size: int = 0) -> Callable[[Builder], Builder]:
     """Decorator: register ``fn(**cfg) -> nn.Module`` as model `name` of `task`.
 
-    `weights_hint` describes the usual pretrained file (used in missing-weights errors).
+    `weights_hint` describes the usual pretrained file (used in missing-weights errors);
+    `min_size` the smallest input side in pixels the network accepts (0: no known limit).
     The returned function accepts an extra ``pretrained`` keyword (local weights file).
     """
     if task not in TASKS:
@@ -87,7 +90,8 @@ def register_model(name: str, task: str, weights_hint: str = "") -> Callable[[Bu
                              f"(by {_REGISTRY[name].builder.__module__})")
         wrapped = _with_pretrained(fn, name, weights_hint)
         doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = ModelEntry(name, task, wrapped, weights_hint, doc[0] if doc else "")
+        _REGISTRY[name] = ModelEntry(name, task, wrapped, weights_hint, doc[0] if doc else "",
+                                     min_size)
         return wrapped
 
     return decorate

@@ -25,6 +25,8 @@ from cinelab.data.store import (
     write_sample,
 )
 from cinelab.errors import CinelabError, Problem
+from cinelab.prep.cine import prepare_cine_sample
+from cinelab.prep.cmr import prepare_cmr_sample
 from cinelab.prep.cxr import prepare_cxr_sample
 from cinelab.prep.runner import run_tasks
 from cinelab.utils import file_hash, read_json, versions, write_csv, write_json
@@ -132,6 +134,8 @@ def _load_mask(mask_path: Any, transform: dict, map_mask: Callable) -> np.ndarra
 PREPARERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "echo": prepare_echo_sample,
     "cxr": prepare_cxr_sample,
+    "cine": prepare_cine_sample,
+    "cmr": prepare_cmr_sample,
 }
 
 

@@ -30,9 +30,12 @@ BASE_KEY = "base"
 MAX_BASE_DEPTH = 8
 
 RECIPE_TASKS = ("segmentation", "video_regression", "video_classification",
-                "classification", "regression", "image_segmentation", "image_classification")
+                "classification", "regression", "image_segmentation", "image_classification",
+                "cine_regression")  # cine_regression: cinelab.train.tasks.cine
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("step", "cosine", "none")
+SCHEDULES = ("step", "cosine", "none", "plateau")  # plateau: image_classification
+BALANCE_MODES = ("none", "pos_weight", "sampler")
+CROP_VARIANTS = ("crop", "uncrop")
 
 
 class RecipeLoader(yaml.SafeLoader):
@@ -53,6 +56,8 @@ class ModelSpec:
     name: str = ""
     pretrained: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    freeze_encoder_epochs: int = 0  # image_segmentation: train the decoder alone first
+    freeze_epochs: int = 0  # train only the head for this many epochs, then everything
 
 
 @dataclass
@@ -69,6 +74,11 @@ class DataSpec:
     clips: int | str = 1
     normalize: str = "dataset"  # "dataset" (training-split mean/std) or "none"
     augment: dict[str, Any] = field(default_factory=dict)
+    classes: dict[str, Any] = field(default_factory=dict)  # class name -> store label(s)
+    subset: dict[str, Any] = field(default_factory=dict)  # patients/fraction/phases/images
+    empty_slices: bool = False  # image_segmentation: also train on slices without labels
+    crop: str | None = None  # CXR store variant: "crop" (lung crop) or "uncrop"
+    balance: str = "none"  # class imbalance: none | pos_weight | sampler
 
 
 @dataclass
@@ -117,6 +127,17 @@ class LossSpec:
 
 
 @dataclass
+class EnsembleSpec:
+    """Ensemble matrix: archs x sizes x crops, or an explicit `members` list (see
+    recipes/cxr-ensemble.yaml and `ensemble_members`)."""
+
+    archs: list[str] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    crops: list[str] = field(default_factory=list)
+    members: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
 class Recipe:
     """A complete, typed training recipe."""
 
@@ -129,9 +150,28 @@ class Recipe:
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
     trainer: TrainerSpec = field(default_factory=TrainerSpec)
     loss: LossSpec = field(default_factory=LossSpec)
+    ensemble: EnsembleSpec = field(default_factory=EnsembleSpec)
 
 
 # -- public API --------------------------------------------------------------------------------
+
+
+def ensemble_members(recipe: Recipe) -> list[tuple[str, Recipe]]:
+    """(member id "<model>-<size>-<crop>", member recipe) for the recipe's ensemble: its
+    `members` list, else every archs x sizes x crops combination; [] when none."""
+    spec = recipe.ensemble
+    members = spec.members or [{"model": a, "size": s, "crop": c}
+                               for a in spec.archs for s in spec.sizes for c in spec.crops]
+    out = []
+    for i, member in enumerate(members):
+        missing = [k for k in ("model", "size", "crop") if k not in member]
+        if missing:
+            raise InputError(None, f"ensemble.members[{i}].{missing[0]}", "a value", "nothing")
+        overrides = [f"model.name={member['model']}", f"data.size={member['size']}",
+                     f"data.crop={member['crop']}", *member.get("overrides", [])]
+        out.append((f"{member['model']}-{member['size']}-{member['crop']}",
+                    apply_overrides(recipe, overrides)))
+    return out
 
 
 def list_recipes() -> list[str]:
@@ -358,7 +398,11 @@ def _hint_name(hint: Any) -> str:
 def _check_choices(recipe: Recipe, source: str | Path | None) -> None:
     """Named choices and value ranges that the type check cannot see."""
     choices = {"task": (recipe.task, RECIPE_TASKS), "optim.name": (recipe.optim.name, OPTIMIZERS),
-               "schedule.name": (recipe.schedule.name, SCHEDULES)}
+               "schedule.name": (recipe.schedule.name, SCHEDULES),
+               "data.balance": (recipe.data.balance, BALANCE_MODES),
+               "data.crop": (recipe.data.crop, (None, *CROP_VARIANTS))}
+    choices.update({f"ensemble.crops[{i}]": (c, CROP_VARIANTS)
+                    for i, c in enumerate(recipe.ensemble.crops)})
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise InputError(source, key, f"one of {list(allowed)}", repr(value))
@@ -366,7 +410,8 @@ def _check_choices(recipe: Recipe, source: str | Path | None) -> None:
                 "data.frames": 1 if recipe.data.frames is None else recipe.data.frames,
                 "optim.lr": recipe.optim.lr,
                 "schedule.step_size": recipe.schedule.step_size,
-                "trainer.val_every": recipe.trainer.val_every}
+                "trainer.val_every": recipe.trainer.val_every,
+                "model.freeze_epochs": recipe.model.freeze_epochs + 1}
     for key, value in positive.items():
         if value <= 0:
             raise InputError(source, key, "a positive number", repr(value))

@@ -1,0 +1,136 @@
+"""The RV-failure report: one self-contained HTML page of a prediction run.
+
+Sections: what was predicted (checkpoint's recipe, clips averaged), metrics per video and
+per patient with bootstrap CIs, the ROC plot, confusion counts, the per-patient table,
+training metrics (when the run folder is known) and the guided-backpropagation strips.
+Everything shown comes from the prediction/saliency folders, which hold pseudonymous ids only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cinelab.errors import InputError
+from cinelab.infer.video_classify import FILES
+from cinelab.report.html import HtmlReport
+from cinelab.utils import read_json
+
+REPORT_FILE = "report.html"
+TITLE = "RV failure from echo: two-stream video classifier"
+MAX_PATIENT_ROWS = 500
+MAX_STRIPS = 24
+RATE_KEYS = ("auc", "sensitivity", "specificity", "accuracy", "ppv", "npv")
+TRAIN_METRICS = ("best_score", "best_epoch", "epochs", "val/auc", "val/loss", "train/loss")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return read_json(path) if path.exists() else {}
+
+
+def _metric_block(report: dict[str, Any]) -> dict[str, Any]:
+    """The rates with CIs and the counts of one binary_report."""
+    keep = {k: report[k] for k in RATE_KEYS if k in report}
+    keep.update({k: report[k] for k in ("n", "n_pos") if k in report})
+    return keep
+
+
+def confusion_table(metrics: dict[str, Any]) -> pd.DataFrame:
+    """Confusion counts (rows: level and true class) of the video and patient reports."""
+    rows = []
+    for level in ("video", "patient"):
+        rep = metrics.get(level, {})
+        if "tp" not in rep:
+            continue
+        rows.append({"level": level, "true": "negative", "predicted negative": rep["tn"],
+                     "predicted positive": rep["fp"]})
+        rows.append({"level": level, "true": "positive", "predicted negative": rep["fn"],
+                     "predicted positive": rep["tp"]})
+    return pd.DataFrame(rows, columns=["level", "true", "predicted negative",
+                                       "predicted positive"])
+
+
+def _strips(saliency_dir: Path) -> list[tuple[Path, str]]:
+    index = saliency_dir / "saliency.csv"
+    if not index.exists():
+        return []
+    table = pd.read_csv(index, dtype={"sample_id": str})
+    items = []
+    for row in table.head(MAX_STRIPS).to_dict("records"):
+        prob = row.get("prob")
+        text = "" if pd.isna(prob) else f", p={float(prob):.2f}"
+        items.append((saliency_dir / str(row["strip"]),
+                      f"{row['sample_id']} {row['stream']} (label {row['label']}{text})"))
+    return [(p, c) for p, c in items if p.exists()]
+
+
+def rvf_report(pred_dir: str | Path, out: str | Path | None = None,
+               saliency_dir: str | Path | None = None, run_dir: str | Path | None = None,
+               title: str = TITLE) -> Path:
+    """Write the report of a prediction folder (default `<pred_dir>/report.html`)."""
+    pred_dir = Path(pred_dir)
+    metrics_path = pred_dir / FILES["metrics"]
+    if not metrics_path.exists():
+        raise InputError(metrics_path, "metrics", "a folder written by `cinelab rvf predict`",
+                         "no metrics.json there")
+    metrics = read_json(metrics_path)
+    inputs = _read_json(pred_dir / FILES["input"])
+    page = HtmlReport(title, f"split: {inputs.get('split') or 'all'}; "
+                             f"{metrics.get('n_clips')} clips averaged per video "
+                             f"(seed {metrics.get('seed')}); threshold "
+                             f"{metrics.get('threshold')}")
+    _metrics_section(page, metrics)
+    if (pred_dir / FILES["roc"]).exists():
+        page.image(pred_dir / FILES["roc"], "ROC curves (videos, patients)")
+    if run_dir is not None:
+        _training_section(page, Path(run_dir))
+    _patients_section(page, pred_dir)
+    if saliency_dir is not None:
+        _saliency_section(page, Path(saliency_dir))
+    return page.write(Path(out) if out is not None else pred_dir / REPORT_FILE)
+
+
+def _metrics_section(page: HtmlReport, metrics: dict[str, Any]) -> None:
+    page.section("Metrics")
+    for level in ("video", "patient"):
+        rep = metrics.get(level, {})
+        if "auc" in rep:
+            page.metrics_table(_metric_block(rep), caption=f"per {level} (95% bootstrap CI)")
+        else:
+            page.paragraph(f"per {level}: {rep.get('note', 'no labels')}", note=True)
+    confusion = confusion_table(metrics)
+    if len(confusion):
+        page.table(confusion, caption="confusion matrices")
+
+
+def _training_section(page: HtmlReport, run_dir: Path) -> None:
+    train = _read_json(run_dir / "metrics.json")
+    if train:
+        page.section("Training")
+        page.metrics_table({k: train[k] for k in TRAIN_METRICS if k in train},
+                           caption=f"monitor {train.get('monitor')} ({train.get('mode')})")
+
+
+def _patients_section(page: HtmlReport, pred_dir: Path) -> None:
+    path = pred_dir / FILES["patients"]
+    if path.exists():
+        table = pd.read_csv(path, dtype={"patient_id": str})
+        table["label"] = table["label"].astype("Int64")  # 0/1, or <NA> when unlabelled
+        page.section("Patients")
+        page.table(table.head(MAX_PATIENT_ROWS), caption="mean probability over each "
+                   "patient's videos" + (f" (first {MAX_PATIENT_ROWS})"
+                                         if len(table) > MAX_PATIENT_ROWS else ""))
+
+
+def _saliency_section(page: HtmlReport, saliency_dir: Path) -> None:
+    strips = _strips(saliency_dir)
+    page.section("Guided backpropagation")
+    if not strips:
+        page.paragraph("no saliency strips found", note=True)
+        return
+    page.paragraph("Saliency over the greyscale echo for each stream; videos (.avi) beside "
+                   "the strips in the saliency folder.", note=True)
+    for path, caption in strips:
+        page.image(path, caption)
