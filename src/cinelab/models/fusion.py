@@ -202,7 +202,7 @@ def _is_two_stream_file(path: str | Path, description: str | None) -> bool:
     from cinelab.models.weights import extract_state_dict, read_checkpoint
 
     state = extract_state_dict(read_checkpoint(path, description=description), path)
-    return any(".".join(k.split(".")[:1]) == "streams" or ".streams." in f".{k}" for k in state)
+    return any(".streams." in f".{k}" for k in state)  # also under "model." / "module."
 
 
 def load_stream(stream: nn.Module, path: str | Path, description: str | None = None
