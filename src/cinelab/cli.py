@@ -142,12 +142,19 @@ def train(
     strategy: Annotated[str | None, typer.Option(help="auto, ddp, ...")] = None,
     max_epochs: Annotated[int | None, typer.Option(help="Override trainer.max_epochs.")] = None,
     num_workers: Annotated[int | None, typer.Option(help="DataLoader workers.")] = None,
+    best_params: Annotated[Path | None, typer.Option(help="best_params.yaml of `cinelab tune`; "
+                                                          "--set still wins.")] = None,
 ) -> None:
     """Train a recipe on a prepared store (Lightning: checkpoints, resume, logs, DDP)."""
     from cinelab.train.fit import fit
     from cinelab.train.recipe import load_recipe
 
-    loaded = load_recipe(recipe, set_ or [])
+    tuned: list[str] = []
+    if best_params is not None:
+        from cinelab.train.tune import overrides_from_best
+
+        tuned = overrides_from_best(best_params)
+    loaded = load_recipe(recipe, tuned + (set_ or []))
     result = fit(loaded, data, out, resume=resume, precision=precision,
                  devices=_devices(devices), accelerator=accelerator, strategy=strategy,
                  max_epochs=max_epochs, num_workers=num_workers)
