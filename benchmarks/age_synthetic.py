@@ -85,7 +85,11 @@ def main() -> None:
                "ensemble_beats_each_view": head["ensemble_beats_each_view"],
                "variant": metrics["variant"], "weights": metrics["weights"],
                "timings_s": timings, "settings": vars(args) | {"out": str(out)}}
-    (out / "benchmark.json").write_text(json.dumps(summary, indent=2, default=str))
+    previous = out / "benchmark.json"
+    history = json.loads(previous.read_text()).get("timings_history", []) \
+        if previous.exists() else []
+    summary["timings_history"] = [*history, timings]  # a resumed run skips finished steps
+    previous.write_text(json.dumps(summary, indent=2, default=str))
     print(json.dumps({k: summary[k] for k in ("rmse", "rmse_all_views",
                                               "rmse_ratio_to_baseline", "target_ratio_met",
                                               "ensemble_beats_each_view", "timings_s")},

@@ -69,7 +69,7 @@ def test_view_weights_never_see_test_predictions(tmp_path: Path) -> None:
         return y + 25.0 if role == "test" else p
 
     b = ensemble_cv(fake_cv(tmp_path / "b", other_test), n_boot=50)
-    assert a["weights"] == b["weights"]
+    assert a["weights"] == b["weights"] and a["calibration"] == b["calibration"]
     for k in range(OUTER):
         wa = json.loads((tmp_path / "a" / "ensemble" / "weights" / f"outer_{k}.json").read_text())
         wb = json.loads((tmp_path / "b" / "ensemble" / "weights" / f"outer_{k}.json").read_text())
@@ -85,7 +85,7 @@ def regression_to_mean(arm: str, role: str, inner: int, y: np.ndarray,
 @pytest.fixture(scope="module")
 def shrunk(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     root = fake_cv(tmp_path_factory.mktemp("age"), regression_to_mean)
-    return root, ensemble_cv(root, variant="plain", n_boot=100)
+    return root, ensemble_cv(root, variant="plain", n_boot=100, calibrate=False)
 
 
 def test_every_subject_once_with_fold_and_view_averages(shrunk: tuple[Path, dict]) -> None:
@@ -139,3 +139,18 @@ def test_auto_variant_follows_inner_validation() -> None:
     assert choose_variant(preds, "auto") == "plain"  # test rows never decide
     assert choose_variant(preds.assign(pred_aug=np.nan), "auto") == "plain"
     assert choose_variant(preds, "tta") == "tta"
+
+
+def test_calibration_on_inner_validation_stretches_shrunk_predictions(
+        shrunk: tuple[Path, dict], tmp_path: Path) -> None:
+    root, raw = shrunk
+    metrics = ensemble_cv(root, tmp_path / "calibrated", variant="plain", n_boot=20)
+    for lines in metrics["calibration"].values():
+        for line in lines.values():  # age = (pred - 30) / 0.5 = 2 pred - 60
+            assert line["slope"] == pytest.approx(2.0, abs=0.15)
+            assert line["intercept"] == pytest.approx(-60.0, abs=8.0)
+    head = metrics["headline"]
+    assert head["rmse"]["ensemble"] < 0.3 * raw["headline"]["rmse"]["ensemble"]
+    assert head["rmse_uncalibrated"]["3ch"] == pytest.approx(raw["headline"]["rmse"]["3ch"])
+    table = pd.read_csv(tmp_path / "calibrated" / "predictions.csv")
+    assert {"raw_3ch", "raw_4ch", "pred_3ch", "pred_4ch"} <= set(table.columns)

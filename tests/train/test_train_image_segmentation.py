@@ -3,6 +3,8 @@ batch augmentation; one epoch on a tiny synthetic ACDC store predicts via segmen
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -29,6 +31,7 @@ from cinelab.train.tasks.image_segmentation import (
 torch.set_num_threads(2)
 SIZE = 32
 OVERRIDES = [f"data.size={SIZE}", "data.batch_size=8", "trainer.max_epochs=1",
+             "trainer.val_every=1",
              "model.kwargs.channels=[8, 16, 32]", "model.kwargs.strides=[2, 2]"]
 
 
@@ -101,6 +104,18 @@ def test_augment_presets_and_shared_geometry():
     identity = RandomAugment(PRESETS["none"]).draw(4, 32, 32)
     torch.testing.assert_close(identity.image(images), images)
     assert torch.equal(identity.mask(masks), masks)
+
+
+def test_foreground_crops():
+    masks = torch.zeros(6, 32, 32, dtype=torch.long)
+    masks[:, 24:28, 2:6] = 2
+    images = torch.rand(6, 1, 32, 32)
+    config = dataclasses.replace(PRESETS["none"], crop=12, crop_foreground=1.0)
+    out_images, out_masks = RandomAugment(config)(images, masks, torch.Generator().manual_seed(1))
+    assert out_images.shape == (6, 1, 12, 12) and out_masks.shape == (6, 12, 12)
+    assert all((m == 2).any() for m in out_masks)  # every crop holds the labelled region
+    whole = dataclasses.replace(config, crop=64)  # larger than the images: no crop
+    assert RandomAugment(whole)(images, masks)[1].shape == (6, 32, 32)
 
 
 def test_one_epoch_trains_and_model_predicts_stacks(store, tmp_path):

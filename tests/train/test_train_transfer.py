@@ -30,10 +30,11 @@ from cinelab.train.transfer import (
 torch.set_num_threads(2)
 SIZE = 32
 SMALL = [f"data.size={SIZE}", "data.batch_size=8", "trainer.max_epochs=1",
+         "trainer.val_every=1",
          "model.kwargs.channels=[8, 16, 32]", "model.kwargs.strides=[2, 2]"]
 RESNET = [f"data.size={SIZE}", "data.batch_size=8", "model.name=unet_resnet34",
           "model.kwargs={in_channels: 1, out_channels: 4, decoder_channels: [16, 16, 8, 8, 8]}",
-          "data.augment={}"]
+          "data.augment={}", "trainer.val_every=1"]
 
 
 @pytest.fixture(scope="module")

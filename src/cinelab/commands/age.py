@@ -116,11 +116,14 @@ def age_ensemble(
     variant: Annotated[str, typer.Option(help="plain, tta or auto (inner validation).")]
     = "auto",
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 1000,
+    calibrate: Annotated[bool, typer.Option(help="Per-view linear calibration fitted on "
+                                                 "inner validation.")] = True,
 ) -> None:
     """Fold and view ensembles (weights on inner validation), scores, plots, age-gap table."""
     from cinelab.evaluate.age import ensemble_cv
 
-    metrics = ensemble_cv(cv_dir, out, method=method, variant=variant, n_boot=n_boot)
+    metrics = ensemble_cv(cv_dir, out, method=method, variant=variant, n_boot=n_boot,
+                          calibrate=calibrate)
     head = metrics["headline"]
     for name, value in head["rmse"].items():
         console.print(f"RMSE {name}: {value:.2f}")

@@ -51,7 +51,7 @@ class AugmentConfig:
     p_affine: float = 0.75
     p_warp: float = 0.75
     p_lighting: float = 0.75
-    crop: int = 0  # > 0: train on crops of this side (px), after warping
+    crop: int = 0  # > 0: train on crops of this side (px), after warping (if smaller)
     crop_foreground: float = 0.8  # probability that a crop is centred on a labelled pixel
 
 
@@ -182,7 +182,7 @@ class RandomAugment:
         (crops, when configured, drawn on the warped masks)."""
         twin = self.draw(len(images), images.shape[-2], images.shape[-1], generator)
         warped = twin.warp_mask(masks)
-        if self.config.crop:
+        if 0 < self.config.crop < min(images.shape[-2:]):  # a larger crop: whole images
             twin.crop_size = self.config.crop
             twin.corners = crop_corners(warped, self.config.crop, self.config.crop_foreground,
                                         generator)

@@ -7,12 +7,16 @@ saw it and from weights never fitted on it:
 1. fold ensemble (per view): the J inner models of outer fold k predict the test subjects of
    fold k; their predictions are averaged with equal weights (inner models cannot be weighed
    against each other: each one's validation subjects trained the others);
-2. view ensemble: for outer fold k, weights over the views are fitted
+2. calibration (per view, `calibrate=True`): the line age = a + b x prediction is fitted on
+   the inner-validation predictions of fold k's training subjects and applied to the view's
+   validation and test predictions (models trained briefly from the training mean predict a
+   compressed age range; this stretches it back using validation data only);
+3. view ensemble: for outer fold k, weights over the views are fitted
    (`cinelab.infer.ensemble.fit_ensemble_weights`, task "regression") on the inner-validation
    predictions of fold k's training subjects (each predicted by the inner model that held it
    out), then applied to fold k's fold-ensemble test predictions; a subject missing a view
    keeps the other views (weights renormalised by `weighted_average`);
-3. age gap: prediction minus age; its bias-corrected version subtracts the line fitted to
+4. age gap: prediction minus age; its bias-corrected version subtracts the line fitted to
    (age, gap) on the same inner-validation predictions of fold k's training subjects
    (regression to the mean corrected without touching the test subjects).
 
@@ -22,6 +26,7 @@ augmentation; "auto" picks the one with the lower inner-validation RMSE.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +57,9 @@ ENSEMBLE = "ensemble"
 BASELINE = "baseline"
 ENSEMBLE_DIR = "ensemble"
 DEFAULT_METHOD = "nnls"
+RAW_PREFIX = "raw_"  # uncalibrated fold-ensemble predictions of each view
+GAP_COLUMNS = ("subject", "age", "outer", "pred", "gap", "gap_corrected", "pred_corrected")
+GAP_EXCLUDE = (*GAP_COLUMNS, BASELINE, "n_views", "gap_intercept", "gap_slope")
 TECHNICAL_COLUMNS = ("sample_id", "path", "modality", "view", "split", "fold", "frames", "fps",
                      "series_uid", "series_description", "n_images")
 
@@ -89,6 +97,29 @@ def fold_inputs(preds: pd.DataFrame, column: str, outer: int, arms: list[str]) -
     train = fold[fold["role"].isin(["train", "val"])].groupby("subject")["target"].mean()
     return FoldInputs(outer, arms, val_mat, targets.reindex(val_mat.index), fold_ens,
                       targets.reindex(fold_ens.index), float(train.mean()))
+
+
+def fit_calibration(inputs: FoldInputs) -> dict[str, tuple[float, float]]:
+    """Per view (slope, intercept) of age on the inner-validation predictions; identity
+    where fewer than 3 predictions or no spread."""
+    out = {}
+    for arm in inputs.arms:
+        x, y = inputs.val[arm].to_numpy(), inputs.val_y.to_numpy()
+        keep = np.isfinite(x) & np.isfinite(y)
+        if keep.sum() < 3 or np.ptp(x[keep]) == 0:
+            out[arm] = (1.0, 0.0)
+        else:
+            slope, intercept = np.polyfit(x[keep], y[keep], 1)
+            out[arm] = (float(slope), float(intercept))
+    return out
+
+
+def calibrated(inputs: FoldInputs, lines: dict[str, tuple[float, float]]) -> FoldInputs:
+    """The fold's validation and test matrices mapped through each view's line."""
+    def apply(matrix: pd.DataFrame) -> pd.DataFrame:
+        return matrix.apply(lambda col: lines[col.name][0] * col + lines[col.name][1])
+
+    return dataclasses.replace(inputs, val=apply(inputs.val), test=apply(inputs.test))
 
 
 def fit_view_weights(inputs: FoldInputs, method: str = DEFAULT_METHOD,
@@ -200,9 +231,48 @@ def _plots(table: pd.DataFrame, arms: list[str], out: Path) -> dict[str, str]:
     return made
 
 
+@dataclass
+class FoldEnsembles:
+    """Every fold's out-of-fold table rows, calibration lines and view weights."""
+
+    table: pd.DataFrame
+    lines: dict[int, dict[str, tuple[float, float]]]
+    weights: dict[int, EnsembleWeights]
+
+
+def fold_ensembles(preds: pd.DataFrame, column: str, method: str = DEFAULT_METHOD,
+                   seed: int = 0, calibrate: bool = True) -> FoldEnsembles:
+    """Steps 1-4 of the module docstring for every outer fold."""
+    arms = sorted(preds["arm"].unique())
+    parts, lines, weights = [], {}, {}
+    for k in (int(k) for k in sorted(preds["outer"].unique())):
+        raw = fold_inputs(preds, column, k, arms)
+        lines[k] = fit_calibration(raw) if calibrate else {a: (1.0, 0.0) for a in arms}
+        inputs = calibrated(raw, lines[k])
+        weights[k] = fit_view_weights(inputs, method, seed)
+        parts.append(fold_predictions(inputs, weights[k]).join(
+            raw.test.add_prefix(RAW_PREFIX).reset_index(drop=True)))
+    table = pd.concat(parts, ignore_index=True).sort_values("subject").reset_index(drop=True)
+    return FoldEnsembles(table, lines, weights)
+
+
+def _write_outputs(out: Path, table: pd.DataFrame, metrics: dict[str, Any],
+                   weights: dict[int, EnsembleWeights]) -> None:
+    for k, w in weights.items():
+        save_ensemble_weights(out / "weights" / f"outer_{k}.json", w)
+    write_csv(table, out / "predictions.csv")
+    extra = [c for c in table.columns if c not in GAP_EXCLUDE and not c.startswith(RAW_PREFIX)]
+    write_csv(table[[*GAP_COLUMNS, *extra]], out / "age_gap.csv")
+    write_csv(metrics_table({k: metrics[k] for k in ("overall", "all_views")}),
+              out / "metrics.csv")
+    write_csv(fold_table(metrics), out / "fold_metrics.csv")
+    write_json(out / "metrics.json", json_safe(metrics))
+
+
 def ensemble_cv(cv_dir: str | Path, out: str | Path | None = None,
                 method: str = DEFAULT_METHOD, variant: str = "auto",
-                n_boot: int = DEFAULT_N_BOOT, seed: int = 0) -> dict[str, Any]:
+                n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
+                calibrate: bool = True) -> dict[str, Any]:
     """Fold and view ensembles, scores, age gaps and plots of a cv folder -> `out`
     (default <cv_dir>/ensemble); returns metrics.json's contents."""
     cv_dir = Path(cv_dir)
@@ -211,31 +281,20 @@ def ensemble_cv(cv_dir: str | Path, out: str | Path | None = None,
     preds = read_cv_predictions(cv_dir)
     arms = sorted(preds["arm"].unique())
     chosen = choose_variant(preds, variant)
-    parts, weights = [], {}
-    for k in sorted(preds["outer"].unique()):
-        inputs = fold_inputs(preds, VARIANTS[chosen], int(k), arms)
-        weights[int(k)] = fit_view_weights(inputs, method, seed)
-        save_ensemble_weights(out / "weights" / f"outer_{int(k)}.json", weights[int(k)])
-        parts.append(fold_predictions(inputs, weights[int(k)]))
-    table = pd.concat(parts, ignore_index=True).sort_values("subject").reset_index(drop=True)
+    folds = fold_ensembles(preds, VARIANTS[chosen], method, seed, calibrate)
+    table = folds.table
     covariates = _covariates(settings)
     if covariates is not None:
         table = table.merge(covariates, on="subject", how="left")
     metrics = score_predictions(table, arms, n_boot)
+    metrics["headline"]["rmse_uncalibrated"] = {
+        a: regression_metrics(table["age"], table[f"{RAW_PREFIX}{a}"])["rmse"] for a in arms}
     metrics.update(variant=chosen, method=method, arms=arms, cv=str(cv_dir),
+                   calibrate=calibrate, calibration={
+                       k: {a: {"slope": b, "intercept": c} for a, (b, c) in v.items()}
+                       for k, v in folds.lines.items()},
                    weights={k: dict(zip(arms, w.weights.tolist(), strict=True))
-                            for k, w in weights.items()},
+                            for k, w in folds.weights.items()},
                    plots=_plots(table, arms, out))
-    write_csv(table, out / "predictions.csv")
-    write_csv(table[["subject", "age", "outer", "pred", "gap", "gap_corrected",
-                     "pred_corrected", *(c for c in table.columns if c not in
-                                         _GAP_EXCLUDE)]], out / "age_gap.csv")
-    write_csv(metrics_table({k: metrics[k] for k in ("overall", "all_views")}),
-              out / "metrics.csv")
-    write_csv(fold_table(metrics), out / "fold_metrics.csv")
-    write_json(out / "metrics.json", json_safe(metrics))
+    _write_outputs(out, table, metrics, folds.weights)
     return metrics
-
-
-_GAP_EXCLUDE = ("subject", "age", "outer", "pred", "gap", "gap_corrected", "pred_corrected",
-                BASELINE, "n_views", "gap_intercept", "gap_slope")

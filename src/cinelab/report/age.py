@@ -38,15 +38,22 @@ def _ensemble_dir(path: str | Path) -> Path:
 def _headline(rep: HtmlReport, metrics: Mapping[str, Any]) -> None:
     head, arms = metrics["headline"], metrics["arms"]
     rmse, both = head["rmse"], head["rmse_all_views"]
+    calibration = "per-view calibration on inner validation" if metrics.get("calibrate") \
+        else "no calibration"
     lines = [f"{head['n_subjects']} subjects with an out-of-fold prediction "
              f"({head['n_all_views']} with every view); views {', '.join(arms)}; "
-             f"predictions {metrics['variant']}, view weights by {metrics['method']}.",
+             f"predictions {metrics['variant']}, {calibration}, view weights by "
+             f"{metrics['method']}.",
              f"Ensemble RMSE {rmse[ENSEMBLE]:.2f} vs {rmse[BASELINE]:.2f} for the training "
              f"mean: ratio {head['rmse_ratio_to_baseline']:.2f}.",
              "On subjects with every view: " + ", ".join(
                  f"{name} {both[name]:.2f}" for name in [*arms, ENSEMBLE]) +
              (" (the view ensemble beats each view)." if head["ensemble_beats_each_view"]
               else " (the view ensemble does not beat every view).")]
+    raw = head.get("rmse_uncalibrated", {})
+    if raw and metrics.get("calibrate"):
+        lines.append("Uncalibrated fold-ensemble RMSE per view: " + ", ".join(
+            f"{name} {value:.2f}" for name, value in raw.items()) + ".")
     rep.section("Summary").bullets(lines)
 
 
