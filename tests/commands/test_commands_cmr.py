@@ -90,3 +90,17 @@ def test_friendly_errors(tmp_path: Path) -> None:
     out = _run(["cmr", "evaluate", tmp_path, tmp_path, "--out", tmp_path / "e",
                 "--also-labels", "nobody=acdc"], code=2)
     assert "--also-labels" in out
+
+
+def test_synth_cmr_long_axis_views_for_age(tmp_path):
+    """`cinelab synth cmr --views 3ch,4ch --target age` writes long-axis series + ages."""
+    from typer.testing import CliRunner
+
+    from cinelab.cli import app
+
+    result = CliRunner().invoke(app, ["synth", "cmr", "--out", str(tmp_path / "lax"), "--n",
+                                      "3", "--views", "3ch,4ch", "--target", "age",
+                                      "--rows", "48"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "lax" / "ages.csv").exists()
+    assert any((tmp_path / "lax" / "dicom").rglob("*.dcm"))

@@ -71,9 +71,22 @@ def synth_cmr(
     frames: Annotated[int, typer.Option(help="Time points per cycle.")] = 20,
     rows: Annotated[int, typer.Option(help="Image rows.")] = 112,
     cols: Annotated[int, typer.Option(help="Image columns.")] = 96,
+    views: Annotated[str | None, typer.Option(help="Long-axis views instead of short-axis "
+                                                   "stacks, e.g. 3ch,4ch (with --target).")]
+    = None,
+    target: Annotated[str | None, typer.Option(help="What long-axis cines encode: age.")]
+    = None,
 ) -> None:
-    """Synthetic short-axis cine MRI with known LV/RV volumes and EF (DSB and ACDC layouts)."""
+    """Synthetic cine MRI: short-axis stacks with known LV/RV volumes and EF (DSB and ACDC
+    layouts), or with --views 3ch,4ch --target age long-axis series whose anatomy ages."""
     from cinelab.synth.cmr import synth_cmr_cohort
+
+    if views is not None or target is not None:
+        from cinelab.commands.age import synth_cmr_lax
+
+        synth_cmr_lax(out=out, n=n, seed=seed, views=views or "3ch,4ch",
+                      target=target or "age", size=rows)
+        return
 
     options: dict[str, Any] = {"n": n, "seed": seed, "layout": layout, "defects": defects,
                                "n_frames": frames, "size": (rows, cols)}
