@@ -25,7 +25,7 @@ from cinelab.train.recipe import load_recipe
 from conftest import real_path
 
 MULTI_CYCLE_FRAMES = 120  # at 50 fps, 2.4 s: at least two cardiac cycles
-STRIDE = 4  # every 4th all-clips start: keeps the run short on 2 cores
+STRIDE = 8  # every 8th all-clips start: keeps the run short on 2 cores
 
 
 @pytest.fixture(scope="module")
