@@ -57,6 +57,8 @@ def _step(result: DemoResult, console: Console, name: str, fn: Callable[[], Any]
 
 def _quiet_training_logs() -> None:
     """Keep Lightning's start-up chatter out of the demo's output (warnings still show)."""
+    import lightning.pytorch  # noqa: F401  (sets its loggers' levels on import; then we do)
+
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
