@@ -35,7 +35,7 @@ def _echo(seed: int = 0) -> np.ndarray:
         speckle = rng.integers(20, 200, (H, W), dtype=np.uint8) * sector
         frames[t] = speckle[..., None]
         cv2.putText(frames[t], "HR 72", (0, 92), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
-                    (255, 255, 255), 1)
+                    (255, 255, 255), 2, cv2.LINE_8)  # bold enough to survive OpenCV 5's glyphs
         frames[t, 4, : 10 + 10 * t] = (0, 255, 0)  # ECG sweep across the top
     return frames
 

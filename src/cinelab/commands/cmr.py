@@ -1,6 +1,7 @@
-"""Cine MRI commands: `synth cmr` and the `cmr` group (convert, measure, pseudo, evaluate,
-report). Thin: the API functions in synth/, formats/, measure/, infer/, evaluate/ and report/
-do the work. The `cmr` typer group is left in `apps["cmr"]` for later command modules.
+"""Cine MRI commands: `synth cmr` and the `cmr` group (convert, prepare, predict, curve,
+measure, pseudo, evaluate, report). Thin: the API functions in synth/, formats/, prep/,
+measure/, infer/, train/, evaluate/ and report/ do the work. The `cmr` typer group is left
+in `apps["cmr"]` for later command modules.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from cinelab.errors import CinelabError, InputError
 CMR_APP = "cmr"
 DEFAULT_THRESHOLDS = [5.0, 10.0, 15.0]
 
-CMR_HELP = "Cine MRI short-axis: DSB cleaning, volumes/EF, pseudo-labels, mask comparison."
+CMR_HELP = ("Cine MRI short-axis: DSB cleaning, stores, prediction, volumes/EF, pseudo-labels, "
+            "data-requirement curves, mask comparison.")
 
 LabelsOpt = Annotated[str, typer.Option(help="Label map: 'acdc' (1 RV, 2 myo, 3 LV) or "
                                              "'lv=N,myo=N[,rv=N|none]'.")]
@@ -169,10 +171,14 @@ def pseudo(
     reference_id: Annotated[str | None, typer.Option(help="Id column of a reference CSV "
                                                           "(default: patient_id, Id, pid).")]
     = None,
+    pairs: Annotated[bool, typer.Option(help="Write the ED/ES frames of confident cines as "
+                                             "PNG image + mask pairs (confident_<t>pct/).")]
+    = True,
     labels: LabelsOpt = "acdc",
     spacing: SpacingOpt = None,
 ) -> None:
-    """Pseudo-labels: confidence = larger |% deviation| of predicted EDV/ESV from reference."""
+    """Pseudo-labels: confidence = larger |% deviation| of predicted EDV/ESV from reference;
+    the confident patients' ED/ES frames become training pairs for `cmr prepare`."""
     from cinelab.data.manifest import read_manifest
     from cinelab.infer.pseudo import pseudo_labels, threshold_summary
     from cinelab.measure.volumes import parse_label_map
@@ -183,15 +189,131 @@ def pseudo(
 
         source = out / "predictions"
         with console.status("predicting masks"):
-            predict_cmr(checkpoint, pred, source)
+            predict_cmr(checkpoint, pred, source, native=True)
     thresholds = threshold or DEFAULT_THRESHOLDS
+    label_map = parse_label_map(labels)
     table = read_manifest(manifest) if manifest is not None else None
-    scores = pseudo_labels(source, reference, out, thresholds, table, parse_label_map(labels),
+    scores = pseudo_labels(source, reference, out, thresholds, table, label_map,
                            _spacing(spacing), reference_id)
     for _, row in threshold_summary(scores, thresholds).iterrows():
         console.print(f"<= {row['threshold_pct']:g} %: {int(row['patients'])} of "
                       f"{int(row['scored'])} patients")
     console.print(f"scores -> {out / 'confidence.csv'}")
+    if pairs and not _is_volume_table(source):
+        _export_pairs(source, scores, out, thresholds, label_map)
+
+
+def _is_volume_table(source: Path) -> bool:
+    """A CSV of predicted volumes (EDV, ESV), not a mask set."""
+    import pandas as pd
+
+    return source.is_file() and source.suffix.lower() == ".csv" and \
+        {"EDV", "ESV"} <= set(pd.read_csv(source, nrows=0).columns)
+
+
+def _export_pairs(source: Path, scores: Any, out: Path, thresholds: list[float],
+                  label_map: Any) -> None:
+    from cinelab.infer.pseudo_pairs import export_pseudo_pairs
+    from cinelab.measure.cmr import mask_index
+
+    with console.status("writing pseudo-label pairs"):
+        export = export_pseudo_pairs(mask_index(source), scores, out, thresholds, label_map)
+    print_problems(export.problems)
+    for name, path in export.subsets.items():
+        console.print(f"{name}: {len(_ids(path))} image/mask pairs -> {path.parent}")
+
+
+def _ids(path: Path) -> set[str]:
+    import pandas as pd
+
+    return set(pd.read_csv(path, usecols=["sample_id"], dtype=str)["sample_id"])
+
+
+def prepare(
+    source: Annotated[Path, typer.Argument(help="ACDC folder, HDF5 folder, DSB conversion, PNG "
+                                                "pairs, pseudo-label subset or manifest CSV.")],
+    out: Annotated[Path, typer.Option(help="Prepared store folder.")],
+    size: Annotated[int, typer.Option(help="Slice side in pixels (the recipe's data.size).")]
+    = 128,
+    crop: Annotated[str, typer.Option(help="none, or centre:<fraction> of the larger side "
+                                           "kept first.")] = "none",
+    channels: Annotated[int, typer.Option(help="1 (grey) or 3 (ImageNet encoders).")] = 1,
+    test_fraction: Annotated[float, typer.Option(help="Patients without a split held out as "
+                                                      "test (the rest train).")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the test hold-out.")] = 0,
+    workers: Annotated[int | None, typer.Option(help="Processes (default: one per core).")]
+    = None,
+    force: Annotated[bool, typer.Option(help="Recompute complete samples too.")] = False,
+) -> None:
+    """Short-axis stacks, cines or PNG slices into a prepared store for `cinelab train`."""
+    from cinelab.prep.cmr import prepare_cmr_folder
+
+    with console.status(f"preparing {source}"):
+        summary = prepare_cmr_folder(source, out, size, channels, crop, test_fraction, seed,
+                                     workers, force)
+    print_problems(summary.problems)
+    console.print(f"prepared {summary.prepared}, already complete {summary.skipped}, "
+                  f"failed {summary.failed} -> {out}")
+    if summary.usable == 0:
+        raise CinelabError(f"{source}: nothing usable was produced")
+
+
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="Segmentation checkpoint (model.pt).")],
+    source: Annotated[Path, typer.Argument(help="Prepared store or raw CMR folder.")],
+    out: Annotated[Path, typer.Option(help="Folder for masks/, predictions.csv, volumes.")],
+    native: Annotated[bool, typer.Option(help="Labels on each source's own grid.")] = False,
+    split: Annotated[str | None, typer.Option(help="Only this split of a store.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="nifti or npz.")] = "nifti",
+    largest_component: Annotated[bool, typer.Option(help="Keep each label's largest 3D "
+                                                         "region.")] = True,
+) -> None:
+    """Label every stack or cine, then LV/RV volumes, EF and mass per patient or cine."""
+    from cinelab.infer.segment_volume import predict_cmr
+    from cinelab.measure.cmr import measure_mask_set
+    from cinelab.utils import write_csv
+
+    with console.status("predicting masks"):
+        index = predict_cmr(checkpoint, source, out, fmt=fmt, native=native, split=split,
+                            largest_component=largest_component)
+    table, per_frame, problems = measure_mask_set(out)
+    write_csv(table, out / "volumes.csv")
+    write_csv(per_frame, out / "frame_volumes.csv")
+    print_problems(problems)
+    console.print(f"{len(index)} label files, {len(table)} measured -> {out / 'volumes.csv'}")
+
+
+def curve(
+    recipe: Annotated[str, typer.Argument(help="Segmentation recipe (e.g. cmr-seg-cpu).")],
+    data: Annotated[Path, typer.Option(help="Prepared store to train on.")],
+    out: Annotated[Path, typer.Option(help="Folder: one run per size, the table and plot.")],
+    sizes: Annotated[str, typer.Option(help="Subset sizes, e.g. 1,2,4,8 (fractions with "
+                                            "--by fraction).")],
+    by: Annotated[str, typer.Option(help="patients, fraction or images.")] = "patients",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: optim.lr=3e-4")]
+    = None,
+    max_epochs: Annotated[int | None, typer.Option(help="Override trainer.max_epochs.")] = None,
+) -> None:
+    """Data-requirement curve: one training per subset size, validation Dice tabulated."""
+    from cinelab.train.recipe import load_recipe
+    from cinelab.train.transfer import CURVE_FILE, data_requirement_curve
+
+    values = [float(v) if by == "fraction" else _int(v, "--sizes") for v in sizes.split(",")]
+    loaded = load_recipe(recipe, set_ or [])
+    table = data_requirement_curve(loaded, data, values, out, by=by, max_epochs=max_epochs)
+    for _, row in table.iterrows():
+        dice = {k.removeprefix("val/"): f"{v:.3f}" for k, v in row.items()
+                if str(k).startswith("val/dice") and isinstance(v, float)}
+        console.print(f"{by} {row[by]}: {dice}")
+    console.print(f"curve -> {out / CURVE_FILE}")
+
+
+def _int(text: str, option: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(None, option, "whole numbers separated by commas", repr(text)) \
+            from None
 
 
 def evaluate(
@@ -247,8 +369,8 @@ def report(
     console.print(f"report -> {build_cmr_report(eval_dir, out)}")
 
 
-COMMANDS = {"convert": convert, "measure": measure, "pseudo": pseudo, "evaluate": evaluate,
-            "report": report}
+COMMANDS = {"convert": convert, "prepare": prepare, "predict": predict, "curve": curve,
+            "measure": measure, "pseudo": pseudo, "evaluate": evaluate, "report": report}
 
 
 def register(apps: dict) -> None:

@@ -161,6 +161,7 @@ def _as_store(source: str | Path | PreparedStore, loaded: LoadedCheckpoint,
 
 def _prepare_folder(folder: Path, spec: InputSpec, crop: str, out: Path) -> PreparedStore:
     """Read a raw CMR folder (layout detected) and prepare it at the checkpoint's size."""
+    from cinelab.formats.cmr_folder import read_cmr_folder
     from cinelab.prep.cmr import prepare_cmr
 
     manifest = read_cmr_folder(folder)
@@ -170,26 +171,6 @@ def _prepare_folder(folder: Path, spec: InputSpec, crop: str, out: Path) -> Prep
         raise InputError(folder, "images", "at least one readable CMR stack",
                          f"none ({len(summary.problems)} problem(s))")
     return PreparedStore(out)
-
-
-def read_cmr_folder(folder: str | Path) -> pd.DataFrame:
-    """Manifest of a raw folder: ACDC NIfTI (Info.cfg), ACDC HDF5, a DSB conversion
-    (manifest.csv of cleaned cines) or PNG image/mask folders."""
-    from cinelab.data.manifest import read_manifest
-    from cinelab.formats.acdc import find_acdc_patients, read_acdc, read_acdc_h5
-    from cinelab.formats.pngmasks import read_png_masks
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(folder, "source", "a prepared store or a folder of CMR data",
-                         "no such folder")
-    if (folder / "manifest.csv").exists():
-        return read_manifest(folder / "manifest.csv")
-    if any(folder.rglob("*.h5")):
-        return read_acdc_h5(folder)[0]
-    if find_acdc_patients(folder):
-        return read_acdc(folder, volumes=False)[0]
-    return read_png_masks(folder)[0]
 
 
 def _predict_sample(loaded: LoadedCheckpoint, store: PreparedStore, sid: str,

@@ -333,6 +333,19 @@ def prepare_cmr(manifest: pd.DataFrame, out: str | Path, size: int = 128, channe
     return prepare(cmr_manifest(manifest), out, spec, workers=workers, force=force)
 
 
+def prepare_cmr_folder(source: str | Path, out: str | Path, size: int = 128,
+                       channels: int = 1, crop: str = "none", test_fraction: float = 0.0,
+                       seed: int = 0, workers: int | None = None, force: bool = False) -> Any:
+    """Any CMR source (`formats.cmr_folder.read_cmr_folder`: ACDC, HDF5, DSB conversion,
+    PNG pairs, pseudo-label subset, manifest CSV) into a store, rows without a split given
+    one by patient (`assign_splits`); returns the prepare summary."""
+    from cinelab.formats.cmr_folder import assign_splits, read_cmr_folder
+
+    manifest = assign_splits(read_cmr_folder(source), test_fraction, seed)
+    return prepare_cmr(manifest, out, size=size, channels=channels, crop=crop,
+                       workers=workers, force=force)
+
+
 def sample_volume_ml(labels: np.ndarray, meta: dict[str, Any], label: int = LV_LABEL) -> float:
     """Volume of `label` in store-size labels (mL from meta spacing; voxels when absent)."""
     count = float(np.count_nonzero(np.asarray(labels) == label))
