@@ -104,3 +104,65 @@ def test_synth_cmr_long_axis_views_for_age(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "lax" / "ages.csv").exists()
     assert any((tmp_path / "lax" / "dicom").rglob("*.dcm"))
+
+
+TINY = ["--set", "data.size=32", "--set", "data.augment.crop=null", "--set",
+        "data.batch_size=4", "--set", "model.kwargs.channels=[8, 16, 32]", "--set",
+        "model.kwargs.strides=[2, 2]", "--set", "trainer.val_every=1"]
+
+
+def test_pseudo_label_training_chain(tmp_path: Path) -> None:
+    """ACDC store -> train -> predict DSB cines -> confidence -> ED/ES pairs -> store ->
+    transfer training from the first model; and a data-requirement curve."""
+    from cinelab.data.store import PreparedStore
+    from cinelab.train.checkpoint import read_checkpoint
+
+    _run(["synth", "cmr", "--out", tmp_path / "c", "--n", 4, "--seed", 1, "--layout", "both",
+          "--no-defects", "--frames", 6, "--rows", 48, "--cols", 40])
+    _run(["cmr", "convert", tmp_path / "c" / "dsb", "--out", tmp_path / "conv",
+          "--max-size", 64])
+    assert "prepared 8" in _run(["cmr", "prepare", tmp_path / "c" / "acdc", "--out",
+                                 tmp_path / "store", "--size", 32, "--workers", 1,
+                                 "--test-fraction", 0.25])
+    store = PreparedStore(tmp_path / "store")
+    assert store.manifest.groupby("split")["patient_id"].nunique().to_dict() == {"test": 1,
+                                                                                "train": 3}
+    _run(["train", "cmr-seg-cpu", "--data", tmp_path / "store", "--out", tmp_path / "run",
+          "--max-epochs", 40, *TINY])
+    model = tmp_path / "run" / "model.pt"
+
+    out = _run(["cmr", "predict", model, tmp_path / "conv", "--out", tmp_path / "pred",
+                "--native"])
+    assert "4 label files, 4 measured" in out
+    volumes = pd.read_csv(tmp_path / "pred" / "volumes.csv")
+    labels, _ = load_mask(tmp_path / "pred" / "masks" / "1.nii.gz")
+    conv = pd.read_csv(tmp_path / "conv" / "manifest.csv", dtype={"sample_id": str})
+    first = conv.set_index("sample_id").loc["1"]
+    assert labels.shape[:2] == (first["frames"], first["slices"])  # (T, Z, ...) native grid
+    assert (volumes["EDV"] >= volumes["ESV"]).all()
+
+    out = _run(["cmr", "pseudo", tmp_path / "conv", "--checkpoint", model, "--reference",
+                tmp_path / "c" / "dsb", "--out", tmp_path / "p", "--threshold", 1000])
+    scores = pd.read_csv(tmp_path / "p" / "confidence.csv")
+    assert len(scores) == 4 and scores["confidence_pct"].notna().all()
+    pairs = pd.read_csv(tmp_path / "p" / "confident_1000pct" / "manifest.csv",
+                        dtype={"patient_id": str})
+    assert f"confident_1000pct: {len(pairs)} image/mask pairs" in out
+    assert set(pairs["phase"]) == {"ED", "ES"} and pairs["patient_id"].nunique() >= 3
+    lv = pairs.groupby(["unit_id", "phase"])["lv_pixels"].sum().unstack()
+    assert (lv["ED"] > lv["ES"]).all()  # ED and ES chosen by predicted LV volume
+
+    assert f"prepared {len(pairs)}" in _run(["cmr", "prepare", tmp_path / "p" /
+                                             "confident_1000pct", "--out", tmp_path / "ps",
+                                             "--size", 32, "--workers", 1])
+    _run(["train", "cmr-seg-cpu", "--data", tmp_path / "ps", "--out", tmp_path / "prun",
+          "--max-epochs", 1, *TINY, "--set", f"model.pretrained={model}"])
+    extra = read_checkpoint(tmp_path / "prun" / "model.pt")["extra"]
+    assert extra["start_weights"]["loaded"] > 0 and not extra["start_weights"]["mismatched"]
+    assert extra["train_images"] + extra["val_images"] <= len(pairs)
+
+    out = _run(["cmr", "curve", "cmr-seg-cpu", "--data", tmp_path / "store", "--out",
+                tmp_path / "curve", "--sizes", "1,2", "--max-epochs", 1, *TINY])
+    curve = pd.read_csv(tmp_path / "curve" / "data_requirement.csv")
+    assert curve["patients"].tolist() == [1, 2] and curve["train_patients"].tolist() == [1, 2]
+    assert "val/dice_LV" in curve and (tmp_path / "curve" / "data_requirement.png").is_file()

@@ -86,6 +86,7 @@ def test_class_dice_over_pixels():
 def test_augment_presets_and_shared_geometry():
     assert augment_config({}) is None and augment_config({"preset": "none"}) is None
     assert augment_config({"preset": "extreme", "rotate": 30}).rotate == 30
+    assert augment_config({"preset": "extreme", "crop": None}).crop == 0  # null: no crop
     with pytest.raises(InputError, match="data.augment"):
         augment_config({"preset": "wild"})
     masks = torch.zeros(4, 32, 32, dtype=torch.long)

@@ -80,6 +80,8 @@ def augment_config(spec: Mapping[str, Any] | None) -> AugmentConfig | None:
         raise InputError(None, f"data.augment.{unknown[0]}", f"one of {sorted(fields)}",
                          repr(unknown[0]))
     spec = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
+    if "crop" in spec and spec["crop"] is None:
+        spec["crop"] = 0  # null: no crop, like 0
     config = dataclasses.replace(PRESETS[preset], **spec)
     return None if config == PRESETS["none"] else config
 

@@ -17,6 +17,7 @@ from cinelab.data.manifest import read_manifest
 from cinelab.errors import InputError
 
 MANIFEST_FILE = "manifest.csv"
+PATH_SUFFIX = "_path"
 TRAIN, TEST = "train", "test"
 
 
@@ -28,17 +29,33 @@ def read_cmr_folder(folder: str | Path) -> pd.DataFrame:
 
     folder = Path(folder)
     if folder.is_file() and folder.suffix.lower() == ".csv":
-        return read_manifest(folder)
+        return resolve_paths(read_manifest(folder), folder.parent)
     if not folder.is_dir():
         raise InputError(folder, "source", "a folder of CMR data (ACDC, HDF5, DSB conversion, "
                          "PNG pairs) or a manifest CSV", "no such folder")
     if (folder / MANIFEST_FILE).exists():
-        return read_manifest(folder / MANIFEST_FILE)
+        return resolve_paths(read_manifest(folder / MANIFEST_FILE), folder)
     if any(folder.rglob("*.h5")):
         return read_acdc_h5(folder)[0]
     if find_acdc_patients(folder):
         return read_acdc(folder, volumes=False)[0]
     return read_png_masks(folder)[0]
+
+
+def resolve_paths(manifest: pd.DataFrame, base: Path) -> pd.DataFrame:
+    """A copy whose relative `path` and `*_path` values that do not exist as they are (from
+    the working folder) are taken relative to `base`, the manifest's folder, where they do."""
+    out = manifest.copy()
+    for column in [c for c in out.columns if c == "path" or str(c).endswith(PATH_SUFFIX)]:
+        out[column] = [_resolved(v, base) for v in out[column].fillna("").astype(str)]
+    return out
+
+
+def _resolved(value: str, base: Path) -> str:
+    path = Path(value)
+    if not value or path.is_absolute() or path.exists() or not (base / path).exists():
+        return value
+    return str(base / path)
 
 
 def assign_splits(manifest: pd.DataFrame, test_fraction: float = 0.0,

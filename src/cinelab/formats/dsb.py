@@ -299,7 +299,7 @@ def convert_dsb(root: str | Path, out: str | Path, max_size: int = dc.DSB_MAX_SI
     """Clean every patient under `root`; write out/nifti/<id>/sa.nii.gz (+ <id>_rot90 for
     landscape cines), conversion_log.tsv, patient_dimensions.tsv, manifest.csv and, with
     `metadata`, dicom_metadata.csv (one row per image)."""
-    out = Path(out)
+    out = Path(out).resolve()  # manifest paths hold from any working folder
     log, problems, rows, dims = ConversionLog(), [], [], []
     volumes = read_dsb_volumes(root).set_index("Id")
     for folder in find_dsb_patients(root):

@@ -160,12 +160,14 @@ def pseudo_label_manifest(predictions: pd.DataFrame, scores: pd.DataFrame,
                           threshold: float) -> pd.DataFrame:
     """A manifest of the confident patients' predicted masks (`mask_path`) with the images
     they were predicted from (`path`), ready to prepare as pseudo-labelled training data.
-    `predictions` is a mask index (`measure.cmr.mask_index`); masks without image are left
-    out (empty result when none has one)."""
+    `predictions` is a mask index (`measure.cmr.mask_index`); only ED/ES stacks with their
+    image are listed (empty result when there is none): label cines become training data
+    as ED/ES image + mask pairs (`infer.pseudo_pairs`)."""
     keep = set(confident_patients(scores, threshold))
     score = scores.set_index("patient_id")[SCORE_COLUMN]
     rows = predictions[predictions["patient_id"].astype(str).isin(keep)
-                       & (predictions["image_path"].astype(str) != "")]
+                       & (predictions["image_path"].astype(str) != "")
+                       & predictions["phase"].isin(["ED", "ES"])]
     if rows.empty:
         return pd.DataFrame()
     return new_manifest({"sample_id": r.image_id, "patient_id": r.patient_id,

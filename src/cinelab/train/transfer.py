@@ -242,7 +242,8 @@ def curve_plot(table: pd.DataFrame, by: str, path: str | Path) -> Path:
         ax.plot(table[by], table[column], marker="o", label=column.removeprefix("val/"))
     ax.set_xlabel(f"training {by}")
     ax.set_ylabel("validation Dice")
-    ax.legend(fontsize="small")
+    if ax.get_lines():
+        ax.legend(fontsize="small")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
