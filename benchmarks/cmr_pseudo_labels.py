@@ -1,14 +1,15 @@
 """Pseudo-label training on synthetic cohorts (the cmr-seg-tl recipe's Kaggle DSB step).
 
-    nice python benchmarks/cmr_pseudo_labels.py [--out DIR] [--teacher 6] [--dsb 30]
-        [--test 10] [--epochs 60] [--size 64] [--thresholds 5,10,15]
+    nice python benchmarks/cmr_pseudo_labels.py [--out DIR] [--teacher 8] [--dsb 30]
+        [--test 10] [--teacher-epochs 150] [--epochs 40] [--size 64] [--thresholds 5,10,15]
 
 1. A teacher (`cmr-seg-cpu` at --size px) trains on a small labelled ACDC-like cohort.
 2. It predicts a DSB-like DICOM cohort (defects injected, cleaned by `convert_dsb`) on the
    cines' own grids; per cine the confidence score is the larger |% deviation| of predicted
    EDV/ESV from the cohort's train/validate/solution.csv volumes.
 3. The ED/ES frames of the cines at or below each threshold (and of all cines, "all") are
-   written as PNG image + mask pairs and a student trains on each set from random weights.
+   written as PNG image + mask pairs and a student trains on each set from random weights,
+   every student for the same number of optimiser steps (--epochs on the largest set).
 4. Teacher and students are evaluated on an independent labelled test cohort: Dice per
    class and the EF absolute difference (paper's table: mean, sd, median, IQR).
 
@@ -60,11 +61,12 @@ def train(source: Path, out: Path, size: int, epochs: int) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/cinelab-cmr-pseudo"))
-    parser.add_argument("--teacher", type=int, default=6, help="labelled patients")
+    parser.add_argument("--teacher", type=int, default=8, help="labelled patients")
     parser.add_argument("--dsb", type=int, default=30, help="DSB-like patients")
     parser.add_argument("--test", type=int, default=10, help="labelled test patients")
     parser.add_argument("--frames", type=int, default=12)
-    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--teacher-epochs", type=int, default=150)
+    parser.add_argument("--epochs", type=int, default=40, help="student epochs")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--thresholds", default="5,10,15")
     args = parser.parse_args()
@@ -76,7 +78,8 @@ def main() -> None:
                                       defects=name == "dsb", n_frames=args.frames, size=SHAPE)
                for name, seed in SEEDS.items()}
     convert_dsb(cohorts["dsb"].dsb_root, out / "conv", max_size=max(SHAPE))
-    teacher = train(cohorts["teacher"].acdc_root, out / "teacher", args.size, args.epochs)
+    teacher = train(cohorts["teacher"].acdc_root, out / "teacher", args.size,
+                    args.teacher_epochs)
     predict_cmr(teacher, out / "conv", out / "pred", native=True)
     scores = pseudo_labels(out / "pred", cohorts["dsb"].dsb_root, out / "pseudo", thresholds)
     print(f"confidence (% deviation) over {scores['confidence_pct'].notna().sum()} cines: "
@@ -86,13 +89,19 @@ def main() -> None:
     print(threshold_summary(scores, thresholds).to_string(index=False))
     export = export_pseudo_pairs(mask_index(out / "pred"), scores, out / "pseudo", thresholds)
     print(f"pairs: {len(export.manifest)} written, {len(export.problems)} cine(s) skipped")
-    models = {"teacher": teacher}
+    models, trained = {"teacher": teacher}, {}
+    n_all = len(export.manifest)
     for t in thresholds:
         name = "all" if t == ALL else f"<= {t:g} %"
         subset = out / "pseudo" / subset_name(t)
-        if (subset / "manifest.csv").exists():
-            models[name] = train(subset, out / f"student_{subset_name(t)}", args.size,
-                                 args.epochs)
+        if not (subset / "manifest.csv").exists():
+            continue
+        ids = frozenset(pd.read_csv(subset / "manifest.csv", usecols=["sample_id"],
+                                    dtype=str)["sample_id"])
+        if ids not in trained:  # the same pairs as a looser threshold: the same student
+            epochs = round(args.epochs * n_all / len(ids))  # equal optimiser steps
+            trained[ids] = train(subset, out / f"student_{subset_name(t)}", args.size, epochs)
+        models[name] = trained[ids]
     preds = {}
     for name, model in models.items():
         folder = out / "eval" / name.replace(" ", "").replace("<=", "le").replace("%", "pct")

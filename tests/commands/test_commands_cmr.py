@@ -133,7 +133,7 @@ def test_pseudo_label_training_chain(tmp_path: Path) -> None:
 
     out = _run(["cmr", "predict", model, tmp_path / "conv", "--out", tmp_path / "pred",
                 "--native"])
-    assert "4 label files, 4 measured" in out
+    assert "4 label files; volumes of 4 patients or cines" in out
     volumes = pd.read_csv(tmp_path / "pred" / "volumes.csv")
     labels, _ = load_mask(tmp_path / "pred" / "masks" / "1.nii.gz")
     conv = pd.read_csv(tmp_path / "conv" / "manifest.csv", dtype={"sample_id": str})

@@ -280,7 +280,8 @@ def predict(
     write_csv(table, out / "volumes.csv")
     write_csv(per_frame, out / "frame_volumes.csv")
     print_problems(problems)
-    console.print(f"{len(index)} label files, {len(table)} measured -> {out / 'volumes.csv'}")
+    console.print(f"{len(index)} label files; volumes of {len(table)} patients or cines -> "
+                  f"{out / 'volumes.csv'}")
 
 
 def curve(
