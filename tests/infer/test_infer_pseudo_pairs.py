@@ -122,3 +122,28 @@ def test_nothing_confident_writes_no_subset(predictions: Path, tmp_path: Path) -
     export = export_pseudo_pairs(mask_index(predictions), scores, tmp_path / "o", (5,))
     assert export.manifest.empty and not export.subsets
     assert not (tmp_path / "o" / "confident_5pct").exists()
+
+
+def test_real_acdc_stacks_as_pairs(tmp_path: Path) -> None:
+    """The real ACDC HDF5 samples, their reference labels standing in for predictions:
+    every slice of every (patient, phase) stack becomes a pair that matches its label."""
+    from cinelab.formats.acdc import load_acdc_h5
+    from cinelab.infer.pseudo import confidence_scores
+    from cinelab.measure.cmr import measure_mask_set
+    from conftest import real_path
+
+    index = mask_index(real_path("acdc-h5", "data"))
+    volumes = measure_mask_set(index)[0]
+    reference = volumes.assign(reference_id=volumes["patient_id"], EDV_ref=volumes["EDV"],
+                               ESV_ref=volumes["ESV"] * 1.08)  # 8 % off: kept at 10, not 5
+    scores = confidence_scores(volumes, reference[["reference_id", "EDV_ref", "ESV_ref"]])
+    export = export_pseudo_pairs(index, scores, tmp_path, (5, 10))
+    n_slices = sum(len(load_acdc_h5(p)[1]) for p in index["mask_path"])
+    assert len(export.manifest) == n_slices and not export.problems
+    assert "confident_5pct" not in export.subsets
+    assert len(pd.read_csv(export.subsets["confident_10pct"])) == n_slices
+    row = export.manifest.iloc[len(export.manifest) // 2]
+    source = index[index["patient_id"] == row["patient_id"]]
+    source = source[source["phase"] == row["phase"]].iloc[0]
+    labels = load_acdc_h5(source["mask_path"])[1][int(row["slice"]) - 1]
+    np.testing.assert_array_equal(np.asarray(Image.open(row["mask_path"])), labels)

@@ -5,7 +5,7 @@ Input is a predicted mask set (`measure.cmr.mask_index`, e.g. `predict_cmr`'s
 predictions.csv written with ``native=True``) whose rows name the image each mask was
 predicted from, and the confidence scores of `infer.pseudo.confidence_scores`. For every
 unit (a 4D label cine, e.g. a DSB `<pid>_a`, or a patient's label stacks) whose score is at
-most the loosest threshold:
+most the loosest threshold (images: NIfTI, or ACDC HDF5 samples):
 
 - a 4D cine (T, Z, H, W): ED and ES are the frames with the largest and smallest predicted
   LV volume (never assumed at frame 1); each of their slices becomes one pair;
@@ -33,6 +33,7 @@ from PIL import Image
 
 from cinelab.data.manifest import new_manifest, write_manifest
 from cinelab.errors import InputError, Problem
+from cinelab.formats.acdc import load_acdc_h5
 from cinelab.infer.pseudo import (
     DEFAULT_THRESHOLDS,
     SCORE_COLUMN,
@@ -43,7 +44,7 @@ from cinelab.infer.pseudo import (
 from cinelab.io.nifti import read_volume
 from cinelab.measure.cmr import NO_FRAME, load_mask
 from cinelab.measure.volumes import ACDC_LABELS, LabelMap, ed_es_frames, frame_volumes
-from cinelab.prep.cmr import normalise_intensity
+from cinelab.prep.cmr import H5_SUFFIX, normalise_intensity
 from cinelab.utils import atomic_path, write_csv
 
 PAIRS_DIR, IMAGES_DIR, MASKS_DIR = "pairs", "images", "masks"
@@ -92,7 +93,8 @@ def _load_pair_source(row: pd.Series) -> tuple[np.ndarray, np.ndarray, tuple | N
         raise InputError(row["mask_path"], "image_path", "the image the mask was predicted "
                          "from (an index with image_path or source)", "none")
     labels, spacing = load_mask(row["mask_path"])
-    image = read_volume(image_path, np.float32)[0]
+    image = load_acdc_h5(image_path)[0] if image_path.lower().endswith(H5_SUFFIX) else \
+        read_volume(image_path, np.float32)[0]
     if image.shape != labels.shape:
         raise InputError(row["mask_path"], "shape", f"labels on the image's grid {image.shape}",
                          f"{labels.shape}", "predict on the source grid (cinelab cmr predict "
