@@ -1,4 +1,4 @@
-"""ACDC patient-wise k-fold with the CPU recipe: Dice (LV cavity, myocardium) at ED and ES
+"""ACDC patient-wise k-fold (default the CPU recipe): Dice (LV cavity, myocardium) at ED and ES
 and EF from predicted vs reference masks, on the 10 real ACDC HDF5 patients.
 
     nice python benchmarks/acdc_kfold.py [--data DIR] [--out DIR] [--folds 5] [key=value ...]
@@ -114,7 +114,7 @@ def summary(rows: pd.DataFrame, ef: pd.DataFrame) -> dict[str, float]:
 
 
 def run_fold(j: int, test: list[str], patients: list[str], store_root: Path, out: Path,
-             overrides: list[str], threads: int) -> list[dict]:
+             overrides: list[str], threads: int, recipe: str = RECIPE) -> list[dict]:
     """Train fold j (its test patients as the logged validation split) and evaluate it."""
     torch.set_num_threads(threads)
     start, cpu = time.time(), time.process_time()
@@ -122,7 +122,7 @@ def run_fold(j: int, test: list[str], patients: list[str], store_root: Path, out
     split = {p: ("val" if p in test else "train") for p in patients}
     view = store_view(store, out / f"fold{j}" / "store", split)
     run_dir = out / f"fold{j}" / "run"
-    fit(load_recipe(RECIPE, overrides), view, run_dir, resume=True, progress=False)
+    fit(load_recipe(recipe, overrides), view, run_dir, resume=True, progress=False)
     rows = evaluate_fold(run_dir, store, test)
     lv = np.mean([r["LV Dice"] for r in rows])
     print(f"fold {j} test {test}: LV Dice {lv:.3f} ({time.time() - start:.0f} s, "
@@ -132,23 +132,26 @@ def run_fold(j: int, test: list[str], patients: list[str], store_root: Path, out
 
 def run(data: Path, out: Path, k: int, overrides: list[str], crop: str = CROP,
         max_folds: int | None = None, jobs: int = JOBS,
-        threads: int = THREADS) -> dict[str, float]:
+        threads: int = THREADS, recipe_name: str = RECIPE) -> dict[str, float]:
     """Prepare, train k folds (`jobs` at a time; the first `max_folds` only, when tuning),
     evaluate; write per-image and per-patient CSVs under out."""
-    recipe = load_recipe(RECIPE, overrides)
+    recipe = load_recipe(recipe_name, overrides)
     manifest, problems = read_acdc_h5(data)
     if problems:
         print(f"{len(problems)} problem(s) reading {data}: {problems[:3]}")
-    store_root = out / f"store_{recipe.data.size}_{crop.replace(':', '')}"
+    channels = int(recipe.model.kwargs.get("in_channels", 1))
+    store_root = out / f"store_{recipe.data.size}_{channels}_{crop.replace(':', '')}"
     if not (store_root / "store.json").exists():
-        prepare_cmr(manifest, store_root, size=recipe.data.size, crop=crop, workers=1)
+        prepare_cmr(manifest, store_root, size=recipe.data.size, channels=channels, crop=crop,
+                    workers=1)
     patients = sorted(PreparedStore(store_root).manifest["patient_id"].astype(str).unique())
     folds = folds_of(patients, k)[:max_folds]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         done = pool.map(run_fold, range(len(folds)), folds, [patients] * len(folds),
                         [store_root] * len(folds), [out] * len(folds),
-                        [overrides] * len(folds), [threads] * len(folds))
+                        [overrides] * len(folds), [threads] * len(folds),
+                        [recipe_name] * len(folds))
         rows = [row for fold_rows in done for row in fold_rows]
     table = pd.DataFrame(rows)
     ef = ef_table(table)
@@ -164,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=JOBS, help="folds trained at once")
     parser.add_argument("--threads", type=int, default=THREADS, help="torch threads per fold")
+    parser.add_argument("--recipe", default=RECIPE, help="e.g. cmr-seg (paper, GPU; its "
+                        "ImageNet file in $CINELAB_WEIGHTS) with --jobs 1 --threads 8")
     parser.add_argument("--crop", default=CROP,
                         help="store crop: 'none' or 'centre:<fraction of the larger side>'")
     parser.add_argument("--max-folds", type=int, default=None,
@@ -173,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     os.nice(NICE)
     start = time.time()
     result = run(args.data, args.out, args.folds, args.overrides, args.crop,
-                 args.max_folds, args.jobs, args.threads)
-    print(f"\nACDC {args.folds}-fold ({RECIPE}, crop {args.crop} {' '.join(args.overrides)}), "
+                 args.max_folds, args.jobs, args.threads, args.recipe)
+    print(f"\nACDC {args.folds}-fold ({args.recipe}, crop {args.crop} {' '.join(args.overrides)}), "
           f"{time.time() - start:.0f} s:")
     for key, value in result.items():
         print(f"  {key:18s} {value:.3f}")
