@@ -27,7 +27,7 @@ import torch
 
 from cinelab.evaluate.cmr import evaluate_cmr
 from cinelab.formats.dsb import convert_dsb
-from cinelab.infer.pseudo import pseudo_labels, subset_name, threshold_summary
+from cinelab.infer.pseudo import THRESHOLD_EPS, pseudo_labels, subset_name, threshold_summary
 from cinelab.infer.pseudo_pairs import export_pseudo_pairs
 from cinelab.infer.segment_volume import predict_cmr
 from cinelab.measure.cmr import mask_index
@@ -110,7 +110,7 @@ def main() -> None:
     result = evaluate_cmr(preds, cohorts["test"].acdc_root, out / "evaluation")
     confidence = export.manifest["confidence_pct"]
     print("\ntraining pairs per student:",
-          {f"{'all' if t == ALL else f'<= {t:g} %'}": int((confidence <= t + 1e-9).sum())
+          {f"{'all' if t == ALL else f'<= {t:g} %'}": int((confidence <= t + THRESHOLD_EPS).sum())
            for t in thresholds})
     dice = result.summary[result.summary["phase"] == "all"].pivot(index="model",
                                                                    columns="class",

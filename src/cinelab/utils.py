@@ -41,6 +41,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def resolve_beside(value: str | Path, base: str | Path) -> Path:
+    """A path as written when absolute or existing from the working folder, else taken
+    relative to `base` (the folder of the table that names it)."""
+    path = Path(value)
+    return path if path.is_absolute() or path.exists() else Path(base) / path
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON atomically."""
     with atomic_path(path) as tmp:

@@ -180,7 +180,7 @@ def pseudo(
     """Pseudo-labels: confidence = larger |% deviation| of predicted EDV/ESV from reference;
     the confident patients' ED/ES frames become training pairs for `cmr prepare`."""
     from cinelab.data.manifest import read_manifest
-    from cinelab.infer.pseudo import pseudo_labels, threshold_summary
+    from cinelab.infer.pseudo import is_volume_table, pseudo_labels, threshold_summary
     from cinelab.measure.volumes import parse_label_map
 
     source = pred
@@ -199,16 +199,8 @@ def pseudo(
         console.print(f"<= {row['threshold_pct']:g} %: {int(row['patients'])} of "
                       f"{int(row['scored'])} patients")
     console.print(f"scores -> {out / 'confidence.csv'}")
-    if pairs and not _is_volume_table(source):
+    if pairs and not is_volume_table(source):
         _export_pairs(source, scores, out, thresholds, label_map)
-
-
-def _is_volume_table(source: Path) -> bool:
-    """A CSV of predicted volumes (EDV, ESV), not a mask set."""
-    import pandas as pd
-
-    return source.is_file() and source.suffix.lower() == ".csv" and \
-        {"EDV", "ESV"} <= set(pd.read_csv(source, nrows=0).columns)
 
 
 def _export_pairs(source: Path, scores: Any, out: Path, thresholds: list[float],
@@ -220,13 +212,7 @@ def _export_pairs(source: Path, scores: Any, out: Path, thresholds: list[float],
         export = export_pseudo_pairs(mask_index(source), scores, out, thresholds, label_map)
     print_problems(export.problems)
     for name, path in export.subsets.items():
-        console.print(f"{name}: {len(_ids(path))} image/mask pairs -> {path.parent}")
-
-
-def _ids(path: Path) -> set[str]:
-    import pandas as pd
-
-    return set(pd.read_csv(path, usecols=["sample_id"], dtype=str)["sample_id"])
+        console.print(f"{name}: {export.sizes[name]} image/mask pairs -> {path.parent}")
 
 
 def prepare(

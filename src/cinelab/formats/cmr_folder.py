@@ -15,6 +15,7 @@ import pandas as pd
 
 from cinelab.data.manifest import read_manifest
 from cinelab.errors import InputError
+from cinelab.utils import resolve_beside
 
 MANIFEST_FILE = "manifest.csv"
 PATH_SUFFIX = "_path"
@@ -44,18 +45,12 @@ def read_cmr_folder(folder: str | Path) -> pd.DataFrame:
 
 def resolve_paths(manifest: pd.DataFrame, base: Path) -> pd.DataFrame:
     """A copy whose relative `path` and `*_path` values that do not exist as they are (from
-    the working folder) are taken relative to `base`, the manifest's folder, where they do."""
+    the working folder) are taken relative to `base`, the manifest's folder."""
     out = manifest.copy()
     for column in [c for c in out.columns if c == "path" or str(c).endswith(PATH_SUFFIX)]:
-        out[column] = [_resolved(v, base) for v in out[column].fillna("").astype(str)]
+        out[column] = [str(resolve_beside(v, base)) if v else ""
+                       for v in out[column].fillna("").astype(str)]
     return out
-
-
-def _resolved(value: str, base: Path) -> str:
-    path = Path(value)
-    if not value or path.is_absolute() or path.exists() or not (base / path).exists():
-        return value
-    return str(base / path)
 
 
 def assign_splits(manifest: pd.DataFrame, test_fraction: float = 0.0,

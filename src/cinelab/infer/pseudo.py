@@ -205,6 +205,13 @@ def write_pseudo_labels(scores: pd.DataFrame, out: str | Path,
     return written
 
 
+def is_volume_table(source: str | Path) -> bool:
+    """A CSV of predicted volumes (EDV, ESV columns), not a mask set."""
+    path = Path(source)
+    return path.is_file() and path.suffix.lower() == ".csv" and \
+        {"EDV", "ESV"} <= set(pd.read_csv(path, nrows=0).columns)
+
+
 def predicted_volumes(source: str | Path | pd.DataFrame, label_map: LabelMap = ACDC_LABELS,
                       spacing: Sequence[float] | None = None
                       ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -213,10 +220,8 @@ def predicted_volumes(source: str | Path | pd.DataFrame, label_map: LabelMap = A
     if isinstance(source, pd.DataFrame):
         return source, None
     path = Path(source)
-    if path.is_file() and path.suffix.lower() == ".csv":
-        head = pd.read_csv(path, nrows=0).columns
-        if {"EDV", "ESV"} <= set(head):
-            return pd.read_csv(path, dtype={"patient_id": str}), None
+    if is_volume_table(path):
+        return pd.read_csv(path, dtype={"patient_id": str}), None
     index = mask_index(path)
     return measure_mask_set(index, label_map, spacing)[0], index
 

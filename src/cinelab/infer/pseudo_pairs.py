@@ -57,11 +57,12 @@ SPLIT = "train"
 
 @dataclass
 class PairExport:
-    """What `export_pseudo_pairs` wrote: the pair manifest, one manifest per threshold and
-    the units that could not be exported (reported, then skipped)."""
+    """What `export_pseudo_pairs` wrote: the pair manifest, one manifest per threshold (and
+    its number of pairs) and the units that could not be exported (reported, then skipped)."""
 
     manifest: pd.DataFrame
     subsets: dict[str, Path] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -183,4 +184,5 @@ def _write_export(rows: list[dict], problems: list[Problem], out: Path,
         if len(kept):
             path = out / subset_name(t) / MANIFEST_FILE
             export.subsets[subset_name(t)] = write_manifest(kept.reset_index(drop=True), path)
+            export.sizes[subset_name(t)] = len(kept)
     return export

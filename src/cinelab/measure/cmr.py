@@ -41,6 +41,7 @@ from cinelab.measure.volumes import (
     frame_volumes,
     measures_from_volumes,
 )
+from cinelab.utils import resolve_beside
 
 MASK_INDEX_COLUMNS = ("image_id", "patient_id", "phase", "frame", "mask_path", "image_path")
 INDEX_NAMES = ("index.csv", "masks.csv", "predictions.csv", "manifest.csv")
@@ -134,7 +135,7 @@ def _csv_index(path: Path) -> pd.DataFrame:
                          f"{list(df.columns)}")
     df = df[df[path_col] != ""]
     out = pd.DataFrame({"patient_id": df[patient_col],
-                        "mask_path": [str(_resolve(path.parent, p)) for p in df[path_col]]})
+                        "mask_path": [str(resolve_beside(p, path.parent)) for p in df[path_col]]})
     if "sample_id" in df and patient_col != "sample_id":
         out["image_id"] = df["sample_id"].to_numpy()
     for col in ("phase", "frame", *SPACING_COLUMNS):
@@ -143,13 +144,8 @@ def _csv_index(path: Path) -> pd.DataFrame:
     image_col = next((c for c in IMAGE_ALIASES if c in df and c != path_col), None)
     if image_col is not None:
         images = df[image_col]
-        out["image_path"] = [str(_resolve(path.parent, p)) if p else "" for p in images]
+        out["image_path"] = [str(resolve_beside(p, path.parent)) if p else "" for p in images]
     return _finish(out, path)
-
-
-def _resolve(base: Path, value: str) -> Path:
-    p = Path(value)
-    return p if p.is_absolute() or p.exists() else base / p
 
 
 def _acdc_index(root: Path) -> pd.DataFrame:
