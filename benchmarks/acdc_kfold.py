@@ -28,9 +28,9 @@ import pandas as pd
 import torch
 
 from cinelab.data.store import PreparedStore
-from cinelab.formats.acdc import LV_LABEL, MYO_LABEL, load_acdc_h5, read_acdc_h5
-from cinelab.infer.segment_volume import checkpoint_classes, segment_stack
-from cinelab.prep.cmr import prepare_cmr, restore_labels
+from cinelab.pipelines.cmr.acdc import LV_LABEL, MYO_LABEL, load_acdc_h5, read_acdc_h5
+from cinelab.pipelines.cmr.predict import checkpoint_classes, segment_stack
+from cinelab.pipelines.cmr.prepare import prepare_cmr, restore_labels
 from cinelab.train.checkpoint import load_checkpoint
 from cinelab.train.fit import CHECKPOINT_DIR, MODEL_FILE, fit
 from cinelab.train.recipe import load_recipe

@@ -22,11 +22,11 @@ import time
 import warnings
 from pathlib import Path
 
-from cinelab.evaluate.age import ensemble_cv
-from cinelab.formats.cmr_lax import ingest_lax
+from cinelab.pipelines.age.evaluate import ensemble_cv
+from cinelab.pipelines.age.layout import ingest_lax
 from cinelab.prep.prepare import PrepSpec, prepare
-from cinelab.report.age import build_age_report
-from cinelab.synth.cmr_lax import synth_cmr_lax_cohort
+from cinelab.pipelines.age.report import build_age_report
+from cinelab.pipelines.age.synth import synth_cmr_lax_cohort
 from cinelab.train.cv import run_cv
 from cinelab.train.recipe import load_recipe
 

@@ -23,16 +23,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cinelab.commands.cxr import most_positive, split_files, write_gradcams
+from cinelab.pipelines.cxr.commands import most_positive, split_files, write_gradcams
 from cinelab.evaluate.classification import evaluate_classification
 from cinelab.evaluate.metrics import roc_auc
-from cinelab.formats.cxr import read_cxr_folders
-from cinelab.infer.cxr import load_cxr_ensemble, predict_cxr
+from cinelab.pipelines.cxr.layout import read_cxr_folders
+from cinelab.pipelines.cxr.predict import load_cxr_ensemble, predict_cxr
 from cinelab.infer.ensemble import fit_ensemble_weights
-from cinelab.prep.cxr_store import stores_for_recipe
+from cinelab.pipelines.cxr.prepare import stores_for_recipe
 from cinelab.report.classification import build_classification_report
-from cinelab.synth.cxr import synth_cxr_cohort
-from cinelab.train.ensemble import train_ensemble
+from cinelab.pipelines.cxr.synth import synth_cxr_cohort
+from cinelab.pipelines.cxr.ensemble import train_ensemble
 from cinelab.train.recipe import load_recipe
 from cinelab.utils import write_csv
 

@@ -3,7 +3,7 @@
     nice python benchmarks/cxr_members.py --n 500 --recipe cxr-ensemble-cpu --work /tmp/cxrb
 
 Writes a synthetic DeepCOVID-XR cohort, prepares the (crop, size) stores the recipe's members
-need (`cinelab.prep.cxr_store.stores_for_recipe`), trains every member (resuming finished
+need (`cinelab.pipelines.cxr.prepare.stores_for_recipe`), trains every member (resuming finished
 ones) and scores each on the test split: AUC (Mann-Whitney), accuracy at 0.5, and the mean of
 the members' probabilities as a plain-average reference. Prints a table and writes
 <work>/member_aucs.csv. With --lung, first trains the lung U-Net (cxr-lungseg-cpu) on the
@@ -24,9 +24,9 @@ import torch
 from cinelab.data.store import PreparedStore
 from cinelab.data.transforms import Normalize
 from cinelab.evaluate.metrics import roc_auc
-from cinelab.formats.cxr import read_cxr_folders
-from cinelab.prep.cxr_store import lung_dice, stores_for_recipe, train_lung_unet
-from cinelab.synth.cxr import synth_cxr_cohort
+from cinelab.pipelines.cxr.layout import read_cxr_folders
+from cinelab.pipelines.cxr.prepare import lung_dice, stores_for_recipe, train_lung_unet
+from cinelab.pipelines.cxr.synth import synth_cxr_cohort
 from cinelab.train.checkpoint import load_checkpoint
 from cinelab.train.fit import MODEL_FILE, fit
 from cinelab.train.recipe import ensemble_members, load_recipe

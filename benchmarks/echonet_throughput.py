@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cinelab.formats.ingest import ingest
-from cinelab.infer.predictor import predict
+from cinelab.pipelines.echonet.predict import predict
 from cinelab.prep.prepare import PrepSpec, prepare
 from cinelab.synth.echo import synth_echo_cohort
 from cinelab.train.fit import fit

@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cinelab.commands.rvf import prepare_rvf
-from cinelab.formats.rvf import ingest_rvf
+from cinelab.pipelines.rvf.commands import prepare_rvf
+from cinelab.pipelines.rvf.layout import ingest_rvf
 from cinelab.infer.video_classify import predict_classification
-from cinelab.synth.rvf import synth_rvf_cohort
+from cinelab.pipelines.rvf.synth import synth_rvf_cohort
 from cinelab.train.fit import fit
 from cinelab.train.recipe import load_recipe
 

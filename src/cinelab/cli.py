@@ -48,7 +48,7 @@ def synth_cxr(
     positive_fraction: Annotated[float, typer.Option(help="Share of positive cases.")] = 0.5,
 ) -> None:
     """Synthetic chest X-rays with lung masks (COVID-like opacities or NIH findings)."""
-    from cinelab.synth.cxr import synth_cxr_cohort
+    from cinelab.pipelines.cxr.synth import synth_cxr_cohort
 
     with console.status(f"synthesising {n} chest X-rays"):
         root = synth_cxr_cohort(out, n=n, seed=seed, size=size, layout=layout,
@@ -116,7 +116,7 @@ def measure_tracings(
     out: Annotated[Path, typer.Option(help="CSV to write (one row per video).")],
 ) -> None:
     """EDV, ESV and EF by the method of discs from VolumeTracings, beside FileList values."""
-    from cinelab.measure.tracings import measure_cohort_tracings
+    from cinelab.pipelines.echonet.tracings import measure_cohort_tracings
 
     table, problems = measure_cohort_tracings(source)
     from cinelab.utils import write_csv
@@ -178,7 +178,7 @@ def import_echonet(
     period: Annotated[int, typer.Option(help="Sampling period of the EF model.")] = 2,
 ) -> None:
     """Import EchoNet-Dynamic's released weights as self-describing cinelab checkpoints."""
-    from cinelab.train.importers import import_echonet as import_api
+    from cinelab.pipelines.echonet.importers import import_echonet as import_api
 
     written = import_api(seg, ef, out, frames=frames, period=period, mean=_floats(mean),
                          std=_floats(std), store=data)
@@ -209,7 +209,7 @@ def predict(
     """EF from one clip, all clips and beat by beat, with LV masks and ED/ES frames."""
     from rich.progress import Progress
 
-    from cinelab.infer.predictor import predict as predict_api
+    from cinelab.pipelines.echonet.predict import predict as predict_api
 
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("predicting", total=None)
@@ -230,7 +230,7 @@ def evaluate(
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 1000,
 ) -> None:
     """Dice, EF MAE/RMSE/R² with bootstrap CIs, AUCs, ED/ES frame error, plots."""
-    from cinelab.runs import evaluate_run
+    from cinelab.pipelines.echonet.runs import evaluate_run
 
     metrics = evaluate_run(run_dir, data=data, labels=labels, n_boot=n_boot)
     for name, report in metrics.get("ef", {}).items():
@@ -250,7 +250,7 @@ def report(
     = None,
 ) -> None:
     """One self-contained HTML report of a run."""
-    from cinelab.runs import report_run
+    from cinelab.pipelines.echonet.runs import report_run
 
     console.print(f"report -> {report_run(run_dir, data=data)}")
 
@@ -263,7 +263,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """The end-to-end demo on a synthetic echo cohort, printing its metrics."""
-    from cinelab.demo import DemoConfig, run_demo
+    from cinelab.pipelines.echonet.demo import DemoConfig, run_demo
 
     run_demo(out, DemoConfig(n_videos=n, seed=seed), console=Console())
 

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-from cinelab.commands.rvf import prepare_rvf
+from cinelab.pipelines.rvf.commands import prepare_rvf
 from cinelab.data.store import PreparedStore
 from cinelab.data.streams import stream_normalisation
 from cinelab.errors import InputError
-from cinelab.formats.rvf import ingest_rvf
+from cinelab.pipelines.rvf.layout import ingest_rvf
 from cinelab.infer.video_classify import (
     FILES,
     clip_probabilities,
@@ -24,7 +24,7 @@ from cinelab.infer.video_classify import (
     predict_classification,
 )
 from cinelab.models import create_model
-from cinelab.synth.rvf import synth_rvf_cohort
+from cinelab.pipelines.rvf.synth import synth_rvf_cohort
 from cinelab.train.checkpoint import InputSpec, load_checkpoint, save_checkpoint
 
 torch.set_num_threads(2)

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from cinelab.errors import InputError
-from cinelab.formats.acdc import find_acdc_patients, load_acdc_patient
+from cinelab.pipelines.cmr.acdc import find_acdc_patients, load_acdc_patient
 from cinelab.io.nifti import write_volume
-from cinelab.measure.cmr import (
+from cinelab.pipelines.cmr.measure import (
     ef_difference_table,
     mask_index,
     measure_mask_set,
@@ -27,7 +27,7 @@ from cinelab.measure.volumes import (
     pixel_counts,
     voxel_ml,
 )
-from cinelab.synth.cmr import synth_cmr_cohort
+from cinelab.pipelines.cmr.synth import synth_cmr_cohort
 from cinelab.synth.cmr_phantom import Grid, random_heart, render_stack, voxel_volumes_ml
 from conftest import real_path
 

@@ -14,7 +14,7 @@ import pydicom
 import pytest
 
 from cinelab.errors import InputError
-from cinelab.formats.rvf import ingest_rvf
+from cinelab.pipelines.rvf.layout import ingest_rvf
 from cinelab.io.dicom import read_ultrasound
 from cinelab.prep.deid import (
     IdMap,
@@ -27,7 +27,7 @@ from cinelab.prep.deid import (
 from cinelab.prep.flow import prepare_flow
 from cinelab.prep.prepare import PrepSpec, prepare
 from cinelab.synth.dicom import write_ultrasound_dicom
-from cinelab.synth.rvf import synth_rvf_cohort
+from cinelab.pipelines.rvf.synth import synth_rvf_cohort
 
 PHI = {"PatientName": "Quorvax^Belindra", "PatientBirthDate": "19570314",
        "AccessionNumber": "ACC90817263", "InstitutionName": "Grimsvale Heart Hospital",

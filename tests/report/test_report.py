@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 
 from cinelab.errors import InputError
-from cinelab.evaluate.echonet import evaluate_echonet
+from cinelab.pipelines.echonet.evaluate import evaluate_echonet
 from cinelab.evaluate.metrics import metric_rows
 from cinelab.io.video import read_video
 from cinelab.measure.ef import tracing_mask, tracings_from_echonet_csv
-from cinelab.report.echonet import ED_RGB, build_echonet_report, overlay_strip
+from cinelab.pipelines.echonet.report import ED_RGB, build_echonet_report, overlay_strip
 from cinelab.report.html import HtmlReport, embed_png, format_value
 from cinelab.utils import read_json
 from conftest import real_path

@@ -12,10 +12,10 @@ import torch
 from cinelab.data.augment import PRESETS, RandomAugment, augment_config
 from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError
-from cinelab.formats.acdc import read_acdc
-from cinelab.infer.segment_volume import checkpoint_classes, segment_stack
-from cinelab.prep.cmr import prepare_cmr
-from cinelab.synth.cmr import synth_cmr_cohort
+from cinelab.pipelines.cmr.acdc import read_acdc
+from cinelab.pipelines.cmr.predict import checkpoint_classes, segment_stack
+from cinelab.pipelines.cmr.prepare import prepare_cmr
+from cinelab.pipelines.cmr.synth import synth_cmr_cohort
 from cinelab.train.checkpoint import load_checkpoint
 from cinelab.train.fit import fit
 from cinelab.train.losses import create_loss

@@ -10,11 +10,11 @@ from torchvision.models.resnet import BasicBlock, ResNet, resnet34
 
 from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError, MissingWeightsError
-from cinelab.formats.acdc import read_acdc
+from cinelab.pipelines.cmr.acdc import read_acdc
 from cinelab.models import create_model
 from cinelab.models.cmr_unet import EncoderUNet, ResNetFeatures
-from cinelab.prep.cmr import prepare_cmr
-from cinelab.synth.cmr import synth_cmr_cohort
+from cinelab.pipelines.cmr.prepare import prepare_cmr
+from cinelab.pipelines.cmr.synth import synth_cmr_cohort
 from cinelab.train import transfer
 from cinelab.train.checkpoint import InputSpec, save_checkpoint
 from cinelab.train.fit import build_task, fit

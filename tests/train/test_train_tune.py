@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from cinelab.errors import InputError
-from cinelab.formats.cxr import read_cxr_folders
+from cinelab.pipelines.cxr.layout import read_cxr_folders
 from cinelab.prep.prepare import PrepSpec, prepare
-from cinelab.synth.cxr import synth_cxr_cohort
+from cinelab.pipelines.cxr.synth import synth_cxr_cohort
 from cinelab.train.recipe import load_recipe
 from cinelab.train.tune import (
     BEST_FILE,

@@ -1,6 +1,6 @@
 """Binary classification evaluation: a predictions CSV + labels -> metrics, tables, ROC.
 
-Predictions CSV contract (written by `cinelab.infer.cxr.predict_cxr`, any binary
+Predictions CSV contract (written by `cinelab.pipelines.cxr.predict.predict_cxr`, any binary
 classifier may write the same): ``file``, ``sample_id`` (optional), ``probability`` (the
 ensemble's), optional ``threshold`` (the one its ``label`` used), one ``p_<member>`` column
 per ensemble member, optional ``truth`` (0/1). Rows with an empty probability (a file that
@@ -93,7 +93,7 @@ def read_labels(source: str | Path | pd.DataFrame) -> pd.DataFrame:
         return source.copy()
     path = Path(source)
     if path.is_dir():
-        from cinelab.formats.cxr import read_cxr_folders
+        from cinelab.pipelines.cxr.layout import read_cxr_folders
 
         return read_cxr_folders(path, check="none").manifest
     return _read_csv(path)

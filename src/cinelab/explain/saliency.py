@@ -17,7 +17,7 @@ Score: for one output (a binary classifier's logit) the logit itself (``target=N
 class `target` (argmax when None).
 
 Ensembles: each member's map is computed on that member's own input, brought back onto the
-original image (e.g. `cinelab.prep.cxr.restore_map`), scaled to [0, 1] by its own maximum
+original image (e.g. `cinelab.pipelines.cxr.crop.restore_map`), scaled to [0, 1] by its own maximum
 (members' raw Grad-CAM scales are not comparable) and combined with the ensemble weights
 (`ensemble_cam`).
 """

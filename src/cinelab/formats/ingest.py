@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from cinelab.data.manifest import read_manifest, validate_manifest, write_manifest
 from cinelab.errors import InputError, Problem
+from cinelab.formats.dicoms import read_dicom_folder
+from cinelab.formats.folders import read_video_folder
+from cinelab.io.dicom import is_dicom_path
+from cinelab.io.video import VIDEO_SUFFIXES
+from cinelab.plugins import Registry
 from cinelab.utils import write_csv
-
-LAYOUTS = ("echonet", "dicom", "videos")
-LABEL_RANGES = {"echonet": {"EF": (0.0, 100.0)}}
 
 
 @dataclass
@@ -25,43 +29,85 @@ class Ingested:
     problems: list[Problem] = field(default_factory=list)
 
 
+#: read(root, options) -> Ingested; options hold "labels" and any layout-specific keys
+ReadFn = Callable[[Path, Mapping[str, Any]], Ingested]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A dataset layout on disk: how to recognise it and how to read it into a manifest.
+
+    `generic` layouts (any DICOM folder, any video folder) are chosen by auto-detection only
+    when no specific layout recognises the folder.
+    """
+
+    name: str
+    detect: Callable[[Path], bool]
+    read: ReadFn
+    description: str
+    label_ranges: Mapping[str, tuple[float, float]] | None = None
+    generic: bool = False
+
+
+LAYOUTS: Registry[Layout] = Registry("layout")
+
+
+def register_layout(layout: Layout) -> Layout:
+    """Add a layout (a pipeline package calls this for each layout it reads)."""
+    return LAYOUTS.add(layout.name, layout)
+
+
 def detect_layout(root: Path) -> str:
-    """echonet when FileList.csv is present, dicom when DICOM files are, else videos."""
-    from cinelab.prep.prepare import is_dicom_path
+    """The one layout that recognises `root` (specific layouts before generic ones)."""
+    found = [layout for _, layout in LAYOUTS.items() if layout.detect(root)]
+    specific = [layout for layout in found if not layout.generic]
+    chosen = specific or found
+    if len(chosen) == 1:
+        return chosen[0].name
+    listing = "; ".join(f"{lay.name}: {lay.description}" for _, lay in LAYOUTS.items())
+    what = "no layout recognises it" if not chosen else \
+        f"it looks like {' and '.join(lay.name for lay in chosen)}"
+    raise InputError(root, "layout", f"one recognisable layout ({listing})", what,
+                     "name it with --layout")
 
-    if (root / "FileList.csv").exists():
-        return "echonet"
-    for path in root.rglob("*"):
-        if path.is_file() and is_dicom_path(path):
-            return "dicom"
-    return "videos"
 
-
-def ingest(root: str | Path, layout: str = "auto", labels: str | Path | None = None) -> Ingested:
-    """Read a cohort in any supported layout and validate its manifest."""
+def ingest(root: str | Path, layout: str = "auto", labels: str | Path | None = None,
+           options: Mapping[str, Any] | None = None) -> Ingested:
+    """Read a cohort in any registered layout and validate its manifest."""
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "root", "a folder holding a cohort", "no such folder")
-    layout = detect_layout(root) if layout == "auto" else layout
-    if layout == "echonet":
-        from cinelab.formats.echonet import read_echonet
-
-        cohort = read_echonet(root)
-        result = Ingested(cohort.manifest, layout, cohort.tracings, list(cohort.problems))
-    elif layout == "dicom":
-        from cinelab.formats.dicoms import read_dicom_folder
-
-        manifest, problems = read_dicom_folder(root)
-        result = Ingested(_join_labels(manifest, labels), layout, None, problems)
-    elif layout == "videos":
-        from cinelab.formats.folders import read_video_folder
-
-        manifest, problems = read_video_folder(root, labels)
-        result = Ingested(manifest, layout, None, problems)
-    else:
-        raise InputError(root, "layout", f"one of {('auto',) + LAYOUTS}", repr(layout))
-    result.problems += validate_manifest(result.manifest, LABEL_RANGES.get(layout))
+    name = detect_layout(root) if layout == "auto" else layout
+    entry = LAYOUTS.get(name)
+    result = entry.read(root, {**dict(options or {}), "labels": labels})
+    result.problems += validate_manifest(result.manifest, entry.label_ranges)
     return result
+
+
+def _read_dicoms(root: Path, options: Mapping[str, Any]) -> Ingested:
+    manifest, problems = read_dicom_folder(root)
+    return Ingested(_join_labels(manifest, options.get("labels")), "dicom", None, problems)
+
+
+def _read_videos(root: Path, options: Mapping[str, Any]) -> Ingested:
+    manifest, problems = read_video_folder(root, options.get("labels"))
+    return Ingested(manifest, "videos", None, problems)
+
+
+def _has_dicoms(root: Path) -> bool:
+    return any(path.is_file() and is_dicom_path(path) for path in root.rglob("*"))
+
+
+def _has_videos(root: Path) -> bool:
+    return any(path.suffix.lower() in VIDEO_SUFFIXES for path in root.rglob("*"))
+
+
+register_layout(Layout("dicom", _has_dicoms, _read_dicoms,
+                       "a folder of ultrasound DICOMs (any nesting) + optional --labels CSV",
+                       generic=True))
+register_layout(Layout("videos", _has_videos, _read_videos,
+                       "a folder of AVI/MP4 videos (any nesting) + optional --labels CSV",
+                       generic=True))
 
 
 def _join_labels(manifest: pd.DataFrame, labels: str | Path | None) -> pd.DataFrame:

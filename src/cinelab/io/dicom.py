@@ -267,3 +267,13 @@ def _text(value: object) -> str | None:
     """A header string, None when absent or blank."""
     text = "" if value is None else str(value).strip()
     return text or None
+
+
+def is_dicom_path(path: Path) -> bool:
+    """DICOM files by suffix or by the DICM preamble."""
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    if path.suffix == "" and path.is_file():
+        with open(path, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    return False

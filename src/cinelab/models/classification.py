@@ -113,9 +113,9 @@ def read_state(path: str | Path, description: str | None = None) -> dict[str, Te
             return load_file(str(file), device="cpu")
         except SafetensorError as exc:
             raise InputError(file, "weights", "a safetensors file", str(exc)) from exc
-    from cinelab.models.weights import read_checkpoint
+    from cinelab.models.weights import load_weights_file
 
-    return extract_state_dict(read_checkpoint(file, "cpu", description), file)
+    return extract_state_dict(load_weights_file(file, "cpu", description), file)
 
 
 def load_classifier_weights(model: nn.Module, path: str | Path,

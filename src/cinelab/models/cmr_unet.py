@@ -33,7 +33,7 @@ from cinelab.models.weights import (
     _best_keys,
     extract_state_dict,
     load_weights,
-    read_checkpoint,
+    load_weights_file,
 )
 
 RESNET_DECODER = (256, 128, 64, 32, 16)
@@ -144,7 +144,7 @@ class EncoderUNet(nn.Module):
     def load_pretrained(self, path: str | Path, description: str) -> LoadReport:
         """Load a whole-model file (cinelab/Lightning checkpoint) into the whole model, or an
         ImageNet classifier file into the encoder: whichever names more tensors."""
-        state = extract_state_dict(read_checkpoint(path, "cpu", description), path)
+        state = extract_state_dict(load_weights_file(path, "cpu", description), path)
         whole = len(set(_best_keys(state, set(self.state_dict()), DEFAULT_PREFIXES))
                     & set(self.state_dict()))
         encoder_keys = set(self.encoder.state_dict())

@@ -199,9 +199,9 @@ def parse_stream_weights(spec: str | Path) -> dict[str, str] | None:
 
 
 def _is_two_stream_file(path: str | Path, description: str | None) -> bool:
-    from cinelab.models.weights import extract_state_dict, read_checkpoint
+    from cinelab.models.weights import extract_state_dict, load_weights_file
 
-    state = extract_state_dict(read_checkpoint(path, description=description), path)
+    state = extract_state_dict(load_weights_file(path, description=description), path)
     return any(".streams." in f".{k}" for k in state)  # also under "model." / "module."
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from pathlib import Path
 from torch import nn
 
 from cinelab.errors import CinelabError
+from cinelab.models.weights import load_weights
+from cinelab.plugins import load_pipelines
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +111,6 @@ def _with_pretrained(fn: Builder, name: str, weights_hint: str) -> Builder:
     def build(*, pretrained: str | Path | None = None, **cfg: object) -> nn.Module:
         model = fn(**cfg)
         if pretrained:
-            from cinelab.models.weights import load_weights
-
             hint = weights_hint or f"weights for cinelab model {name!r}"
             loader = getattr(model, "load_pretrained", None)
             report = loader(pretrained, hint) if callable(loader) else \
@@ -157,8 +158,9 @@ def model_task(name: str) -> str:
 
 
 def _ensure_builtin_models() -> None:
-    """Import the built-in builder modules so that they register (idempotent)."""
-    import cinelab.models  # noqa: F401  (its __init__ imports segmentation and video)
+    """Import the built-in builder modules and the pipelines so that they register."""
+    importlib.import_module("cinelab.models")
+    load_pipelines()
 
 
 # -- builder conventions ---------------------------------------------------------------------

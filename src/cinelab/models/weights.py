@@ -124,7 +124,7 @@ def _numpy_safe_globals() -> list[Any]:
     return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtypes]
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+def load_weights_file(path: str | Path, map_location: str | torch.device = "cpu",
                     description: str | None = None) -> Any:
     """torch.load a local file safely (``weights_only=True``), on `map_location`."""
     file = resolve_weights(path, description)
@@ -236,7 +236,7 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = False,
     skipped, missing or unexpected raises InputError naming the file.
     """
     file = resolve_weights(path, description)
-    state = extract_state_dict(read_checkpoint(file, map_location, description), file)
+    state = extract_state_dict(load_weights_file(file, map_location, description), file)
     state = _best_keys(state, set(model.state_dict()), tuple(prefix_strip))
     usable, report = match_state(model, state, str(file), adapt_input=adapt_input)
     if strict and not report.complete:
@@ -262,7 +262,7 @@ def load_echonet_state(path: str | Path) -> dict[str, Tensor]:
     hence cinelab's models of the same names.
     """
     file = resolve_weights(path, _echonet_description(Path(path).name))
-    checkpoint = read_checkpoint(file, "cpu")
+    checkpoint = load_weights_file(file, "cpu")
     state = checkpoint.get("state_dict") if isinstance(checkpoint, Mapping) else None
     if not isinstance(state, Mapping):
         found = (f"keys {sorted(map(str, checkpoint))[:8]}" if isinstance(checkpoint, Mapping)

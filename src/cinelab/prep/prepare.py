@@ -25,9 +25,10 @@ from cinelab.data.store import (
     write_sample,
 )
 from cinelab.errors import CinelabError, Problem
-from cinelab.prep.cine import prepare_cine_sample
-from cinelab.prep.cmr import prepare_cmr_sample
-from cinelab.prep.cxr import prepare_cxr_sample
+from cinelab.io.dicom import is_dicom_path, read_ultrasound
+from cinelab.io.video import read_video
+from cinelab.plugins import Registry
+from cinelab.prep.echo import map_mask, map_points, preprocess_echo
 from cinelab.prep.runner import run_tasks
 from cinelab.utils import file_hash, read_json, versions, write_csv, write_json
 
@@ -66,26 +67,12 @@ class PrepareSummary:
         return self.prepared + self.skipped
 
 
-def is_dicom_path(path: Path) -> bool:
-    """DICOM files by suffix or by the DICM preamble."""
-    if path.suffix.lower() in (".dcm", ".dicom"):
-        return True
-    if path.suffix == "" and path.is_file():
-        with open(path, "rb") as f:
-            return f.read(132)[128:132] == b"DICM"
-    return False
-
-
 def load_echo_source(path: Path) -> dict[str, Any]:
     """Frames and acquisition metadata from a video file or an ultrasound DICOM."""
     if is_dicom_path(path):
-        from cinelab.io.dicom import read_ultrasound
-
         us = read_ultrasound(path)
         return {"frames": us.frames, "fps": us.fps, "fps_source": us.fps_source,
                 "pixel_spacing_mm": us.pixel_spacing_mm, "region": us.region, "dicom": True}
-    from cinelab.io.video import read_video
-
     video = read_video(path)
     return {"frames": video.frames, "fps": video.fps, "fps_source": "container",
             "pixel_spacing_mm": None, "region": None, "dicom": False}
@@ -93,8 +80,6 @@ def load_echo_source(path: Path) -> dict[str, Any]:
 
 def prepare_echo_sample(task: dict[str, Any]) -> dict[str, Any]:
     """Prepare one echo sample; never raises: failures come back as a problem."""
-    from cinelab.prep.echo import map_mask, preprocess_echo
-
     row, root, spec = task["row"], Path(task["root"]), PrepSpec(**task["spec"])
     path = Path(row["path"])
     try:
@@ -131,12 +116,15 @@ def _load_mask(mask_path: Any, transform: dict, map_mask: Callable) -> np.ndarra
     return np.stack([map_mask(transform, m) for m in masks]).astype(np.uint8)
 
 
-PREPARERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "echo": prepare_echo_sample,
-    "cxr": prepare_cxr_sample,
-    "cine": prepare_cine_sample,
-    "cmr": prepare_cmr_sample,
-}
+#: modality -> preparer(task) -> result; a pipeline registers the modalities it prepares
+PREPARERS: Registry[Callable[[dict[str, Any]], dict[str, Any]]] = Registry("modality")
+PREPARERS.add("echo", prepare_echo_sample)
+
+
+def register_preparer(modality: str, fn: Callable[[dict[str, Any]], dict[str, Any]]
+                      ) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Prepare manifest rows of `modality` with `fn` (never raises; problems come back)."""
+    return PREPARERS.add(modality, fn)
 
 
 def prepare(
@@ -185,7 +173,7 @@ def _task(row: dict[str, Any], out: Path, spec: PrepSpec,
     modality = str(row.get("modality") or "echo")
     if modality not in PREPARERS:
         summary.problems.append(Problem(str(path), "prepare",
-                                        f"modality: expected one of {sorted(PREPARERS)}, "
+                                        f"modality: expected one of {PREPARERS.names()}, "
                                         f"found {modality!r}"))
         summary.failed += 1
         return None
@@ -200,7 +188,7 @@ def _task(row: dict[str, Any], out: Path, spec: PrepSpec,
 
 
 def _dispatch(task: dict[str, Any]) -> dict[str, Any]:
-    return PREPARERS[task["modality"]](task)
+    return PREPARERS.get(task["modality"])(task)
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:
@@ -231,8 +219,6 @@ def _finalise(out: Path, manifest: pd.DataFrame, spec: PrepSpec,
 
 
 def _map_tracings(tracings: pd.DataFrame, metas: dict[str, dict]) -> pd.DataFrame:
-    from cinelab.prep.echo import map_points
-
     parts = []
     for sid, group in tracings.groupby("sample_id", sort=False):
         if str(sid) not in metas:

@@ -13,7 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from cinelab.errors import InputError
+from cinelab.errors import CinelabError, InputError
+from cinelab.models.registry import create_model
+from cinelab.models.weights import load_weights_file
 from cinelab.utils import atomic_path, versions
 
 CHECKPOINT_FORMAT = "cinelab-checkpoint/1"
@@ -61,15 +63,11 @@ def save_checkpoint(path: str | Path, model: nn.Module, recipe: dict[str, Any],
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The raw checkpoint dict, checked for the cinelab format."""
+    """The raw checkpoint dict (loaded weights-only), checked for the cinelab format."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise InputError(path, "checkpoint", "a cinelab checkpoint file", "nothing at that path")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(path, "checkpoint", "a torch checkpoint",
-                         f"an unreadable file ({type(exc).__name__})") from exc
+    payload = load_weights_file(path, "cpu", "a cinelab checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise InputError(path, "format", CHECKPOINT_FORMAT, repr(found),
@@ -77,10 +75,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
+def read_checkpoint_task(path: str | Path) -> str | None:
+    """The task a cinelab checkpoint file was trained for; None for any other file."""
+    try:
+        return str(read_checkpoint(path)["input_spec"]["task"])
+    except (CinelabError, KeyError, TypeError):
+        return None
+
+
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     """Rebuild the model from the registry and load its weights (CPU, eval mode)."""
-    from cinelab.models.registry import create_model
-
     payload = read_checkpoint(path)
     model_cfg = dict(payload["recipe"]["model"])
     model = create_model(model_cfg["name"], **dict(model_cfg.get("kwargs") or {}))

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import (
     Callback,
@@ -31,19 +29,13 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset
 
-from cinelab.data.datasets import (
-    ClipDataset,
-    TracedFrameDataset,
-    labelled_ids,
-    target_values,
-    train_val_ids,
-)
+from cinelab.data.datasets import train_val_ids
 from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError
-from cinelab.models.registry import create_model
-from cinelab.train.checkpoint import InputSpec, save_checkpoint
-from cinelab.train.modules import SegmentationModule, TaskModule, VideoRegressionModule
+from cinelab.train.checkpoint import save_checkpoint
 from cinelab.train.recipe import Recipe, load_recipe, recipe_to_dict, recipe_to_yaml
+from cinelab.train.setup import TASK_SETUPS, TaskSetup
+from cinelab.train.tasks import BUILTIN_TASKS  # noqa: F401  (importing registers them)
 from cinelab.utils import atomic_path, write_json
 
 CHECKPOINT_DIR = "checkpoints"
@@ -55,7 +47,6 @@ MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.json"
 RECIPE_FILE = "recipe.yaml"
 MAX_LOG_EVERY = 50
-SEGMENTATION_TARGET = "LV"  # InputSpec.target of segmentation models: the LV cavity mask
 
 
 @dataclass
@@ -65,17 +56,6 @@ class FitResult:
     best_checkpoint: Path
     last_ckpt: Path
     metrics: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class TaskSetup:
-    """A task's module, datasets and input spec."""
-
-    module: TaskModule
-    train: Dataset
-    val: Dataset
-    input_spec: InputSpec
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class StoreDataModule(L.LightningDataModule):
@@ -113,112 +93,13 @@ def _set_epoch(dataset: Dataset, trainer: L.Trainer) -> None:
         dataset.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
 
 
-# -- tasks -------------------------------------------------------------------------------------
-
-
-def _normalisation(recipe: Recipe, store: PreparedStore) -> tuple[list[float], list[float]]:
-    """Mean/std (0-255 units) that the model sees: the store's, or identity for "none"."""
-    mode = recipe.data.normalize
-    if mode == "dataset":
-        return store.mean.tolist(), store.std.tolist()
-    if mode == "none":
-        channels = len(store.mean)
-        return [0.0] * channels, [1.0] * channels
-    raise InputError(None, "data.normalize", "'dataset' or 'none'", repr(mode))
-
-
-def _model(recipe: Recipe) -> torch.nn.Module:
-    return create_model(recipe.model.name, pretrained=recipe.model.pretrained,
-                        **dict(recipe.model.kwargs))
-
-
-def _spec(recipe: Recipe, store: PreparedStore, mean: list[float], std: list[float],
-          **kw: Any) -> InputSpec:
-    return InputSpec(task=recipe.task, size=_store_size(recipe, store),
-                     channels=len(mean), mean=mean, std=std, **kw)
-
-
-def _setup_video_regression(recipe: Recipe, store: PreparedStore, train_ids: list[str],
-                            val_ids: list[str]) -> TaskSetup:
-    data = recipe.data
-    if not isinstance(data.target, str) or data.frames is None:
-        raise InputError(None, "data.target/data.frames", "one target column and a clip "
-                         "length for video regression", f"{data.target!r}, {data.frames!r}")
-    train_ids = labelled_ids(store, train_ids, data.target)
-    val_ids = labelled_ids(store, val_ids, data.target)
-    seed = recipe.trainer.seed
-    train = ClipDataset(store, train_ids, data.frames, data.period, data.target, True, seed)
-    val = ClipDataset(store, val_ids, data.frames, data.period, data.target, False, seed)
-    target_mean = float(np.mean(target_values(store, train_ids, data.target)))
-    mean, std = _normalisation(recipe, store)
-    module = VideoRegressionModule(_model(recipe), mean, std, target_mean=target_mean,
-                                   loss=recipe.loss, optim=recipe.optim,
-                                   schedule=recipe.schedule, pad=data.pad,
-                                   channels_last=_channels_last(recipe))
-    spec = _spec(recipe, store, mean, std, frames=data.frames, period=data.period,
-                 target=data.target)
-    return TaskSetup(module, train, val, spec, {"target_mean": target_mean})
-
-
-def _setup_segmentation(recipe: Recipe, store: PreparedStore, train_ids: list[str],
-                        val_ids: list[str]) -> TaskSetup:
-    train, val = TracedFrameDataset(store, train_ids), TracedFrameDataset(store, val_ids)
-    mean, std = _normalisation(recipe, store)
-    module = SegmentationModule(_model(recipe), mean, std, loss=recipe.loss,
-                                optim=recipe.optim, schedule=recipe.schedule,
-                                pad=recipe.data.pad, channels_last=_channels_last(recipe))
-    spec = _spec(recipe, store, mean, std, target=SEGMENTATION_TARGET)
-    return TaskSetup(module, train, val, spec,
-                     {"skipped": [list(s) for s in train.skipped + val.skipped]})
-
-
-TaskSetupFn = Callable[[Recipe, PreparedStore, list[str], list[str]], TaskSetup]
-TASK_SETUPS: dict[str, TaskSetupFn] = {
-    "video_regression": _setup_video_regression,
-    "regression": _setup_video_regression,
-    "segmentation": _setup_segmentation,
-}
-
-
-def register_task_setup(*names: str) -> Callable[[TaskSetupFn], TaskSetupFn]:
-    """Register a task setup (recipe, store, train ids, val ids) -> TaskSetup under names
-    (a module in cinelab.train.tasks does this for its pipeline)."""
-
-    def decorate(fn: TaskSetupFn) -> TaskSetupFn:
-        for name in names:
-            TASK_SETUPS[name] = fn
-        return fn
-
-    return decorate
-
-
 def build_task(recipe: Recipe, store: PreparedStore, train_ids: list[str] | None = None,
                val_ids: list[str] | None = None) -> TaskSetup:
     """Module, datasets and input spec of `recipe` on `store` (split from the manifest)."""
-    import cinelab.train.tasks  # noqa: F401  (registers the pipelines' task setups)
-
-    if recipe.task not in TASK_SETUPS:
-        raise InputError(None, "task", f"one of {sorted(TASK_SETUPS)} (trainable here)",
-                         repr(recipe.task))
+    setup_fn = TASK_SETUPS.get(recipe.task)
     if train_ids is None or val_ids is None:
         train_ids, val_ids = train_val_ids(store, recipe.trainer.seed)
-    return TASK_SETUPS[recipe.task](recipe, store, train_ids, val_ids)
-
-
-def _channels_last(recipe: Recipe) -> bool:
-    return bool(getattr(recipe.trainer, "channels_last", False))
-
-
-def _store_size(recipe: Recipe, store: PreparedStore) -> int:
-    """The store's frame side, checked against the recipe's data.size."""
-    height, width = store.frames(store.ids[0]).shape[1:3]
-    wanted = recipe.data.size
-    wanted_hw = list(wanted) if isinstance(wanted, list) else [wanted, wanted]
-    if [height, width] != wanted_hw:
-        raise InputError(store.root, "data.size", f"frames of {wanted_hw[0]}x{wanted_hw[1]} px "
-                         "(the recipe's data.size)", f"{height}x{width} px in the store",
-                         f"override data.size={height} or prepare the store at that size")
-    return int(height)
+    return setup_fn(recipe, store, train_ids, val_ids)
 
 
 # -- trainer -----------------------------------------------------------------------------------

@@ -1,11 +1,12 @@
-"""Pipeline task setups: each module registers its setup with `register_task_setup`.
+"""Generic task setups (task types any pipeline can use), registered on import."""
 
-`build_task` imports this package, which imports every module in it: a new trainable task
-(its datasets, LightningModule and input spec) is one new file here.
-"""
+from cinelab.train.tasks import (
+    cine,
+    image_classification,
+    image_segmentation,
+    video_classification,
+    video_regression,
+)
 
-import importlib
-import pkgutil
-
-for _info in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_info.name}")
+BUILTIN_TASKS = tuple(m.TASK for m in (cine, image_classification, image_segmentation,
+                                       video_classification, video_regression))

@@ -16,9 +16,9 @@ from torch import Tensor, nn
 
 from cinelab.data.mri_augment import RandomCineAugment
 from cinelab.data.store import PreparedStore
-from cinelab.train.fit import TASK_SETUPS, TaskSetup, register_task_setup
 from cinelab.train.modules import VideoRegressionModule
 from cinelab.train.recipe import Recipe
+from cinelab.train.setup import TASK_SETUPS, TaskSetup, register_task_setup
 
 TASK = "cine_regression"
 BASE_TASK = "video_regression"
@@ -49,7 +49,7 @@ def augment_from_recipe(spec: Mapping[str, Any] | None) -> RandomCineAugment | N
 def setup_cine_regression(recipe: Recipe, store: PreparedStore, train_ids: list[str],
                           val_ids: list[str]) -> TaskSetup:
     """The video-regression setup with its module replaced by a `CineRegressionModule`."""
-    setup = TASK_SETUPS[BASE_TASK](recipe, store, train_ids, val_ids)
+    setup = TASK_SETUPS.get(BASE_TASK)(recipe, store, train_ids, val_ids)
     base = setup.module
     spec = setup.input_spec
     setup.module = CineRegressionModule(

@@ -40,9 +40,15 @@ from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError
 from cinelab.evaluate.metrics import roc_auc
 from cinelab.models.classification import classifier_input, set_backbone_trainable
-from cinelab.train.fit import TaskSetup, _channels_last, _normalisation, _spec, register_task_setup
 from cinelab.train.modules import TaskModule, build_optimizer
 from cinelab.train.recipe import Recipe
+from cinelab.train.setup import (
+    TaskSetup,
+    channels_last,
+    input_spec,
+    normalisation,
+    register_task_setup,
+)
 from cinelab.train.transfer import report_dict, start_model
 
 log = logging.getLogger(__name__)
@@ -260,13 +266,13 @@ def setup_image_classification(recipe: Recipe, store: PreparedStore, train_ids: 
     model, report = start_model(recipe)
     _check_channels(model, store)
     _check_outputs(model, columns)
-    mean, std = _normalisation(recipe, store)
+    mean, std = normalisation(recipe, store)
     pos_weight = positive_weights(train.labels) if data.balance == "pos_weight" else None
     module = ImageClassificationModule(
         model, mean, std, columns, loss=recipe.loss, optim=recipe.optim,
         schedule=recipe.schedule, augment=data.augment, freeze_epochs=recipe.model.freeze_epochs,
-        pos_weight=pos_weight, channels_last=_channels_last(recipe))
-    spec = _spec(recipe, store, mean, std, target=LABEL_SEPARATOR.join(columns))
+        pos_weight=pos_weight, channels_last=channels_last(recipe))
+    spec = input_spec(recipe, store, mean, std, target=LABEL_SEPARATOR.join(columns))
     extra = {"labels": columns, "crop": data.crop, "train_images": len(train_ids),
              "val_images": len(val_ids), "pos_weight": pos_weight,
              "train_positives": (train.labels > 0.5).sum(axis=0).astype(int).tolist(),

@@ -30,16 +30,16 @@ from cinelab.data.augment import RandomAugment, augment_config
 from cinelab.data.datasets import StoreDataset
 from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError
-from cinelab.train.fit import (
-    TaskSetup,
-    _channels_last,
-    _normalisation,
-    _spec,
-    register_task_setup,
-)
 from cinelab.train.losses import LOSSES, register_loss
 from cinelab.train.modules import TaskModule
 from cinelab.train.recipe import Recipe
+from cinelab.train.setup import (
+    TaskSetup,
+    channels_last,
+    input_spec,
+    normalisation,
+    register_task_setup,
+)
 from cinelab.train.transfer import (
     FreezeEncoder,
     check_subset,
@@ -252,13 +252,13 @@ def setup_image_segmentation(recipe: Recipe, store: PreparedStore, train_ids: li
     if n_out != len(train.names) + 1:
         raise InputError(None, "model.kwargs.out_channels", f"{len(train.names) + 1} (background"
                          f" + classes {train.names})", str(n_out))
-    mean, std = _normalisation(recipe, store)
+    mean, std = normalisation(recipe, store)
     module = ImageSegmentationModule(
         model, mean, std, train.names, loss=recipe.loss, optim=recipe.optim,
         schedule=recipe.schedule, augment=data.augment,
         freeze_encoder_epochs=recipe.model.freeze_encoder_epochs,
-        channels_last=_channels_last(recipe))
-    spec = _spec(recipe, store, mean, std, target="labels")
+        channels_last=channels_last(recipe))
+    spec = input_spec(recipe, store, mean, std, target="labels")
     classes = dict(data.classes or DEFAULT_CLASSES)
     extra = {"classes": classes, "prep": store.spec, "train_images": len(train),
              "val_images": len(val),

@@ -37,10 +37,10 @@ from cinelab.data.streams import StreamClipDataset, model_streams, stream_normal
 from cinelab.errors import InputError
 from cinelab.models.registry import create_model
 from cinelab.train.checkpoint import InputSpec
-from cinelab.train.fit import TaskSetup, _store_size, register_task_setup
 from cinelab.train.losses import create_loss
 from cinelab.train.modules import TaskModule
 from cinelab.train.recipe import Recipe
+from cinelab.train.setup import TaskSetup, register_task_setup, store_size
 
 TASK = "video_classification"
 DEFAULT_TARGET = "label"
@@ -202,7 +202,7 @@ def setup_video_classification(recipe: Recipe, store: PreparedStore, train_ids: 
                                        schedule=recipe.schedule, pad=data.pad,
                                        channels_last=bool(recipe.trainer.channels_last),
                                        stream_weight=_stream_weight(recipe))
-    spec = InputSpec(task=recipe.task, size=_store_size(recipe, store), channels=len(mean),
+    spec = InputSpec(task=recipe.task, size=store_size(recipe, store), channels=len(mean),
                      frames=data.frames, period=data.period, mean=mean, std=std,
                      target=target)
     extra = {"streams": {"layout": list(layout), "active": list(active)},

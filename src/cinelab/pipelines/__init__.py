@@ -1,0 +1,1 @@
+"""Pipelines: one package per published pipeline, registered like models."""

@@ -1,0 +1,101 @@
+"""The age report: one self-contained HTML page of a cross-validated age ensemble.
+
+Reads what `cinelab.pipelines.age.evaluate.ensemble_cv` wrote (metrics.json, fold_metrics.csv,
+age_gap.csv, the plots) and shows: the headline (ensemble RMSE against predicting the
+training mean, the view ensemble against each view), scores with bootstrap CIs overall, on
+subjects with every view and per fold, the view weights of every outer fold, the plots, and
+the first rows of the age-gap table (the whole table is age_gap.csv beside the page).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cinelab.errors import InputError
+from cinelab.pipelines.age.evaluate import BASELINE, ENSEMBLE, ENSEMBLE_DIR
+from cinelab.report.html import HtmlReport
+from cinelab.utils import read_json
+
+REPORT_FILE = "report.html"
+GAP_ROWS = 30
+GAP_COLUMNS = ("subject", "age", "outer", "pred", "gap", "gap_corrected")
+
+
+def _ensemble_dir(path: str | Path) -> Path:
+    """The ensemble folder itself, or the one inside a cv folder."""
+    path = Path(path)
+    for folder in (path, path / ENSEMBLE_DIR):
+        if (folder / "metrics.json").exists():
+            return folder
+    raise InputError(path, "metrics.json", "an age ensemble folder (cinelab age ensemble)",
+                     "no metrics.json", "run `cinelab age ensemble CV_DIR` first")
+
+
+def _headline(rep: HtmlReport, metrics: Mapping[str, Any]) -> None:
+    head, arms = metrics["headline"], metrics["arms"]
+    rmse, both = head["rmse"], head["rmse_all_views"]
+    calibration = "per-view calibration on inner validation" if metrics.get("calibrate") \
+        else "no calibration"
+    lines = [f"{head['n_subjects']} subjects with an out-of-fold prediction "
+             f"({head['n_all_views']} with every view); views {', '.join(arms)}; "
+             f"predictions {metrics['variant']}, {calibration}, view weights by "
+             f"{metrics['method']}.",
+             f"Ensemble RMSE {rmse[ENSEMBLE]:.2f} vs {rmse[BASELINE]:.2f} for the training "
+             f"mean: ratio {head['rmse_ratio_to_baseline']:.2f}.",
+             "On subjects with every view: " + ", ".join(
+                 f"{name} {both[name]:.2f}" for name in [*arms, ENSEMBLE]) +
+             (" (the view ensemble beats each view)." if head["ensemble_beats_each_view"]
+              else " (the view ensemble does not beat every view).")]
+    raw = head.get("rmse_uncalibrated", {})
+    if raw and metrics.get("calibrate"):
+        lines.append("Uncalibrated fold-ensemble RMSE per view: " + ", ".join(
+            f"{name} {value:.2f}" for name, value in raw.items()) + ".")
+    rep.section("Summary").bullets(lines)
+
+
+def _weights_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    rows = [{"outer fold": int(k), **w} for k, w in metrics["weights"].items()]
+    return pd.DataFrame(rows)
+
+
+def _plots(rep: HtmlReport, folder: Path, metrics: Mapping[str, Any]) -> None:
+    plots = metrics.get("plots", {})
+    for kind, title in (("scatter", "Predicted vs true age"), ("residual", "Residual vs age")):
+        items = [(folder / name, key.split("_", 1)[1]) for key, name in plots.items()
+                 if key.startswith(kind) and (folder / name).exists()]
+        if items:
+            rep.section(title, level=3).gallery(items)
+
+
+def build_age_report(path: str | Path, out: str | Path | None = None,
+                     title: str = "Age from cine MRI") -> Path:
+    """Write the report page (default <ensemble dir>/report.html); return its path."""
+    folder = _ensemble_dir(path)
+    metrics = read_json(folder / "metrics.json")
+    rep = HtmlReport(title, subtitle=f"cross-validation folder {metrics.get('cv', '')}")
+    _headline(rep, metrics)
+    rep.section("Scores (out-of-fold, bootstrap 95% CIs)")
+    rep.metrics_table(metrics["overall"], caption="every subject with a prediction")
+    rep.metrics_table(metrics["all_views"], caption="subjects with every view")
+    folds = folder / "fold_metrics.csv"
+    if folds.exists():
+        table = pd.read_csv(folds)
+        rep.table(table[["outer", "model", "n", "mae", "rmse", "rmse_lo", "rmse_hi", "r2"]],
+                  caption="per outer fold (test subjects of the fold)")
+    rep.section("View weights (fitted on inner-validation predictions)")
+    rep.table(_weights_table(metrics))
+    rep.section("Plots")
+    _plots(rep, folder, metrics)
+    gap = folder / "age_gap.csv"
+    if gap.exists():
+        table = pd.read_csv(gap)
+        rep.section("Age gap")
+        rep.paragraph("gap = prediction - age; gap_corrected subtracts the linear trend of "
+                      "the gap on age fitted on each fold's inner-validation predictions. "
+                      f"Every subject is in {gap.name}; the first {GAP_ROWS} rows:", note=True)
+        rep.table(table[[c for c in GAP_COLUMNS if c in table.columns]].head(GAP_ROWS))
+    return rep.write(Path(out) if out is not None else folder / REPORT_FILE)

@@ -1,0 +1,223 @@
+"""Segment short-axis stacks and cines with an image_segmentation checkpoint.
+
+`segment_stack` labels the slices of one stack (uint8, at the checkpoint's size, as the
+prepared store holds them); `predict_cmr` runs a checkpoint over a prepared store, or over a
+folder of raw data (ACDC NIfTI, ACDC HDF5, cleaned DSB NIfTI cines, PNG image/mask
+folders), which is first prepared into ``out_dir/store`` at the checkpoint's size. It writes
+one label file per sample (a (patient, phase) stack; a cine's labels are (T, Z, H, W)) and
+``out_dir/predictions.csv``, one row per file with patient, phase, group, spacing and the
+voxel volume, so that volumes follow from label counts.
+
+Returned labels use the store's label values (ACDC: 1 RV, 2 myocardium, 3 LV cavity) when a
+class mapping (the recipe's ``data.classes``, kept in the checkpoint) is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import ndimage
+from torch import nn
+
+from cinelab.data.store import PreparedStore
+from cinelab.errors import InputError
+from cinelab.io.nifti import write_volume
+from cinelab.pipelines.cmr.prepare import KIND_CINE, ML_PER_MM3, cine_frames, restore_labels
+from cinelab.train.checkpoint import InputSpec, LoadedCheckpoint, load_checkpoint
+from cinelab.utils import atomic_path, write_csv
+
+DEFAULT_BATCH = 16
+FORMATS = {"nifti": ".nii.gz", "npz": ".npz"}
+INDEX_FILE = "predictions.csv"
+STORE_DIR = "store"
+MASK_DIR = "masks"
+UNIT_SPACING = 1.0  # written into NIfTI headers when the source keeps no spacing
+
+
+@torch.inference_mode()
+def segment_stack(model: nn.Module, slices: np.ndarray, spec: InputSpec,
+                  classes: Mapping[str, Any] | None = None, batch_size: int = DEFAULT_BATCH,
+                  device: str | torch.device = "cpu",
+                  largest_component: bool = False) -> np.ndarray:
+    """Labels uint8 (Z, H, W) of uint8 slices (Z, H, W) or (Z, H, W, C) at the model's size:
+    class indices (0 background), or store label values with `classes` (name -> label).
+    `largest_component` keeps only the largest 3D connected region of each label (the
+    slices must be one stack, not a flattened cine)."""
+    slices = _as_zhwc(np.asarray(slices), spec)
+    model = model.eval().to(device)
+    mean = torch.as_tensor(spec.mean, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
+    std = torch.as_tensor(spec.std, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
+    out = np.zeros(slices.shape[:3], np.uint8)
+    for first in range(0, len(slices), batch_size):
+        batch = torch.from_numpy(np.array(slices[first:first + batch_size]))  # a copy
+        x = (batch.to(device).permute(0, 3, 1, 2).float() - mean) / std
+        logits = model(x)
+        logits = logits["out"] if isinstance(logits, Mapping) else logits
+        out[first:first + len(batch)] = logits.argmax(1).to(torch.uint8).cpu().numpy()
+    if largest_component:
+        out = keep_largest_components(out)
+    return out if classes is None else to_store_labels(out, classes)
+
+
+def keep_largest_components(labels: np.ndarray) -> np.ndarray:
+    """A copy of a label volume (Z, H, W) keeping, for each non-zero label, only its largest
+    connected region (face connectivity); the rest becomes background."""
+    out = np.array(labels)
+    for value in np.unique(out[out > 0]):
+        regions, n = ndimage.label(out == value)
+        if n > 1:
+            sizes = np.bincount(regions.ravel())[1:]
+            out[(regions > 0) & (regions != 1 + int(np.argmax(sizes)))] = 0
+    return out
+
+
+def _as_zhwc(slices: np.ndarray, spec: InputSpec) -> np.ndarray:
+    if slices.ndim == 3:
+        slices = slices[..., None]
+    expected = (spec.size, spec.size, spec.channels)
+    if slices.dtype != np.uint8 or slices.ndim != 4 or slices.shape[1:] != expected \
+            or not len(slices):
+        raise InputError(None, "slices", f"uint8 (Z, {spec.size}, {spec.size}"
+                         f"{', ' + str(spec.channels) if spec.channels > 1 else '[, 1]'}) "
+                         "slices as the prepared store holds them",
+                         f"{slices.dtype} {slices.shape}", "prepare the data with "
+                         "cinelab.pipelines.cmr.prepare at the checkpoint's size")
+    return slices
+
+
+def to_store_labels(indices: np.ndarray, classes: Mapping[str, Any]) -> np.ndarray:
+    """Class indices -> store label values (class k -> the k-th class's first label)."""
+    from cinelab.train.tasks.image_segmentation import class_labels
+
+    table = class_labels(classes)
+    if int(indices.max(initial=0)) >= len(table):
+        raise InputError(None, "classes", f"a mapping for {int(indices.max()) + 1} classes "
+                         "(background included)", f"{len(table)} ({dict(classes)})")
+    return table[indices]
+
+
+def checkpoint_classes(loaded: LoadedCheckpoint) -> dict[str, Any]:
+    """The class mapping (name -> store label) a checkpoint was trained with."""
+    from cinelab.train.tasks.image_segmentation import DEFAULT_CLASSES
+
+    classes = loaded.info.get("extra", {}).get("classes") or \
+        loaded.recipe.get("data", {}).get("classes")
+    return dict(classes or DEFAULT_CLASSES)
+
+
+# -- cohorts ------------------------------------------------------------------------------------
+
+
+def predict_cmr(checkpoint: str | Path | LoadedCheckpoint, source: str | Path | PreparedStore,
+                out_dir: str | Path, fmt: str = "nifti", native: bool = False,
+                batch_size: int = DEFAULT_BATCH, device: str = "cpu",
+                split: str | None = None, largest_component: bool = True) -> pd.DataFrame:
+    """Label every sample of a store (or a raw folder, prepared first) and index the files.
+
+    `native` writes labels on each source's own grid (and spacing) instead of the store's;
+    `split` keeps one split of the store; `largest_component` keeps the largest region of
+    each label per volume (per time frame for cines). Returns the index (also
+    out_dir/predictions.csv).
+    """
+    if fmt not in FORMATS:
+        raise InputError(None, "fmt", f"one of {sorted(FORMATS)}", repr(fmt))
+    loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else \
+        load_checkpoint(checkpoint)
+    out = Path(out_dir)
+    store = _as_store(source, loaded, out)
+    classes = checkpoint_classes(loaded)
+    ids = store.split_ids(split) if split else store.ids
+    options = {"fmt": fmt, "native": native, "batch_size": batch_size, "device": device,
+               "largest_component": largest_component}
+    rows = [_predict_sample(loaded, store, sid, classes, out, **options) for sid in ids]
+    index = pd.DataFrame(rows)
+    write_csv(index, out / INDEX_FILE)
+    return index
+
+
+def _as_store(source: str | Path | PreparedStore, loaded: LoadedCheckpoint,
+              out: Path) -> PreparedStore:
+    """The source as a store at the checkpoint's size (raw folders are prepared first, as
+    the training store was: same size, channels and crop)."""
+    spec = loaded.input_spec
+    if isinstance(source, PreparedStore):
+        store = source
+    elif (Path(source) / "store.json").exists():
+        store = PreparedStore(source)
+    else:
+        crop = (loaded.info.get("extra", {}).get("prep") or {}).get("crop") or "none"
+        store = _prepare_folder(Path(source), spec, str(crop), out / STORE_DIR)
+    side = int(store.frames(store.ids[0]).shape[1])
+    if side != spec.size:
+        raise InputError(store.root, "size", f"a store of {spec.size} px (the checkpoint's)",
+                         f"{side} px", f"prepare the data again at size {spec.size}")
+    return store
+
+
+def _prepare_folder(folder: Path, spec: InputSpec, crop: str, out: Path) -> PreparedStore:
+    """Read a raw CMR folder (layout detected) and prepare it at the checkpoint's size."""
+    from cinelab.pipelines.cmr.layout import read_cmr_folder
+    from cinelab.pipelines.cmr.prepare import prepare_cmr
+
+    manifest = read_cmr_folder(folder)
+    summary = prepare_cmr(manifest, out, size=spec.size, channels=spec.channels, crop=crop,
+                          workers=1)
+    if not summary.usable:
+        raise InputError(folder, "images", "at least one readable CMR stack",
+                         f"none ({len(summary.problems)} problem(s))")
+    return PreparedStore(out)
+
+
+def _predict_sample(loaded: LoadedCheckpoint, store: PreparedStore, sid: str,
+                    classes: Mapping[str, Any], out: Path, fmt: str, native: bool,
+                    batch_size: int, device: str, largest_component: bool) -> dict[str, Any]:
+    meta = store.meta(sid)
+    cine = meta.get("kind") == KIND_CINE
+    labels = segment_stack(loaded.model, store.frames(sid), loaded.input_spec, classes,
+                           batch_size, device, largest_component and not cine)
+    if cine and largest_component:
+        t, z = meta["cine_shape"]
+        volumes = labels.reshape(t, z, *labels.shape[1:])
+        labels = np.concatenate([keep_largest_components(v) for v in volumes])
+    pixel, slice_mm = meta.get("pixel_spacing_mm"), meta.get("slice_spacing_mm")
+    if native:
+        labels = restore_labels(labels, meta["transform"])
+        pixel = None if pixel is None else [p * s for p, s in
+                                            zip(pixel, meta["transform"]["scale"], strict=True)]
+    spacing = [slice_mm or UNIT_SPACING, *(pixel or [UNIT_SPACING] * 2)]
+    if cine:
+        labels = cine_frames(labels[..., None], meta)[..., 0]
+        spacing = [1.0 / meta["fps"] if meta.get("fps") else UNIT_SPACING, *spacing]
+    path = _write_labels(out / MASK_DIR / f"{sid}{FORMATS[fmt]}", labels, spacing, fmt)
+    return {"sample_id": sid, **_manifest_fields(store, sid), "kind": meta.get("kind"),
+            "mask_path": str(path), "shape": list(labels.shape), "native": native,
+            "pixel_spacing_y": None if pixel is None else pixel[0],
+            "pixel_spacing_x": None if pixel is None else pixel[1],
+            "slice_spacing": slice_mm,
+            "voxel_ml": None if pixel is None or slice_mm is None
+            else pixel[0] * pixel[1] * slice_mm * ML_PER_MM3,
+            "source": meta.get("source")}
+
+
+def _manifest_fields(store: PreparedStore, sid: str) -> dict[str, Any]:
+    m = store.manifest.set_index(store.manifest["sample_id"].astype(str))
+    row = m.loc[sid]
+    return {k: (None if pd.isna(row[k]) else row[k]) for k in
+            ("patient_id", "phase", "group", "split") if k in m.columns}
+
+
+def _write_labels(path: Path, labels: np.ndarray, spacing: list[float], fmt: str) -> Path:
+    """NIfTI (slices-first array, spacing in the same order) or compressed npz."""
+    if fmt == "nifti":
+        return write_volume(path, labels.astype(np.uint8), spacing)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, labels=labels.astype(np.uint8),
+                                spacing=np.asarray(spacing, np.float64))
+    return path

@@ -1,0 +1,327 @@
+"""Chest X-ray ensemble prediction on raw files: read, lung crop, sizes, members x TTA,
+weighted ensemble probability, CSV; and the ensemble's Grad-CAM on one radiograph.
+
+An ensemble folder is what `cinelab.pipelines.cxr.ensemble.train_ensemble` writes: ``ensemble.json``
+(weights, members with their crop and size, the validation-tuned threshold), the members'
+``model.pt`` checkpoints (each records its input spec: channels, mean/std) and optionally
+``lung/model.pt``, the lung U-Net.
+
+Per file: `read_cxr` (PNG/JPEG 8/16-bit, grey/RGB/RGBA, DICOM CR/DX) -> lung mask (the
+ensemble's U-Net; else a mask file beside the image; see `mask_source`) -> crop box or the
+fallback with its reason (`cinelab.pipelines.cxr.crop`) -> Lanczos resize to every member's size ->
+each member's probability (mean over `tta` seeded views, `cinelab.infer.tta`) -> the
+weighted ensemble probability and the label at the threshold. A file that cannot be read
+is written to problems.csv and skipped; the others go on.
+
+predictions.csv columns: file, sample_id, probability, label, threshold, p_<member>...,
+cropped, crop_reason, height, width, tta.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cinelab.data.transforms import Normalize
+from cinelab.errors import InputError, Problem
+from cinelab.explain.saliency import ensemble_cam, grad_cam, write_cam_png
+from cinelab.infer.ensemble import EnsembleWeights, load_ensemble_weights
+from cinelab.infer.tta import augment_from_recipe, tta_predict, tta_views
+from cinelab.io.cxr_dicom import read_cxr
+from cinelab.pipelines.cxr.crop import CxrVariants, cxr_variants, read_lung_mask, restore_map
+from cinelab.pipelines.cxr.layout import find_mask, list_images, unique_ids
+from cinelab.train.checkpoint import LoadedCheckpoint, load_checkpoint
+from cinelab.utils import write_csv
+
+ENSEMBLE_FILE = "ensemble.json"
+PREDICTIONS_CSV, PROBLEMS_CSV = "predictions.csv", "problems.csv"
+MEMBER_PREFIX = "p_"
+STAGE = "cxr-predict"
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_BATCH = 16
+MASK_SOURCES = ("auto", "unet", "files", "none")
+PROBLEM_COLUMNS = ["file", "stage", "error"]
+LUNG_PROBABILITY = 0.5  # one-channel U-Net: lung where sigmoid > this; K channels: argmax > 0
+
+
+@dataclass
+class CxrMember:
+    """One loaded member: its name, store variant (crop, size) and checkpoint."""
+
+    name: str
+    crop: str
+    size: int
+    loaded: LoadedCheckpoint
+
+
+@dataclass
+class CxrEnsemble:
+    """A loaded ensemble: members, weights, threshold and the optional lung U-Net."""
+
+    root: Path
+    members: list[CxrMember]
+    weights: EnsembleWeights
+    threshold: float
+    lung: LoadedCheckpoint | None = None
+
+    @property
+    def sizes(self) -> list[int]:
+        """Every image side the members need."""
+        return sorted({m.size for m in self.members})
+
+
+@dataclass
+class CxrPredictions:
+    """Predictions (one row per readable file) and the problems of the others."""
+
+    table: pd.DataFrame
+    problems: list[Problem] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- models
+
+
+def load_member(path: str | Path) -> LoadedCheckpoint:
+    """A member checkpoint, model in eval mode on the CPU."""
+    return load_checkpoint(path)
+
+
+def load_cxr_ensemble(root: str | Path) -> CxrEnsemble:
+    """The ensemble written by `train_ensemble` under `root`."""
+    root = Path(root)
+    weights = load_ensemble_weights(root / ENSEMBLE_FILE)
+    info = weights.details.get("member_info") or {}
+    missing = [n for n in weights.members or [] if n not in info]
+    if not weights.members or missing:
+        raise InputError(root / ENSEMBLE_FILE, "details.member_info",
+                         "crop, size and checkpoint of every member",
+                         f"nothing for {missing or 'any member'}",
+                         "re-run `cinelab cxr train-ensemble` to rewrite it")
+    members = [CxrMember(n, str(info[n]["crop"]), int(info[n]["size"]),
+                         load_member(root / info[n]["checkpoint"])) for n in weights.members]
+    lung_rel = weights.details.get("lung_model")
+    lung = load_checkpoint(root / lung_rel) if lung_rel else None
+    threshold = weights.details.get("threshold")
+    return CxrEnsemble(root, members, weights,
+                       DEFAULT_THRESHOLD if threshold is None else float(threshold), lung)
+
+
+def to_batch(images: np.ndarray, channels: int) -> torch.Tensor:
+    """uint8 (B, H, W[, C]) -> float32 (B, channels, H, W) in 0-255 units."""
+    arr = np.asarray(images)
+    arr = arr[..., None] if arr.ndim == 3 else arr
+    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).to(torch.float32)
+    if x.shape[1] == channels:
+        return x
+    if x.shape[1] == 1:
+        return x.expand(-1, channels, -1, -1).contiguous()
+    return x.mean(dim=1, keepdim=True).expand(-1, channels, -1, -1).contiguous()
+
+
+def positive_probability(logits: torch.Tensor) -> torch.Tensor:
+    """(B,) probability of the positive class: sigmoid of one logit, softmax of two."""
+    logits = logits.reshape(logits.shape[0], -1).float()
+    if logits.shape[1] == 2:
+        return torch.softmax(logits, dim=1)[:, 1]
+    return torch.sigmoid(logits[:, 0])
+
+
+def predict_arrays(loaded: LoadedCheckpoint, images: np.ndarray, tta: int = 1, seed: int = 0,
+                   batch_size: int = DEFAULT_BATCH, device: str = "cpu") -> np.ndarray:
+    """Probabilities (B,) of one member for uint8 images at its size: the mean over `tta`
+    views drawn like the member's training augmentation (`augment_from_recipe`)."""
+    spec, model = loaded.input_spec, loaded.model.to(device).eval()
+    norm = Normalize(spec.mean, spec.std)
+    augment = augment_from_recipe(loaded.recipe)
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        return positive_probability(model(norm(x)))
+
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = to_batch(images[start:start + batch_size], spec.channels).to(device)
+        out.append(tta_predict(predict, x, n=tta, seed=seed, augment=augment).cpu().numpy())
+    return np.concatenate(out) if out else np.empty(0, np.float32)
+
+
+# --------------------------------------------------------------------------- lung crop
+
+
+def lung_mask(lung: LoadedCheckpoint, image: np.ndarray) -> np.ndarray:
+    """The lung U-Net's bool mask (H, W) of a uint8 radiograph, at the image's size
+    (resized like the stores: Lanczos to the U-Net's input size)."""
+    import cv2
+
+    from cinelab.pipelines.cxr.crop import resize_lanczos
+
+    spec = lung.input_spec
+    small = resize_lanczos(image, int(spec.size))
+    x = Normalize(spec.mean, spec.std)(to_batch(small[None], spec.channels))
+    with torch.no_grad():
+        logits = lung.model.eval()(x)
+    logits = logits["out"] if isinstance(logits, dict) else logits
+    fg = torch.sigmoid(logits[:, 0]) > LUNG_PROBABILITY if logits.shape[1] == 1 \
+        else logits.argmax(dim=1) > 0
+    mask = fg[0].cpu().numpy().astype(np.uint8)
+    return cv2.resize(mask, (image.shape[1], image.shape[0]),
+                      interpolation=cv2.INTER_NEAREST) > 0
+
+
+def find_lung_mask(ensemble: CxrEnsemble, image: np.ndarray, path: Path,
+                   mask_source: str = "auto") -> np.ndarray | None:
+    """The lung mask used for the crop: U-Net, a mask file beside the image, or None."""
+    if mask_source not in MASK_SOURCES:
+        raise InputError(None, "mask_source", f"one of {MASK_SOURCES}", repr(mask_source))
+    if mask_source in ("auto", "unet") and ensemble.lung is not None:
+        return lung_mask(ensemble.lung, image)
+    if mask_source in ("auto", "files"):
+        found = find_mask(path)
+        return None if found is None else read_lung_mask(found)
+    return None
+
+
+def prepare_image(ensemble: CxrEnsemble, path: str | Path,
+                  mask_source: str = "auto") -> tuple[np.ndarray, CxrVariants]:
+    """(original uint8 image, its crop/uncrop variants at every member size)."""
+    image = read_cxr(path)
+    mask = find_lung_mask(ensemble, image, Path(path), mask_source)
+    return image, cxr_variants(image, mask, ensemble.sizes)
+
+
+def variant_transform(variants: CxrVariants, crop: str, size: int) -> dict[str, Any]:
+    """The transform dict `restore_map` needs for one variant."""
+    box = variants.box if crop == "crop" else None
+    return {"box": None if box is None else list(box), "size": size, "fit": "stretch",
+            "original_shape": list(variants.original_shape)}
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+def list_inputs(source: str | Path | Sequence[str | Path]) -> tuple[Path, list[Path], list[str]]:
+    """(root, files, sample ids) for one file, every CXR image under a folder, or a list
+    of files (ids: file stems, made unique with their folders where stems repeat)."""
+    if not isinstance(source, str | Path):
+        files = [Path(p) for p in source]
+        root = Path(os.path.commonpath([str(p.resolve().parent) for p in files])) \
+            if files else Path(".")
+        rels = [PurePosixPath(p.resolve().relative_to(root).as_posix()) for p in files]
+        return root, files, unique_ids(rels)
+    source = Path(source)
+    if source.is_file():
+        return source.parent, [source], [source.stem]
+    if not source.exists():
+        raise InputError(source, "input", "a chest X-ray file or a folder of them",
+                         "no such file or folder")
+    rels = list_images(source)
+    return source, [source / r for r in rels], unique_ids([PurePosixPath(r) for r in rels])
+
+
+def member_probabilities(ensemble: CxrEnsemble, variants: list[CxrVariants], tta: int = 1,
+                         seed: int = 0, device: str = "cpu") -> np.ndarray:
+    """(n_images, n_members) probabilities, each member on its own (crop, size) variant."""
+    return np.stack([predict_arrays(m.loaded, np.stack([v.images[(m.crop, m.size)]
+                                                        for v in variants]),
+                                    tta, seed, len(variants), device)
+                     for m in ensemble.members], axis=1)
+
+
+def _chunk_rows(ensemble: CxrEnsemble, chunk: list[tuple[Path, str]], tta: int, seed: int,
+                mask_source: str, problems: list[Problem], device: str) -> list[dict]:
+    prepared = []
+    for path, sid in chunk:
+        try:
+            image, variants = prepare_image(ensemble, path, mask_source)
+            prepared.append((path, sid, image.shape, variants))
+        except Exception as exc:  # one bad file is reported and skipped
+            problems.append(Problem.from_exception(path, STAGE, exc))
+    if not prepared:
+        return []
+    probs = member_probabilities(ensemble, [v for *_, v in prepared], tta, seed, device)
+    combined = ensemble.weights.predict(probs)
+    rows = []
+    for k, (path, sid, shape, variants) in enumerate(prepared):
+        row = {"file": str(path), "sample_id": sid, "probability": float(combined[k]),
+               "label": int(combined[k] >= ensemble.threshold),
+               "threshold": ensemble.threshold}
+        row.update({MEMBER_PREFIX + m.name: float(probs[k, j])
+                    for j, m in enumerate(ensemble.members)})
+        row.update(cropped=variants.cropped, crop_reason=variants.reason,
+                   height=int(shape[0]), width=int(shape[1]), tta=tta)
+        rows.append(row)
+    return rows
+
+
+def predict_cxr(ensemble: CxrEnsemble | str | Path,
+                source: str | Path | Sequence[str | Path],
+                out_dir: str | Path | None = None, tta: int = 1, seed: int = 0,
+                batch_size: int = DEFAULT_BATCH, threshold: float | None = None,
+                mask_source: str = "auto", device: str = "cpu",
+                ids: Sequence[str] | None = None) -> CxrPredictions:
+    """Predict every radiograph of `source` (a file, a folder or a list of files; `ids`
+    name them, e.g. manifest sample ids); write predictions.csv and problems.csv into
+    `out_dir` when given. No prompts; bad files never stop the run."""
+    ens = ensemble if isinstance(ensemble, CxrEnsemble) else load_cxr_ensemble(ensemble)
+    if threshold is not None:
+        ens.threshold = float(threshold)
+    tta_views(tta, seed)  # checks n before any work
+    _, files, found_ids = list_inputs(source)
+    if ids is not None and len(ids) != len(files):
+        raise InputError(None, "ids", f"{len(files)} sample ids (one per file)", str(len(ids)))
+    ids = found_ids if ids is None else [str(i) for i in ids]
+    problems: list[Problem] = []
+    rows: list[dict] = []
+    pairs = list(zip(files, ids, strict=True))
+    for start in range(0, len(pairs), batch_size):
+        rows += _chunk_rows(ens, pairs[start:start + batch_size], tta, seed, mask_source,
+                            problems, device)
+    result = CxrPredictions(pd.DataFrame(rows), problems)
+    if out_dir is not None:
+        result.files = write_predictions(result, out_dir)
+    return result
+
+
+def write_predictions(result: CxrPredictions, out_dir: str | Path) -> dict[str, Path]:
+    """predictions.csv and problems.csv (always written, possibly empty)."""
+    out = Path(out_dir)
+    problems = pd.DataFrame([asdict(p) for p in result.problems])
+    if problems.empty:
+        problems = pd.DataFrame(columns=PROBLEM_COLUMNS)
+    return {"predictions": write_csv(result.table, out / PREDICTIONS_CSV),
+            "problems": write_csv(problems, out / PROBLEMS_CSV)}
+
+
+# --------------------------------------------------------------------------- Grad-CAM
+
+
+def cxr_gradcam(ensemble: CxrEnsemble | str | Path, path: str | Path,
+                out_png: str | Path | None = None, member: str | None = None,
+                mask_source: str = "auto", alpha: float = 0.4) -> np.ndarray:
+    """Grad-CAM of one member (by name) or of the weighted ensemble on the original image
+    (H, W) float32; also written as an overlay PNG when `out_png` is given."""
+    ens = ensemble if isinstance(ensemble, CxrEnsemble) else load_cxr_ensemble(ensemble)
+    chosen = ens.members if member is None else [m for m in ens.members if m.name == member]
+    if not chosen:
+        raise InputError(None, "member", f"one of {[m.name for m in ens.members]}",
+                         repr(member))
+    image, variants = prepare_image(ens, path, mask_source)
+    maps = []
+    for m in chosen:
+        spec = m.loaded.input_spec
+        x = Normalize(spec.mean, spec.std)(to_batch(variants.images[(m.crop, m.size)][None],
+                                                    spec.channels))
+        cam = grad_cam(m.loaded.model, x)[0]
+        maps.append(restore_map(cam, variant_transform(variants, m.crop, m.size)))
+    weights = [ens.weights.weights[ens.members.index(m)] for m in chosen]
+    cam = ensemble_cam(maps, weights)
+    if out_png is not None:
+        write_cam_png(out_png, image, cam, alpha)
+    return cam

@@ -1,0 +1,302 @@
+"""`cinelab synth rvf` and `cinelab rvf ...`: the RV-failure pipeline, step by step or at once.
+
+    cinelab synth rvf --out RAW --n 160
+    cinelab rvf ingest RAW --classes RAW/classes.csv --splits RAW/splits.csv --out INGEST
+    cinelab rvf prepare INGEST --out STORE --size 64        (frames + optical flow)
+    cinelab rvf flow STORE --method farneback --force       (flow only)
+    cinelab rvf train rvf-twostream-cpu --data STORE --out RUN
+    cinelab rvf predict RUN/model.pt STORE --out PRED --split test
+    cinelab rvf saliency RUN/model.pt STORE --out SAL --predictions PRED
+    cinelab rvf report PRED --saliency SAL --run RUN
+    cinelab rvf run RAW --classes ... --splits ... --out OUT  (all of the above)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cinelab.cliutil import console, friendly, print_problems
+from cinelab.errors import CinelabError
+
+DEFAULT_RECIPE = "rvf-twostream-cpu"
+DEFAULT_SIZE = 64
+GREYSCALE = 1
+
+rvf_app = typer.Typer(no_args_is_help=True, help="RV failure from echo: ingest, flow, "
+                      "two-stream training, clip-averaged prediction, saliency, report.")
+
+
+@dataclass
+class RvfPaths:
+    """Where `run_rvf` writes each step (under one output folder)."""
+
+    out: Path
+
+    @property
+    def ingest(self) -> Path:
+        return self.out / "ingest"
+
+    @property
+    def store(self) -> Path:
+        return self.out / "store"
+
+    @property
+    def run(self) -> Path:
+        return self.out / "run"
+
+    @property
+    def predictions(self) -> Path:
+        return self.out / "predictions"
+
+    @property
+    def saliency(self) -> Path:
+        return self.out / "saliency"
+
+
+def prepare_rvf(ingest_dir: str | Path, out: str | Path, size: int = DEFAULT_SIZE,
+                method: str = "farneback", workers: int | None = None, force: bool = False,
+                raft_weights: str | None = None, device: str = "cpu") -> tuple[Any, Any]:
+    """Greyscale prepared store of an ingest folder, then its optical flow."""
+    from cinelab.formats.ingest import load_ingested
+    from cinelab.prep.flow import prepare_flow
+    from cinelab.prep.prepare import PrepSpec, prepare
+
+    cohort = load_ingested(ingest_dir)
+    summary = prepare(cohort.manifest, out, PrepSpec(size=size, channels=GREYSCALE),
+                      workers=workers, force=force)
+    if summary.usable == 0:
+        raise CinelabError(f"{ingest_dir}: nothing usable was prepared")
+    flow = prepare_flow(out, method, workers=workers, force=force, raft_weights=raft_weights,
+                        device=device)
+    return summary, flow
+
+
+def run_rvf(dicom_root: Path, classes: Path, splits: Path, out: Path,
+            recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None,
+            size: int | None = None, workers: int | None = None, top: int = 4,
+            split: str = "test") -> Path:
+    """Ingest -> prepare + flow -> train -> predict -> saliency -> report; the report path.
+
+    The store's frame size defaults to the recipe's data.size."""
+    from cinelab.explain.guided import explain_videos
+    from cinelab.infer.video_classify import predict_classification
+    from cinelab.pipelines.rvf.layout import ingest_rvf
+    from cinelab.pipelines.rvf.report import rvf_report
+    from cinelab.train.fit import fit
+    from cinelab.train.recipe import load_recipe
+
+    paths, loaded = RvfPaths(out), load_recipe(recipe, overrides or [])
+    _, problems = ingest_rvf(dicom_root, classes, splits, paths.ingest)
+    print_problems(problems)
+    data_size = loaded.data.size if isinstance(loaded.data.size, int) else loaded.data.size[0]
+    prepare_rvf(paths.ingest, paths.store, size or data_size, workers=workers)
+    result = fit(loaded, paths.store, paths.run, resume=True, progress=False)
+    predict_classification(result.best_checkpoint, paths.store, paths.predictions,
+                           split=split)
+    explain_videos(result.best_checkpoint, paths.store, paths.saliency, top=top,
+                   predictions=paths.predictions)
+    return rvf_report(paths.predictions, saliency_dir=paths.saliency, run_dir=paths.run)
+
+
+def synth_rvf(
+    out: Annotated[Path, typer.Option(help="Folder for the DICOMs and the two CSVs.")],
+    n: Annotated[int, typer.Option(help="Labelled patients (defects are added).")] = 60,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same cohort).")] = 0,
+    size: Annotated[int, typer.Option(help="Frame size in pixels.")] = 112,
+    frames: Annotated[int, typer.Option(help="Frames per video.")] = 48,
+    positive_fraction: Annotated[float, typer.Option(help="Share of RVF patients.")] = 0.4,
+) -> None:
+    """Synthetic RV-failure echo DICOMs (class in the RV free-wall motion) with planted PHI."""
+    from cinelab.pipelines.rvf.synth import synth_rvf_cohort
+
+    with console.status(f"synthesising {n} RVF patients"):
+        root = synth_rvf_cohort(out, n=n, seed=seed, size=size, frames=frames,
+                                positive_fraction=positive_fraction)
+    console.print(f"wrote {n} patients to {root} (classes.csv, splits.csv)")
+
+
+@rvf_app.command("ingest")
+@friendly
+def ingest_cmd(
+    dicom_root: Annotated[Path, typer.Argument(help="Folder of echo DICOMs (any nesting).")],
+    classes: Annotated[Path, typer.Option(help="CSV: study id -> class.")],
+    splits: Annotated[Path, typer.Option(help="CSV: study id -> train/val/test.")],
+    out: Annotated[Path, typer.Option(help="Folder for manifest, problems, de-id copies.")],
+    idmap: Annotated[Path | None, typer.Option(help="Id map (default: beside the raw data).")]
+    = None,
+    positive_class: Annotated[str | None, typer.Option(help="Class that is label 1.")] = None,
+) -> None:
+    """Pseudonymised ingest: manifest + de-identified DICOM copies + problems.csv."""
+    from cinelab.pipelines.rvf.layout import ingest_rvf
+
+    manifest, problems = ingest_rvf(dicom_root, classes, splits, out, idmap,
+                                    positive_class=positive_class)
+    print_problems(problems)
+    console.print(f"{len(manifest)} labelled videos, {len(problems)} problem(s) -> {out}")
+    if manifest.empty:
+        raise CinelabError(f"{dicom_root}: no labelled video found")
+
+
+@rvf_app.command("prepare")
+@friendly
+def prepare_cmd(
+    ingest_dir: Annotated[Path, typer.Argument(help="Folder written by `cinelab rvf ingest`.")],
+    out: Annotated[Path, typer.Option(help="Prepared store folder.")],
+    size: Annotated[int, typer.Option(help="Frame size (64 for the CPU recipe).")]
+    = DEFAULT_SIZE,
+    method: Annotated[str, typer.Option(help="Flow: farneback, tvl1, raft, raft_small.")]
+    = "farneback",
+    workers: Annotated[int | None, typer.Option(help="Processes (default: one per core).")]
+    = None,
+    force: Annotated[bool, typer.Option(help="Recompute frames and flow.")] = False,
+    raft_weights: Annotated[str | None, typer.Option(help="Local RAFT weights file.")] = None,
+    device: Annotated[str, typer.Option(help="Device for RAFT.")] = "cpu",
+) -> None:
+    """Greyscale frames (sector crop, resize) and optical flow into a prepared store."""
+    summary, flow = prepare_rvf(ingest_dir, out, size, method, workers, force, raft_weights,
+                                device)
+    print_problems(summary.problems + flow.problems)
+    console.print(f"frames: prepared {summary.prepared}, kept {summary.skipped}, failed "
+                  f"{summary.failed}; flow: computed {flow.computed}, kept {flow.skipped}, "
+                  f"failed {flow.failed} -> {out}")
+
+
+@rvf_app.command("flow")
+@friendly
+def flow_cmd(
+    store: Annotated[Path, typer.Argument(help="Prepared store.")],
+    method: Annotated[str, typer.Option(help="farneback, tvl1, raft, raft_small.")]
+    = "farneback",
+    workers: Annotated[int | None, typer.Option(help="Processes (default: one per core).")]
+    = None,
+    force: Annotated[bool, typer.Option(help="Recompute complete samples too.")] = False,
+    raft_weights: Annotated[str | None, typer.Option(help="Local RAFT weights file.")] = None,
+    device: Annotated[str, typer.Option(help="Device for RAFT.")] = "cpu",
+) -> None:
+    """Optical flow beside the frames of a prepared store (resumable)."""
+    from cinelab.prep.flow import prepare_flow
+
+    summary = prepare_flow(store, method, workers=workers, force=force,
+                           raft_weights=raft_weights, device=device)
+    print_problems(summary.problems)
+    console.print(f"flow ({method}): computed {summary.computed}, kept {summary.skipped}, "
+                  f"failed {summary.failed} -> {store}")
+
+
+@rvf_app.command("train")
+@friendly
+def train_cmd(
+    data: Annotated[Path, typer.Option(help="Prepared store with flow.")],
+    out: Annotated[Path, typer.Option(help="Run folder.")],
+    recipe: Annotated[str, typer.Argument(help="Recipe name or YAML path.")] = DEFAULT_RECIPE,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: optim.lr=3e-4")]
+    = None,
+    resume: Annotated[bool, typer.Option(help="Continue from out/checkpoints/last.ckpt.")]
+    = False,
+    max_epochs: Annotated[int | None, typer.Option(help="Override trainer.max_epochs.")] = None,
+    accelerator: Annotated[str | None, typer.Option(help="cpu, gpu, auto.")] = None,
+) -> None:
+    """Train a video classification recipe (two-stream by default)."""
+    from cinelab.train.fit import fit
+    from cinelab.train.recipe import load_recipe
+
+    result = fit(load_recipe(recipe, set_ or []), data, out, resume=resume,
+                 max_epochs=max_epochs, accelerator=accelerator)
+    console.print(f"model -> {result.best_checkpoint}; best {result.metrics.get('monitor')} "
+                  f"{result.metrics.get('best_score')}")
+
+
+@rvf_app.command("predict")
+@friendly
+def predict_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="model.pt of `cinelab rvf train`.")],
+    store: Annotated[Path, typer.Argument(help="Prepared store with flow.")],
+    out: Annotated[Path, typer.Option(help="Folder for predictions and metrics.")],
+    split: Annotated[str | None, typer.Option(help="Only this split.")] = None,
+    clips: Annotated[int | None, typer.Option(help="Random clips per video (recipe's).")]
+    = None,
+    seed: Annotated[int, typer.Option(help="Seed of the clip draws.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Clips per forward pass.")] = 8,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 1000,
+) -> None:
+    """Probability per video (mean over random clips) and per patient; metrics; ROC."""
+    from cinelab.infer.video_classify import predict_classification
+
+    result = predict_classification(checkpoint, store, out, split=split, n_clips=clips,
+                                    seed=seed, batch_size=batch_size, device=device,
+                                    n_boot=n_boot)
+    for level in ("video", "patient"):
+        auc = result.metrics.get(level, {}).get("auc")
+        if auc:
+            console.print(f"{level} AUC {auc['value']:.3f} "
+                          f"[{auc['ci_low']:.3f}, {auc['ci_high']:.3f}]")
+    console.print(f"predictions -> {out}")
+
+
+@rvf_app.command("saliency")
+@friendly
+def saliency_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="model.pt of `cinelab rvf train`.")],
+    store: Annotated[Path, typer.Argument(help="Prepared store with flow.")],
+    out: Annotated[Path, typer.Option(help="Folder for saliency videos and strips.")],
+    ids: Annotated[list[str] | None, typer.Option("--id", help="Sample ids to explain.")]
+    = None,
+    top: Annotated[int, typer.Option(help="Else the N most confident videos.")] = 4,
+    predictions: Annotated[Path | None, typer.Option(help="Prediction folder to rank by.")]
+    = None,
+    split: Annotated[str | None, typer.Option(help="Split to rank without predictions.")]
+    = None,
+) -> None:
+    """Guided backpropagation on both streams: AVI overlays and PNG strips."""
+    from cinelab.explain.guided import explain_videos
+
+    index = explain_videos(checkpoint, store, out, sample_ids=ids, top=top,
+                           predictions=predictions, split=split)
+    console.print(f"{index['sample_id'].nunique()} videos explained -> {out}")
+
+
+@rvf_app.command("report")
+@friendly
+def report_cmd(
+    predictions: Annotated[Path, typer.Argument(help="Folder of `cinelab rvf predict`.")],
+    saliency: Annotated[Path | None, typer.Option(help="Folder of `cinelab rvf saliency`.")]
+    = None,
+    run: Annotated[Path | None, typer.Option(help="Training run folder.")] = None,
+    out: Annotated[Path | None, typer.Option(help="HTML file (default in predictions).")]
+    = None,
+) -> None:
+    """One self-contained HTML report: metrics, ROC, patients, saliency strips."""
+    from cinelab.pipelines.rvf.report import rvf_report
+
+    console.print(f"report -> {rvf_report(predictions, out, saliency, run)}")
+
+
+@rvf_app.command("run")
+@friendly
+def run_cmd(
+    dicom_root: Annotated[Path, typer.Argument(help="Folder of echo DICOMs.")],
+    classes: Annotated[Path, typer.Option(help="CSV: study id -> class.")],
+    splits: Annotated[Path, typer.Option(help="CSV: study id -> train/val/test.")],
+    out: Annotated[Path, typer.Option(help="Folder for every step's output.")],
+    recipe: Annotated[str, typer.Option(help="Recipe name or YAML path.")] = DEFAULT_RECIPE,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: optim.lr=3e-4")]
+    = None,
+    size: Annotated[int | None, typer.Option(help="Frame size (default: the recipe's).")]
+    = None,
+    workers: Annotated[int | None, typer.Option(help="Processes for prepare/flow.")] = None,
+    top: Annotated[int, typer.Option(help="Most confident test videos to explain.")] = 4,
+) -> None:
+    """The whole pipeline: ingest, prepare + flow, train, predict test, saliency, report."""
+    report = run_rvf(dicom_root, classes, splits, out, recipe, set_ or [], size, workers, top)
+    console.print(f"report -> {report}")
+
+
+def register(apps: dict[str, typer.Typer]) -> None:
+    """Add `synth rvf` and the `rvf` command group to the CLI."""
+    apps["synth"].command("rvf")(friendly(synth_rvf))
+    apps["main"].add_typer(rvf_app, name="rvf")
