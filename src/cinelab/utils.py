@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -95,3 +95,28 @@ def versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             continue
     return out
+
+
+DONE_FILE = "done.json"
+
+
+def mark_done(folder: str | Path, outputs: Iterable[str], **info: Any) -> Path:
+    """Write `folder`/done.json listing each output file (relative name) with its size."""
+    folder = Path(folder)
+    files = {name: (folder / name).stat().st_size for name in outputs}
+    write_json(folder / DONE_FILE, {"files": files, **info})
+    return folder / DONE_FILE
+
+
+def is_done(folder: str | Path) -> bool:
+    """The one resume rule: done.json exists and every file it lists has its recorded size."""
+    folder = Path(folder)
+    done = folder / DONE_FILE
+    if not done.is_file():
+        return False
+    try:
+        files = read_json(done)["files"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return all((folder / name).is_file() and (folder / name).stat().st_size == size
+               for name, size in files.items())

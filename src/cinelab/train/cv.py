@@ -43,10 +43,10 @@ from cinelab.data.store import PreparedStore, combine_stats
 from cinelab.errors import InputError
 from cinelab.train.fit import METRICS_FILE, MODEL_FILE, fit
 from cinelab.train.recipe import Recipe, load_recipe, recipe_to_dict, recipe_to_yaml
-from cinelab.utils import atomic_path, read_json, write_csv, write_json
+from cinelab.utils import DONE_FILE, atomic_path, is_done, read_json, write_csv, write_json
 
 CV_FILE, FOLDS_FILE, RECIPE_FILE = "cv.json", "folds.csv", "recipe.yaml"
-PREDICTIONS_FILE, DONE_FILE = "predictions.csv", "done.json"
+PREDICTIONS_FILE = "predictions.csv"
 STORE_DIR, RUN_DIR = "store", "run"
 ALL_ARM = "all"
 LINKED = ("samples", "tracings.csv")  # what a unit's store view links to in the original
@@ -189,16 +189,8 @@ def write_store_view(store: PreparedStore, path: Path, manifest: pd.DataFrame,
 
 
 def is_finished(unit_dir: Path) -> bool:
-    """done.json exists and every file it lists has the recorded size."""
-    done = unit_dir / DONE_FILE
-    if not done.exists():
-        return False
-    try:
-        files = read_json(done)["files"]
-    except (ValueError, KeyError):
-        return False
-    return all((unit_dir / name).is_file() and (unit_dir / name).stat().st_size == size
-               for name, size in files.items())
+    """A unit is finished by the one resume rule (`cinelab.utils.is_done`)."""
+    return is_done(unit_dir)
 
 
 def _fit_unit(recipe: Recipe, view: PreparedStore, run: Path,
