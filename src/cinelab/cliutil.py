@@ -7,9 +7,10 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import yaml
 from rich.console import Console
 
-from cinelab.errors import CinelabError
+from cinelab.errors import CinelabError, InputError
 
 console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -39,3 +40,18 @@ def print_problems(problems: list, limit: int = 10) -> None:
         )
     if len(problems) > limit:
         console.print(f"... and {len(problems) - limit} more (see problems.csv)")
+
+
+def parse_options(items: list[str] | None) -> dict[str, Any]:
+    """``key=value`` strings -> a dict; values are read as YAML scalars (1, 0.5, true, x)."""
+    options: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(None, "--option", "key=value", repr(item))
+        try:
+            options[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as exc:
+            raise InputError(None, f"--option {key.strip()}", "a plain YAML scalar",
+                             repr(value)) from exc
+    return options

@@ -17,12 +17,11 @@ from cinelab.errors import InputError, MissingWeightsError
 from cinelab.models import create_model
 from cinelab.models.weights import (
     default_weights_dir,
-    load_echonet_model,
-    load_echonet_state,
     load_weights,
     resolve_weights,
     strip_prefix,
 )
+from cinelab.pipelines.echonet.weights import load_echonet_model, load_echonet_state
 
 torch.set_num_threads(2)
 

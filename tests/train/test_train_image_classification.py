@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from cinelab.errors import InputError
+from cinelab.models.classification import backbone_parameters
 from cinelab.pipelines.cxr.layout import read_cxr_folders
 from cinelab.pipelines.cxr.nih import NIH_FINDINGS, read_nih
-from cinelab.models.classification import backbone_parameters
-from cinelab.prep.prepare import PrepSpec, prepare
 from cinelab.pipelines.cxr.synth import synth_cxr_cohort
+from cinelab.prep.prepare import PrepSpec, prepare
 from cinelab.train.checkpoint import load_checkpoint, read_checkpoint
 from cinelab.train.fit import fit
 from cinelab.train.recipe import ensemble_members, load_recipe

@@ -10,18 +10,18 @@ from torchvision.models.resnet import BasicBlock, ResNet, resnet34
 
 from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError, MissingWeightsError
-from cinelab.pipelines.cmr.acdc import read_acdc
 from cinelab.models import create_model
 from cinelab.models.cmr_unet import EncoderUNet, ResNetFeatures
+from cinelab.pipelines.cmr.acdc import read_acdc
 from cinelab.pipelines.cmr.prepare import prepare_cmr
 from cinelab.pipelines.cmr.synth import synth_cmr_cohort
 from cinelab.train import transfer
 from cinelab.train.checkpoint import InputSpec, save_checkpoint
+from cinelab.train.curve import data_requirement_curve
 from cinelab.train.fit import build_task, fit
 from cinelab.train.recipe import load_recipe
 from cinelab.train.transfer import (
     FreezeEncoder,
-    data_requirement_curve,
     store_view,
     subset_ids,
     subset_items,

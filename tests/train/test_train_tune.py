@@ -11,8 +11,8 @@ import torch
 
 from cinelab.errors import InputError
 from cinelab.pipelines.cxr.layout import read_cxr_folders
-from cinelab.prep.prepare import PrepSpec, prepare
 from cinelab.pipelines.cxr.synth import synth_cxr_cohort
+from cinelab.prep.prepare import PrepSpec, prepare
 from cinelab.train.recipe import load_recipe
 from cinelab.train.tune import (
     BEST_FILE,

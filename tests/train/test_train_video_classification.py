@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from cinelab.pipelines.rvf.commands import prepare_rvf
 from cinelab.data.manifest import new_manifest, write_manifest
 from cinelab.data.store import STORE_FORMAT, PreparedStore, write_sample
 from cinelab.data.streams import (
@@ -19,10 +18,11 @@ from cinelab.data.streams import (
     stream_normalisation,
 )
 from cinelab.errors import InputError
-from cinelab.pipelines.rvf.layout import ingest_rvf
 from cinelab.models import create_model
-from cinelab.prep.flow import read_flow
+from cinelab.pipelines.rvf.commands import prepare_rvf
+from cinelab.pipelines.rvf.layout import ingest_rvf
 from cinelab.pipelines.rvf.synth import synth_rvf_cohort
+from cinelab.prep.flow import read_flow
 from cinelab.train.checkpoint import InputSpec, load_checkpoint, save_checkpoint
 from cinelab.train.fit import build_task, fit
 from cinelab.train.recipe import load_recipe

@@ -15,6 +15,8 @@ from typing import Annotated
 import typer
 
 from cinelab.cliutil import console, friendly
+from cinelab.train.recipe import load_recipe
+from cinelab.train.tune import overrides_from_best, tune
 
 
 @friendly
@@ -29,8 +31,6 @@ def tune_cmd(
                                                    "epochs=10")] = None,
 ) -> None:
     """Search learning rate, momentum and dropout (pruning bad trials); save the best."""
-    from cinelab.train.recipe import load_recipe
-    from cinelab.train.tune import tune
 
     result = tune(load_recipe(recipe, set_ or []), data, out, n_trials=trials, timeout=timeout)
     counts = result.trials["state"].value_counts().to_dict()
@@ -46,8 +46,6 @@ def overrides_cmd(
     best: Annotated[Path, typer.Argument(help="best_params.yaml written by `cinelab tune`.")],
 ) -> None:
     """Print a best_params.yaml as --set overrides, one per line."""
-    from cinelab.train.tune import overrides_from_best
-
     for text in overrides_from_best(best):
         typer.echo(text)
 

@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from cinelab.data.datasets import DEFAULT_SEED, ClipDataset
+from cinelab.data.flow_store import dequantise_flow, flow_files, read_flow
 from cinelab.data.sampling import DEFAULT_PAD, clip_indices
 from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError
-from cinelab.prep.flow import dequantise_flow, flow_files, read_flow
 from cinelab.utils import read_json
 
 STREAMS = ("grey", "flow")

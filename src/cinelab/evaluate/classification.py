@@ -1,15 +1,15 @@
 """Binary classification evaluation: a predictions CSV + labels -> metrics, tables, ROC.
 
-Predictions CSV contract (written by `cinelab.pipelines.cxr.predict.predict_cxr`, any binary
-classifier may write the same): ``file``, ``sample_id`` (optional), ``probability`` (the
-ensemble's), optional ``threshold`` (the one its ``label`` used), one ``p_<member>`` column
-per ensemble member, optional ``truth`` (0/1). Rows with an empty probability (a file that
-could not be read) are counted and left out.
+Predictions table (any binary classifier; read with `cinelab.infer.contract.read_predictions`
+when given as a file or folder): ``sample_id`` and/or ``file``, ``probability``, optional
+``threshold`` (the one its ``prediction`` used), one ``p_<member>`` column per ensemble member,
+optional ``truth`` (0/1). Rows with an empty probability (a file that could not be read) are
+counted and left out.
 
-Labels come from the CSV's own ``truth`` column, or from a table (a manifest, or any CSV
-with a sample_id/file column and a label column) or a DeepCOVID-XR folder tree. They are
-joined on ``sample_id`` when both sides have it, else on the resolved file path, else on the
-file name.
+Labels come from the table's own ``truth`` column, or from a label table (a manifest, or any
+CSV with a sample_id/file column and a label column; a pipeline turns its own layouts into
+such a table). They are joined on ``sample_id`` when both sides have it, else on the resolved
+file path, else on the file name.
 
 Threshold: a number given; else Youden's J on validation predictions (`tune_on`, a
 predictions CSV with labels); else the CSV's ``threshold`` column (set from the ensemble's
@@ -32,6 +32,7 @@ import pandas as pd
 from cinelab.errors import InputError
 from cinelab.evaluate import metrics as em
 from cinelab.evaluate.plots import roc_plot
+from cinelab.infer.contract import read_predictions as read_contract_predictions
 from cinelab.utils import write_csv, write_json
 
 SCORE_COLUMN = "probability"
@@ -65,7 +66,8 @@ class ClassificationEvaluation:
 
 def read_predictions(source: str | Path | pd.DataFrame) -> pd.DataFrame:
     """A predictions table with a numeric `probability` column."""
-    df = source.copy() if isinstance(source, pd.DataFrame) else _read_csv(source)
+    df = source.copy() if isinstance(source, pd.DataFrame) else \
+        read_contract_predictions(source)
     where = None if isinstance(source, pd.DataFrame) else source
     if SCORE_COLUMN not in df.columns:
         raise InputError(where, "columns", f"a '{SCORE_COLUMN}' column",
@@ -88,14 +90,15 @@ def member_columns(df: pd.DataFrame) -> list[str]:
 
 
 def read_labels(source: str | Path | pd.DataFrame) -> pd.DataFrame:
-    """A labels table from a CSV/manifest, a DataFrame or a DeepCOVID-XR folder tree."""
+    """A labels table from a CSV/manifest file or a DataFrame (a pipeline turns its own
+    folder layouts into a table first)."""
     if isinstance(source, pd.DataFrame):
         return source.copy()
     path = Path(source)
     if path.is_dir():
-        from cinelab.pipelines.cxr.layout import read_cxr_folders
-
-        return read_cxr_folders(path, check="none").manifest
+        raise InputError(path, "labels", "a label table (CSV or manifest file)", "a folder",
+                         "name the CSV, or evaluate through the pipeline that reads this "
+                         "folder layout (cinelab evaluate --pipeline NAME)")
     return _read_csv(path)
 
 
@@ -160,7 +163,7 @@ def choose_threshold(preds: pd.DataFrame, threshold: float | None = None,
 def _labelled(df: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
     if TRUTH_COLUMN not in df.columns:
         raise InputError(None, TRUTH_COLUMN, "labels for these predictions", "none",
-                         "pass --labels (a manifest, label CSV or folder tree)")
+                         "pass --labels (a manifest, a label CSV or the labelled input folder)")
     keep = df[TRUTH_COLUMN].notna() & df[column].notna()
     return (df.loc[keep, TRUTH_COLUMN].to_numpy(float), df.loc[keep, column].to_numpy(float))
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cinelab.data.augment import augment_config
 from cinelab.errors import InputError
 
 DEFAULT_ROTATE_DEG = 5.0
@@ -115,8 +116,6 @@ def augment_from_recipe(recipe: Mapping[str, Any] | None) -> RandomAffine2D:
     """TTA views like the model's own training augmentation (a checkpoint's recipe dict,
     ``data.augment`` read by `cinelab.data.augment.augment_config`): its rotation, shift,
     zoom and horizontal flips, nothing it never saw; the mild defaults when it has none."""
-    from cinelab.data.augment import augment_config
-
     spec = ((recipe or {}).get("data") or {}).get("augment") or {}
     config = augment_config(spec)
     if config is None:

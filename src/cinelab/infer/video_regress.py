@@ -25,6 +25,7 @@ from cinelab.data.store import PreparedStore
 from cinelab.data.transforms import Normalize
 from cinelab.errors import InputError
 from cinelab.train.checkpoint import InputSpec, load_checkpoint
+from cinelab.train.cv import register_cv_predictor
 
 DEFAULT_BATCH = 16
 DEFAULT_TTA = 5
@@ -86,6 +87,8 @@ def _check_spec(store: PreparedStore, spec: InputSpec) -> None:
                          "prepare the store at the checkpoint's size")
 
 
+@register_cv_predictor("video_regression", "regression", "cine_regression",
+                       "video_classification")
 def predict_store(checkpoint: str | Path, store: str | Path | PreparedStore,
                   ids: Sequence[str] | None = None, tta: int = DEFAULT_TTA,
                   batch_size: int = DEFAULT_BATCH, device: str | torch.device = "cpu",

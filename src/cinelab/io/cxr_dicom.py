@@ -27,7 +27,7 @@ from pydicom.uid import (
 )
 
 from cinelab.errors import InputError, UnreadableFileError
-from cinelab.io.dicom import read_dataset
+from cinelab.io.dicom import IMPLEMENTATION_UID, read_dataset
 from cinelab.io.image import (
     IMAGE_SUFFIXES,
     UINT8_MAX,
@@ -36,7 +36,6 @@ from cinelab.io.image import (
     scale_deep,
     scale_to_uint8,
 )
-from cinelab.synth.dicom import IMPLEMENTATION_UID
 from cinelab.utils import atomic_path
 
 CXR_MODALITIES = ("CR", "DX")

@@ -38,6 +38,8 @@ COLOUR_PHOTOMETRICS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT",
                        "YBR_PARTIAL_420", "YBR_PARTIAL_422")
 GREY_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
 
+IMPLEMENTATION_UID = "1.2.826.0.1.3680043.8.498.1"  # pydicom's implementation root
+
 
 @dataclass(frozen=True)
 class UltrasoundVideo:

@@ -38,11 +38,12 @@ import timm
 from torch import Tensor, nn
 
 from cinelab.errors import InputError
-from cinelab.models.registry import check_channels, register_model, set_head
+from cinelab.models.registry import check_channels, output_layer, register_model, set_head
 from cinelab.models.weights import (
     LoadReport,
     extract_state_dict,
     load_weights,
+    load_weights_file,
     match_state,
     resolve_weights,
     strip_prefix,
@@ -113,7 +114,6 @@ def read_state(path: str | Path, description: str | None = None) -> dict[str, Te
             return load_file(str(file), device="cpu")
         except SafetensorError as exc:
             raise InputError(file, "weights", "a safetensors file", str(exc)) from exc
-    from cinelab.models.weights import load_weights_file
 
     return extract_state_dict(load_weights_file(file, "cpu", description), file)
 
@@ -137,8 +137,6 @@ def load_classifier_weights(model: nn.Module, path: str | Path,
 
 def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Every parameter outside the recorded head (what a frozen phase keeps fixed)."""
-    from cinelab.models.registry import output_layer
-
     head = {id(p) for p in output_layer(model).parameters()}
     return [p for p in model.parameters() if id(p) not in head]
 

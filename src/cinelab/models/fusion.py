@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from cinelab.models.registry import HEAD_ATTR, create_model, register_model, set_head
-from cinelab.models.weights import LoadReport, load_weights
+from cinelab.models.weights import LoadReport, extract_state_dict, load_weights, load_weights_file
 
 INPUT_LAYOUT = ("grey", "flow")
 STREAM_CHANNELS = {"grey": 1, "flow": 2}
@@ -199,8 +199,6 @@ def parse_stream_weights(spec: str | Path) -> dict[str, str] | None:
 
 
 def _is_two_stream_file(path: str | Path, description: str | None) -> bool:
-    from cinelab.models.weights import extract_state_dict, load_weights_file
-
     state = extract_state_dict(load_weights_file(path, description=description), path)
     return any(".streams." in f".{k}" for k in state)  # also under "model." / "module."
 

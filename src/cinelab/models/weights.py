@@ -55,13 +55,6 @@ KNOWN_WEIGHTS: dict[str, tuple[str, str]] = {
                                              TV_URL),
 }
 
-#: EchoNet-Dynamic released files -> (cinelab model name, builder config).
-ECHONET_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
-    "deeplabv3_resnet50_random.pt": ("deeplabv3_resnet50", {"out_channels": 1}),
-    "r2plus1d_18_32_2_pretrained.pt": ("r2plus1d_18", {"num_outputs": 1}),
-}
-
-
 @dataclass
 class LoadReport:
     """What `load_weights` did: loaded, adapted, skipped (shape), missing and unexpected keys."""
@@ -251,51 +244,3 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = False,
 
 
 # -- EchoNet-Dynamic published checkpoints ----------------------------------------------------
-
-
-def load_echonet_state(path: str | Path) -> dict[str, Tensor]:
-    """The state_dict of an EchoNet-Dynamic release file, keys without "module.".
-
-    The files are ``torch.save({"epoch", "state_dict", "opt_dict", "scheduler_dict",
-    "best_loss", "loss", ...})`` from a DataParallel model on GPU; they load on CPU here.
-    Keys match torchvision's deeplabv3_resnet50(num_classes=1) / r2plus1d_18 (fc 512->1),
-    hence cinelab's models of the same names.
-    """
-    file = resolve_weights(path, _echonet_description(Path(path).name))
-    checkpoint = load_weights_file(file, "cpu")
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, Mapping) else None
-    if not isinstance(state, Mapping):
-        found = (f"keys {sorted(map(str, checkpoint))[:8]}" if isinstance(checkpoint, Mapping)
-                 else type(checkpoint).__name__)
-        raise InputError(file, "state_dict", "an EchoNet-Dynamic checkpoint dict with a "
-                         "'state_dict' entry", found)
-    return strip_prefix(state, ("module.",))
-
-
-def _echonet_description(name: str) -> str:
-    return f"an EchoNet-Dynamic checkpoint ({ECHONET_URL})"
-
-
-def load_echonet_model(path: str | Path, model_name: str | None = None,
-                       **cfg: Any) -> nn.Module:
-    """A cinelab model holding an EchoNet-Dynamic release file's weights (all keys must fit).
-
-    `model_name` defaults from the release file name (see `ECHONET_MODELS`).
-    """
-    from cinelab.models.registry import create_model
-
-    name = Path(path).name
-    if model_name is None:
-        if name not in ECHONET_MODELS:
-            raise InputError(path, "model_name", f"one of the release names "
-                             f"{sorted(ECHONET_MODELS)} or an explicit model_name", name)
-        model_name, defaults = ECHONET_MODELS[name]
-        cfg = {**defaults, **cfg}
-    model = create_model(model_name, **cfg)
-    state = load_echonet_state(path)
-    _, report = match_state(model, state, str(path), adapt_input=False)
-    if not report.complete:
-        raise InputError(path, "state_dict", f"an EchoNet-Dynamic {model_name} state_dict",
-                         report.summary())
-    model.load_state_dict(state, strict=True)
-    return model

@@ -24,6 +24,13 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from cinelab.data.flow_store import (  # noqa: F401  (re-exported for flow users)
+    QUANT_HALF_RANGE,
+    dequantise_flow,
+    flow_files,
+    quantise_flow,
+    read_flow,
+)
 from cinelab.data.store import sample_files
 from cinelab.errors import (
     CinelabError,
@@ -39,10 +46,7 @@ FLOW_FORMAT = "cinelab-flow/1"
 METHODS = ("farneback", "tvl1", "raft", "raft_small", "raft_large")
 FARNEBACK_PARAMS = {"pyr_scale": 0.5, "levels": 3, "winsize": 15, "iterations": 3,
                     "poly_n": 5, "poly_sigma": 1.2, "flags": 0}
-QUANT_CENTRE = 128.0
-QUANT_HALF_RANGE = 127.5
-UINT8_MAX = 255
-MIN_SCALE = 1e-3  # px: the scale of a flow that is zero everywhere
+
 RAFT_MULTIPLE = 8  # RAFT needs sides divisible by 8 ...
 RAFT_MIN_SIDE = 128  # ... and at least 128 px (its correlation pyramid); smaller are padded
 RAFT_BATCH = 8
@@ -222,41 +226,6 @@ def _raft_flow(grey: np.ndarray, method: str, weights: Path, device: str,
 
 def _padded(side: int) -> int:
     return max(RAFT_MIN_SIDE, side + (-side % RAFT_MULTIPLE))
-
-
-def quantise_flow(flow: np.ndarray, scale: float | None = None) -> tuple[np.ndarray, float]:
-    """uint8 flow = clip(round(flow / scale * 127.5 + 128)) and the scale (default: max |flow|).
-
-    Values within +-scale come back from `dequantise_flow` within scale / 255.
-    """
-    flow = np.asarray(flow, dtype=np.float32)
-    if scale is None:
-        scale = float(np.max(np.abs(flow))) if flow.size else 0.0
-    scale = max(float(scale), MIN_SCALE)
-    q = np.rint(flow / scale * QUANT_HALF_RANGE + QUANT_CENTRE)
-    return np.clip(q, 0, UINT8_MAX).astype(np.uint8), scale
-
-
-def dequantise_flow(q: np.ndarray, scale: float) -> np.ndarray:
-    """float32 flow in pixels from quantised uint8 flow and its scale."""
-    return ((np.asarray(q, dtype=np.float32) - QUANT_CENTRE) / QUANT_HALF_RANGE
-            * np.float32(scale)).astype(np.float32)
-
-
-def flow_files(root: str | Path, sample_id: str) -> dict[str, Path]:
-    """Paths of one sample's quantised flow and its metadata."""
-    base = Path(root) / "samples"
-    return {"flow": base / f"{sample_id}.flow.npy", "meta": base / f"{sample_id}.flow.json"}
-
-
-def read_flow(root: str | Path, sample_id: str, dequantise: bool = True) -> np.ndarray:
-    """A sample's flow: float32 px (T, H, W, 2), or the memory-mapped uint8 when not dequantised."""
-    files = flow_files(root, sample_id)
-    if not files["meta"].exists():
-        raise InputError(files["meta"], "flow", "flow computed by `prepare_flow`",
-                         "no flow metadata for this sample")
-    q = np.load(files["flow"], mmap_mode="r")
-    return dequantise_flow(q, read_json(files["meta"])["scale"]) if dequantise else q
 
 
 def flow_complete(root: str | Path, sample_id: str, expect: dict[str, Any] | None = None) -> bool:

@@ -19,6 +19,7 @@ from pydicom.uid import (
 )
 
 from cinelab.errors import InputError
+from cinelab.io.dicom import IMPLEMENTATION_UID
 from cinelab.utils import atomic_path
 
 TRANSFER_SYNTAXES = {
@@ -31,7 +32,6 @@ UNITS_CM = 3  # PhysicalUnitsX/YDirection code for centimetres
 REGION_SPATIAL_FORMAT_2D = 1
 REGION_DATA_TYPE_TISSUE = 1
 FRAME_TIME_TAG = 0x00181063
-IMPLEMENTATION_UID = "1.2.826.0.1.3680043.8.498.1"  # pydicom's implementation root
 
 
 def write_ultrasound_dicom(

@@ -24,6 +24,7 @@ from cinelab.measure.ef import (
     tracings_from_echonet_csv,
 )
 from cinelab.synth import echo_phantom as ph
+from cinelab.synth.dicom import write_ultrasound_dicom
 from cinelab.utils import atomic_path
 
 HEART_RATE_RANGE = (50.0, 110.0)  # bpm
@@ -260,8 +261,6 @@ def _write_video_files(out: Path, name: str, frames: np.ndarray, masks: np.ndarr
             np.savez_compressed(f, mask=masks)
     _write_csv(truth.table, out / "Truth" / f"{name}.csv")
     if dicom:
-        from cinelab.synth.dicom import write_ultrasound_dicom
-
         write_ultrasound_dicom(out / "DICOM" / f"{name}.dcm", frames, truth.fps,
                                patient_id=name,
                                pixel_spacing_mm=(truth.pixel_size_mm, truth.pixel_size_mm),

@@ -41,6 +41,7 @@ from cinelab.data.manifest import write_manifest
 from cinelab.data.splits import NestedFolds, nested_folds, subject_table
 from cinelab.data.store import PreparedStore, combine_stats
 from cinelab.errors import InputError
+from cinelab.plugins import Registry
 from cinelab.train.fit import METRICS_FILE, MODEL_FILE, fit
 from cinelab.train.recipe import Recipe, load_recipe, recipe_to_dict, recipe_to_yaml
 from cinelab.utils import DONE_FILE, atomic_path, is_done, read_json, write_csv, write_json
@@ -56,28 +57,14 @@ PREDICTION_COLUMNS = ("sample_id", "subject", "arm", "outer", "inner", "role", "
 DEFAULT_TTA = 5
 
 Predictor = Callable[..., pd.DataFrame]
-PREDICTORS: dict[str, Predictor] = {}
+PREDICTORS: Registry[Predictor] = Registry("cross-validation predictor")
 
 
 def register_cv_predictor(*tasks: str) -> Callable[[Predictor], Predictor]:
     """Register fn(checkpoint, store, ids, tta, device) -> DataFrame(sample_id, pred,
     pred_aug) as the cross-validation predictor of `tasks`."""
 
-    def decorate(fn: Predictor) -> Predictor:
-        for task in tasks:
-            PREDICTORS[task] = fn
-        return fn
-
-    return decorate
-
-
-@register_cv_predictor("video_regression", "regression", "cine_regression",
-                       "video_classification")
-def _video_predictor(checkpoint: Path, store: PreparedStore, ids: list[str], tta: int,
-                     device: str) -> pd.DataFrame:
-    from cinelab.infer.video_regress import predict_store
-
-    return predict_store(checkpoint, store, ids, tta=tta, device=device)
+    return PREDICTORS.register(*tasks)
 
 
 @dataclass
@@ -112,7 +99,7 @@ def _settings(recipe: Recipe, store: PreparedStore, outer: int, inner: int, seed
                          repr(target))
     if recipe.task not in PREDICTORS:
         raise InputError(None, "task", f"a task with a cross-validation predictor "
-                         f"({sorted(PREDICTORS)})", repr(recipe.task),
+                         f"({PREDICTORS.names()})", repr(recipe.task),
                          "register one with register_cv_predictor")
     return {"outer": int(outer), "inner": int(inner), "seed": int(seed), "bins": int(bins),
             "by": by, "target": target, "group": group, "tta": int(tta),
@@ -207,7 +194,7 @@ def _predict_unit(settings: dict[str, Any], unit: Unit, view: PreparedStore, run
     m = view.manifest
     ids = m["sample_id"].astype(str).tolist()
     task = settings["recipe"]["task"]
-    preds = PREDICTORS[task](run / MODEL_FILE, view, ids, settings["tta"], device)
+    preds = PREDICTORS.get(task)(run / MODEL_FILE, view, ids, settings["tta"], device)
     preds = preds.set_index("sample_id").reindex(ids)
     return pd.DataFrame({
         "sample_id": ids, "subject": m[settings["group"]].astype(str).to_numpy(),

@@ -36,6 +36,7 @@ import yaml
 
 from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError
+from cinelab.train.fit import build_task, fit
 from cinelab.train.recipe import Recipe, apply_overrides, load_recipe, parse_override
 from cinelab.utils import atomic_path, write_csv
 
@@ -127,8 +128,6 @@ def _yaml_value(value: Any) -> str:
 
 def task_monitor(recipe: Recipe, store: PreparedStore) -> tuple[str, str]:
     """(metric, "max"|"min") that the recipe's task selects checkpoints by."""
-    from cinelab.train.fit import build_task
-
     return tuple(build_task(recipe, store).module.monitor)  # type: ignore[return-value]
 
 
@@ -139,8 +138,6 @@ def tune(recipe: Recipe | str | Path, store: PreparedStore | str | Path, out_dir
          **fit_kwargs: Any) -> TuneResult:
     """Search `space` with `n_trials` fits (stopping after `timeout` seconds) and write the
     best parameters to out_dir/best_params.yaml and every trial to out_dir/trials.csv."""
-    from cinelab.train.fit import fit
-
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     store = store if isinstance(store, PreparedStore) else PreparedStore(store)
     space = check_space(space or DEFAULT_SPACE, recipe)

@@ -1,9 +1,8 @@
-"""CLI: `cinelab cv` (nested cross-validation of any recipe), `cinelab synth cmr-lax` and the
-`cinelab age` group (ingest long-axis cines, fold/view ensembles with age gaps, report)."""
+"""CLI: `cinelab synth cmr-lax` and the `cinelab age` group (ingest long-axis cines, fold/view
+ensembles with age gaps, report). The generic `cinelab cv` lives in `cinelab.commands.cv`."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -11,45 +10,18 @@ import typer
 
 from cinelab.cliutil import console, friendly, print_problems
 from cinelab.errors import CinelabError
+from cinelab.pipelines.age.evaluate import ensemble_cv
+from cinelab.pipelines.age.layout import ingest_lax
+from cinelab.pipelines.age.report import build_age_report
+from cinelab.pipelines.age.synth import synth_cmr_lax_cohort
+from cinelab.prep.prepare import PrepSpec, prepare
 
 age_app = typer.Typer(no_args_is_help=True,
                       help="Age from long-axis cine MRI: ingest, ensembles, report.")
-LIGHTNING_LOGGER = "lightning.pytorch"
 
 
 def _views(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
-
-
-def cv(
-    recipe: Annotated[str, typer.Argument(help="Recipe name (e.g. cmr-age-cpu) or YAML path.")],
-    data: Annotated[Path, typer.Option(help="Prepared store.")],
-    out: Annotated[Path, typer.Option(help="Cross-validation folder (resumes when it exists).")],
-    outer: Annotated[int, typer.Option(help="Outer folds (test folds by subject).")] = 5,
-    inner: Annotated[int, typer.Option(help="Inner folds (validation, model selection).")] = 2,
-    by: Annotated[str | None, typer.Option(help="One model per value of this manifest "
-                                                "column, e.g. view.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the fold assignment.")] = 0,
-    bins: Annotated[int, typer.Option(help="Target bins to stratify on.")] = 5,
-    tta: Annotated[int, typer.Option(help="Test-time augmentation views (1 = none).")] = 5,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: optim.lr=3e-4")]
-    = None,
-    device: Annotated[str, typer.Option(help="Device for predictions: cpu, cuda, ...")] = "cpu",
-    accelerator: Annotated[str | None, typer.Option(help="Training: cpu, gpu, auto.")] = None,
-    max_epochs: Annotated[int | None, typer.Option(help="Override trainer.max_epochs.")] = None,
-    num_workers: Annotated[int | None, typer.Option(help="DataLoader workers.")] = None,
-) -> None:
-    """Nested K x J cross-validation by subject of any recipe; saves per-fold predictions."""
-    from cinelab.train.cv import run_cv
-    from cinelab.train.recipe import load_recipe
-
-    logging.getLogger(LIGHTNING_LOGGER).setLevel(logging.WARNING)
-    loaded = load_recipe(recipe, set_ or [])
-    result = run_cv(loaded, data, out, outer=outer, inner=inner, seed=seed, bins=bins, by=by,
-                    tta=tta, device=device, on_event=console.print, accelerator=accelerator,
-                    max_epochs=max_epochs, num_workers=num_workers)
-    console.print(f"{len(result.trained)} model(s) trained, {len(result.skipped)} finished "
-                  f"before; arms {', '.join(result.arms)} -> {out}")
 
 
 def synth_cmr_lax(
@@ -61,8 +33,6 @@ def synth_cmr_lax(
     size: Annotated[int, typer.Option(help="Image rows and columns.")] = 80,
 ) -> None:
     """Synthetic long-axis cine MRI (3ch/4ch DICOM series) whose anatomy ages, + ages.csv."""
-    from cinelab.pipelines.age.synth import synth_cmr_lax_cohort
-
     if target != "age":
         raise CinelabError(f"--target: expected 'age' (the only target of long-axis "
                            f"cohorts), found {target!r}")
@@ -87,8 +57,6 @@ def age_ingest(
     workers: Annotated[int | None, typer.Option(help="Prepare processes.")] = None,
 ) -> None:
     """Pick 3ch/4ch series per subject, join the ages; optionally prepare 25-frame cines."""
-    from cinelab.pipelines.age.layout import ingest_lax
-
     result = ingest_lax(root, ages, out, views=_views(views), mapping=mapping, target=target)
     print_problems(result.problems)
     counts = result.manifest["view"].value_counts().to_dict() if len(result.manifest) else {}
@@ -97,8 +65,6 @@ def age_ingest(
     if result.manifest.empty:
         raise CinelabError(f"{root}: no series of the views {views}")
     if store is not None:
-        from cinelab.prep.prepare import PrepSpec, prepare
-
         summary = prepare(result.manifest, store, PrepSpec(size=size, channels=1, crop=crop),
                           workers=workers)
         print_problems(summary.problems)
@@ -120,8 +86,6 @@ def age_ensemble(
                                                  "inner validation.")] = True,
 ) -> None:
     """Fold and view ensembles (weights on inner validation), scores, plots, age-gap table."""
-    from cinelab.pipelines.age.evaluate import ensemble_cv
-
     metrics = ensemble_cv(cv_dir, out, method=method, variant=variant, n_boot=n_boot,
                           calibrate=calibrate)
     head = metrics["headline"]
@@ -138,13 +102,10 @@ def age_report(
     out: Annotated[Path | None, typer.Option(help="HTML file to write.")] = None,
 ) -> None:
     """One self-contained HTML page of the age ensemble."""
-    from cinelab.pipelines.age.report import build_age_report
-
     console.print(f"report -> {build_age_report(path, out)}")
 
 
 def register(apps: dict[str, typer.Typer]) -> None:
-    """Add `cv`, `synth cmr-lax` and the `age` group to the CLI."""
-    apps["main"].command("cv")(friendly(cv))
+    """Add `synth cmr-lax` and the `age` group to the CLI."""
     apps["synth"].command("cmr-lax")(friendly(synth_cmr_lax))
     apps["main"].add_typer(age_app, name="age")

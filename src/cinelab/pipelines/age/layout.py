@@ -14,11 +14,19 @@ subject, modality "cine", path a series list ``series/<sample_id>.csv`` (file, i
 trigger_time: what `cinelab.pipelines.age.prepare` reads), the target (``age``) and the covariates of the
 ages CSV. Subjects missing a view keep their other view; subjects without an age are kept
 unlabelled and reported; ages for subjects without any series are reported.
+Without an ages table (prediction on new scans) every subject is kept unlabelled.
+
+As a registered layout (`LAYOUT`: `is_lax_cohort`, `read_lax_layout`): a cohort root that holds
+an ages CSV (``ages.csv``, or the ``labels`` option) and long-axis DICOM series below it
+(under ``dicom/`` when that folder exists). A plain DICOM folder without an ages table, or
+whose series descriptions name no long-axis view, is not claimed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -47,6 +55,9 @@ SERIES_DIR = "series"
 HEADER_TAGS = ("PatientID", "SeriesInstanceUID", "SeriesDescription", "SeriesNumber",
                "InstanceNumber", "TriggerTime", "NominalInterval", "CardiacNumberOfImages")
 AGE_RANGE = (0.0, 120.0)
+AGES_FILE = "ages.csv"
+DICOM_DIR = "dicom"
+DETECT_FILES = 20  # headers read to recognise a long-axis cohort
 
 
 def read_series_headers(root: str | Path) -> tuple[pd.DataFrame, list[Problem]]:
@@ -155,7 +166,7 @@ def _series_list(headers: pd.DataFrame, subject: str, series: str) -> pd.DataFra
         ["file", "instance", "trigger_time"]]
 
 
-def ingest_lax(root: str | Path, ages: str | Path, out: str | Path,
+def ingest_lax(root: str | Path, ages: str | Path | None, out: str | Path,
                views: Sequence[str] = DEFAULT_VIEWS, mapping: str | Path | None = None,
                patterns: Mapping[str, str] | None = None, target: str = "age") -> Ingested:
     """Read the cohort, write series lists, manifest.csv and problems.csv into `out`."""
@@ -164,7 +175,8 @@ def ingest_lax(root: str | Path, ages: str | Path, out: str | Path,
     table = read_mapping(mapping) if mapping is not None else None
     chosen, repeats = assign_views(headers, views, table, patterns)
     problems += repeats
-    labels = read_ages(ages, target)
+    labels = read_ages(ages, target) if ages is not None else \
+        pd.DataFrame(columns=["subject", target])
     rows = []
     for r in chosen.itertuples():
         sample_id = f"{r.subject}_{r.view}"
@@ -176,7 +188,8 @@ def ingest_lax(root: str | Path, ages: str | Path, out: str | Path,
                      "n_images": int(r.n_images)})
     manifest = _with_labels(rows, labels, target, problems, ages)
     problems += validate_manifest(manifest, None, check_files=True)
-    problems += _label_problems(manifest, target, ages)
+    if ages is not None:
+        problems += _label_problems(manifest, target, ages)
     result = Ingested(manifest, LAYOUT, None, problems)
     write_ingested(result, out)
     return result
@@ -221,3 +234,55 @@ def _number(value: object) -> float:
     except (TypeError, ValueError):
         return np.nan
     return out if np.isfinite(out) else np.nan
+
+
+def dicom_root(root: str | Path) -> Path:
+    """Where a cohort's series are: ``root/dicom`` when it exists, else `root`."""
+    root = Path(root)
+    return root / DICOM_DIR if (root / DICOM_DIR).is_dir() else root
+
+
+def _has_age_table(path: Path) -> bool:
+    try:
+        columns = pd.read_csv(path, nrows=0).columns
+    except (OSError, ValueError, pd.errors.ParserError):
+        return False
+    return "age" in columns and any(c in columns for c in SUBJECT_KEYS)
+
+
+def is_lax_cohort(root: Path) -> bool:
+    """An ages CSV at `root` and long-axis series (3ch/4ch/2ch descriptions) below it."""
+    root = Path(root)
+    if not (root / AGES_FILE).is_file() or not _has_age_table(root / AGES_FILE):
+        return False
+    for path in candidate_files(dicom_root(root))[:DETECT_FILES]:
+        try:
+            ds = read_dataset(path, stop_before_pixels=True, specific_tags=["SeriesDescription"])
+        except InputError:
+            continue
+        if view_of(_text(ds.get("SeriesDescription")), tuple(VIEW_PATTERNS)) is not None:
+            return True
+    return False
+
+
+def series_dir(root: Path, options: Mapping[str, object]) -> Path:
+    """Where the layout reader writes its series lists: options["out"] (the ingest folder)
+    when given, else a folder named after the cohort under the system's temporary folder."""
+    if options.get("out"):
+        return Path(str(options["out"]))
+    digest = hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / "cinelab-lax" / digest
+
+
+def read_lax_layout(root: Path, options: Mapping[str, object]) -> Ingested:
+    """The layout reader: `ingest_lax` of ``root`` with the ages CSV (options["labels"] or
+    ``root/ages.csv``), views (options["views"], "3ch,4ch") and an optional mapping table."""
+    root = Path(root)
+    labels = options.get("labels") or (root / AGES_FILE if (root / AGES_FILE).is_file()
+                                       else None)
+    views = options.get("views") or DEFAULT_VIEWS
+    if isinstance(views, str):
+        views = [v.strip() for v in views.split(",") if v.strip()]
+    return ingest_lax(dicom_root(root), labels, series_dir(root, options),  # type: ignore[arg-type]
+                      views=list(views), mapping=options.get("mapping"),  # type: ignore[arg-type]
+                      target=str(options.get("target") or "age"))

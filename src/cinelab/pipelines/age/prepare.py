@@ -32,6 +32,7 @@ from cinelab.data.store import channel_stats, write_sample
 from cinelab.errors import InputError, Problem
 from cinelab.io.dicom_series import read_mr_image
 from cinelab.prep.geometry import square_box
+from cinelab.prep.prepare import PrepSpec
 
 TARGET_FRAMES = 25
 HEART_BOX_MM = 150.0
@@ -167,8 +168,6 @@ def load_cine(path: str | Path) -> dict[str, Any]:
 
 def prepare_cine_sample(task: dict[str, Any]) -> dict[str, Any]:
     """Prepare one cine series (a store preparer); failures come back as a problem."""
-    from cinelab.prep.prepare import PrepSpec
-
     row, root, spec = task["row"], Path(task["root"]), PrepSpec(**task["spec"])
     path = Path(str(row["path"]))
     try:

@@ -5,6 +5,11 @@ age_gap.csv, the plots) and shows: the headline (ensemble RMSE against predictin
 training mean, the view ensemble against each view), scores with bootstrap CIs overall, on
 subjects with every view and per fold, the view weights of every outer fold, the plots, and
 the first rows of the age-gap table (the whole table is age_gap.csv beside the page).
+
+`report_age` is the pipeline's report: an evaluation folder written by
+`cinelab.pipelines.age.metrics.evaluate_age` gets its own page (scores with CIs against the
+predict-the-mean baseline, with a warning when the model is not better than the baseline
+beyond its CI); an ensemble or cv folder gets `build_age_report`.
 """
 
 from __future__ import annotations
@@ -99,3 +104,42 @@ def build_age_report(path: str | Path, out: str | Path | None = None,
                       f"Every subject is in {gap.name}; the first {GAP_ROWS} rows:", note=True)
         rep.table(table[[c for c in GAP_COLUMNS if c in table.columns]].head(GAP_ROWS))
     return rep.write(Path(out) if out is not None else folder / REPORT_FILE)
+
+
+def build_evaluation_report(folder: str | Path, out: str | Path | None = None,
+                            title: str = "Age from cine MRI") -> Path:
+    """The page of an `evaluate_age` folder (default <folder>/report.html)."""
+    folder = Path(folder)
+    metrics = read_json(folder / "metrics.json")
+    rep = HtmlReport(title, subtitle=f"predictions {metrics.get('predictions', '')}")
+    lines = [f"{metrics['n']} subjects with a known age.",
+             f"RMSE {metrics['rmse']:.2f} (95% CI {metrics['rmse_lo']:.2f}-"
+             f"{metrics['rmse_hi']:.2f}) vs {metrics['rmse_baseline']:.2f} for predicting "
+             f"the mean ({metrics['baseline_source']}): ratio {metrics['rmse_ratio']:.2f}.",
+             f"MAE {metrics['mae']:.2f} vs {metrics['mae_baseline']:.2f}; "
+             f"R² {metrics['r2']:.2f}."]
+    rep.section("Summary").bullets(lines)
+    if not metrics.get("beats_baseline"):
+        rep.paragraph("Warning: the model is not better than predicting the mean (the upper "
+                      "end of its RMSE CI reaches the baseline's RMSE): it may have learned "
+                      "nothing.")
+    rep.section("Scores (bootstrap 95% CIs)")
+    rep.metrics_table(metrics["reports"])
+    plots = [(folder / name, key) for key, name in metrics.get("plots", {}).items()
+             if (folder / name).exists()]
+    if plots:
+        rep.section("Plots").gallery(plots)
+    table = folder / "evaluation.csv"
+    if table.exists():
+        rep.section("Per subject")
+        rep.table(pd.read_csv(table).head(GAP_ROWS))
+    return rep.write(Path(out) if out is not None else folder / REPORT_FILE)
+
+
+def report_age(folder: Path, out: Path | None) -> Path:
+    """The pipeline's report: an evaluation folder, or an ensemble/cv folder."""
+    folder = Path(folder)
+    metrics_file = folder / "metrics.json"
+    if metrics_file.is_file() and "headline" not in read_json(metrics_file):
+        return build_evaluation_report(folder, out)
+    return build_age_report(folder, out)

@@ -25,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+from pydicom.uid import generate_uid
 
 from cinelab.errors import InputError
 from cinelab.pipelines.cmr.synth_writers import MAX_STORED, mr_template, save_mr_image
@@ -337,6 +338,4 @@ def _write_series(folder: Path, subject: str, heart: LaxHeart, view: str, acq: _
 
 
 def _uid(*parts: object) -> str:
-    from pydicom.uid import generate_uid
-
     return generate_uid(entropy_srcs=[str(p) for p in parts])

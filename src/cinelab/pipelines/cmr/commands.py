@@ -9,10 +9,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
+import pandas as pd
 import typer
 
 from cinelab.cliutil import console, friendly, print_problems
-from cinelab.errors import CinelabError, InputError
+from cinelab.data.manifest import read_manifest
+from cinelab.errors import CinelabError, InputError, Problem
+from cinelab.measure.volumes import parse_label_map
+from cinelab.pipelines.cmr.dsb import convert_dsb
+from cinelab.pipelines.cmr.evaluate import evaluate_cmr
+from cinelab.pipelines.cmr.measure import (
+    ef_difference_table,
+    mask_index,
+    measure_mask_set,
+    paired_measures,
+)
+from cinelab.pipelines.cmr.predict import predict_cmr
+from cinelab.pipelines.cmr.prepare import prepare_cmr_folder
+from cinelab.pipelines.cmr.pseudo import is_volume_table, pseudo_labels, threshold_summary
+from cinelab.pipelines.cmr.pseudo_pairs import export_pseudo_pairs
+from cinelab.pipelines.cmr.report import build_cmr_report
+from cinelab.pipelines.cmr.synth import synth_cmr_cohort
+from cinelab.train.recipe import load_recipe
+from cinelab.train.transfer import CURVE_FILE, data_requirement_curve
+from cinelab.utils import write_csv
 
 CMR_APP = "cmr"
 DEFAULT_THRESHOLDS = [5.0, 10.0, 15.0]
@@ -51,10 +71,7 @@ def _named(items: list[str] | None, option: str, what: str) -> dict[str, str]:
 
 
 def _write_problems(problems: list, path: Path) -> None:
-    import pandas as pd
 
-    from cinelab.errors import Problem
-    from cinelab.utils import write_csv
 
     write_csv(pd.DataFrame([vars(p) for p in problems],
                            columns=list(Problem.__dataclass_fields__)), path)
@@ -73,23 +90,9 @@ def synth_cmr(
     frames: Annotated[int, typer.Option(help="Time points per cycle.")] = 20,
     rows: Annotated[int, typer.Option(help="Image rows.")] = 112,
     cols: Annotated[int, typer.Option(help="Image columns.")] = 96,
-    views: Annotated[str | None, typer.Option(help="Long-axis views instead of short-axis "
-                                                   "stacks, e.g. 3ch,4ch (with --target).")]
-    = None,
-    target: Annotated[str | None, typer.Option(help="What long-axis cines encode: age.")]
-    = None,
 ) -> None:
-    """Synthetic cine MRI: short-axis stacks with known LV/RV volumes and EF (DSB and ACDC
-    layouts), or with --views 3ch,4ch --target age long-axis series whose anatomy ages."""
-    from cinelab.pipelines.cmr.synth import synth_cmr_cohort
-
-    if views is not None or target is not None:
-        from cinelab.pipelines.age.commands import synth_cmr_lax
-
-        synth_cmr_lax(out=out, n=n, seed=seed, views=views or "3ch,4ch",
-                      target=target or "age", size=rows)
-        return
-
+    """Synthetic short-axis cine MRI with known LV/RV volumes and EF (DSB and ACDC layouts);
+    long-axis series for the age pipeline: `cinelab synth cmr-lax`."""
     options: dict[str, Any] = {"n": n, "seed": seed, "layout": layout, "defects": defects,
                                "n_frames": frames, "size": (rows, cols)}
     with console.status(f"synthesising {n} cine MRI patients"):
@@ -108,8 +111,6 @@ def convert(
     metadata: Annotated[bool, typer.Option(help="Also export dicom_metadata.csv.")] = False,
 ) -> None:
     """Clean DSB DICOM stacks into 4D NIfTI cines with conversion and dimension logs."""
-    from cinelab.pipelines.cmr.dsb import convert_dsb
-
     with console.status("converting DSB patients"):
         result = convert_dsb(root, out, max_size=max_size, metadata=metadata)
     print_problems(result.problems)
@@ -131,11 +132,7 @@ def measure(
     = "patient_id",
 ) -> None:
     """LV/RV volumes, EF and myocardial mass per patient (ED/ES found by LV volume)."""
-    import pandas as pd
 
-    from cinelab.measure.volumes import parse_label_map
-    from cinelab.pipelines.cmr.measure import ef_difference_table, measure_mask_set, paired_measures
-    from cinelab.utils import write_csv
 
     table, per_frame, problems = measure_mask_set(masks, parse_label_map(labels),
                                                   _spacing(spacing))
@@ -179,13 +176,8 @@ def pseudo(
 ) -> None:
     """Pseudo-labels: confidence = larger |% deviation| of predicted EDV/ESV from reference;
     the confident patients' ED/ES frames become training pairs for `cmr prepare`."""
-    from cinelab.data.manifest import read_manifest
-    from cinelab.measure.volumes import parse_label_map
-    from cinelab.pipelines.cmr.pseudo import is_volume_table, pseudo_labels, threshold_summary
-
     source = pred
     if checkpoint is not None:
-        from cinelab.pipelines.cmr.predict import predict_cmr
 
         source = out / "predictions"
         with console.status("predicting masks"):
@@ -205,8 +197,6 @@ def pseudo(
 
 def _export_pairs(source: Path, scores: Any, out: Path, thresholds: list[float],
                   label_map: Any) -> None:
-    from cinelab.pipelines.cmr.measure import mask_index
-    from cinelab.pipelines.cmr.pseudo_pairs import export_pseudo_pairs
 
     with console.status("writing pseudo-label pairs"):
         export = export_pseudo_pairs(mask_index(source), scores, out, thresholds, label_map)
@@ -232,8 +222,6 @@ def prepare(
     force: Annotated[bool, typer.Option(help="Recompute complete samples too.")] = False,
 ) -> None:
     """Short-axis stacks, cines or PNG slices into a prepared store for `cinelab train`."""
-    from cinelab.pipelines.cmr.prepare import prepare_cmr_folder
-
     with console.status(f"preparing {source}"):
         summary = prepare_cmr_folder(source, out, size, channels, crop, test_fraction, seed,
                                      workers, force)
@@ -255,10 +243,6 @@ def predict(
                                                          "region.")] = True,
 ) -> None:
     """Label every stack or cine, then LV/RV volumes, EF and mass per patient or cine."""
-    from cinelab.pipelines.cmr.measure import measure_mask_set
-    from cinelab.pipelines.cmr.predict import predict_cmr
-    from cinelab.utils import write_csv
-
     with console.status("predicting masks"):
         index = predict_cmr(checkpoint, source, out, fmt=fmt, native=native, split=split,
                             largest_component=largest_component)
@@ -282,9 +266,6 @@ def curve(
     max_epochs: Annotated[int | None, typer.Option(help="Override trainer.max_epochs.")] = None,
 ) -> None:
     """Data-requirement curve: one training per subset size, validation Dice tabulated."""
-    from cinelab.train.recipe import load_recipe
-    from cinelab.train.transfer import CURVE_FILE, data_requirement_curve
-
     values = [float(v) if by == "fraction" else _int(v, "--sizes") for v in sizes.split(",")]
     loaded = load_recipe(recipe, set_ or [])
     table = data_requirement_curve(loaded, data, values, out, by=by, max_epochs=max_epochs)
@@ -320,9 +301,6 @@ def evaluate(
     report: Annotated[bool, typer.Option(help="Write report.html.")] = True,
 ) -> None:
     """Per-image confusion tables, Dice per class, EF agreement, plots and a report."""
-    from cinelab.measure.volumes import parse_label_map
-    from cinelab.pipelines.cmr.evaluate import evaluate_cmr
-
     others = _named(also, "--also", "PATH")
     preds = {name: pred, **{k: Path(v) for k, v in others.items()}}
     label_texts = {name: pred_labels, **_named(also_labels, "--also-labels", "LABELS")}
@@ -339,7 +317,6 @@ def evaluate(
     for _, row in result.ef_table.iterrows():
         console.print(f"{row['model']}: |EF difference| {row['mean']:.2f} ± {row['sd']:.2f}")
     if report:
-        from cinelab.pipelines.cmr.report import build_cmr_report
 
         console.print(f"report -> {build_cmr_report(out)}")
     console.print(f"tables -> {out}")
@@ -351,8 +328,6 @@ def report(
     = None,
 ) -> None:
     """The self-contained HTML report of a mask comparison."""
-    from cinelab.pipelines.cmr.report import build_cmr_report
-
     console.print(f"report -> {build_cmr_report(eval_dir, out)}")
 
 

@@ -1,8 +1,9 @@
 """Compare short-axis mask sets: per-image confusion counts, Dice per class, EF agreement.
 
-Any two mask sets (`cinelab.pipelines.cmr.measure.mask_index` layouts) can be compared: prediction vs
-truth, observer vs observer, model vs model; each set has its own `LabelMap`, so a model
-numbering its classes differently is compared structure by structure (LV, MYO, RV).
+Any two mask sets (`cinelab.pipelines.cmr.measure.mask_index` layouts) can be compared:
+prediction vs truth, observer vs observer, model vs model; each set has its own `LabelMap`,
+so a model numbering its classes differently is compared structure by structure (LV, MYO,
+RV).
 
 Per image (one 2D slice of one frame) and class: TP, FP, FN, TN pixel counts (class vs rest)
 and Dice = 2 TP / (2 TP + FP + FN). Per volume (all slices of a frame) the counts are summed.

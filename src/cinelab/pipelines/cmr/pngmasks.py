@@ -41,7 +41,7 @@ def read_png_masks(root: str | Path, check_sizes: bool = True,
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "root", "a folder of PNG images and masks", "no folder")
-    image_dir, mask_dir = _paired_dirs(root)
+    image_dir, mask_dir = paired_dirs(root)
     if image_dir is not None and mask_dir is not None:
         pairs, problems = _paired(image_dir, mask_dir)
     else:
@@ -57,7 +57,7 @@ def read_png_masks(root: str | Path, check_sizes: bool = True,
     return new_manifest(rows), problems
 
 
-def _paired_dirs(root: Path) -> tuple[Path | None, Path | None]:
+def paired_dirs(root: Path) -> tuple[Path | None, Path | None]:
     """The images and masks folders directly under `root`, when both exist."""
     pick = [next((root / n for n in names if (root / n).is_dir()), None)
             for names in (IMAGE_DIRS, MASK_DIRS)]

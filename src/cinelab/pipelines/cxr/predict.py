@@ -13,18 +13,22 @@ each member's probability (mean over `tta` seeded views, `cinelab.infer.tta`) ->
 weighted ensemble probability and the label at the threshold. A file that cannot be read
 is written to problems.csv and skipped; the others go on.
 
-predictions.csv columns: file, sample_id, probability, label, threshold, p_<member>...,
-cropped, crop_reason, height, width, tta.
+Output: the one prediction contract (`cinelab.infer.contract`): predictions.csv with
+sample_id, patient_id, probability, prediction (0/1 at the threshold), threshold,
+probability_<member>..., file, cropped, crop_reason, height, width, tta; problems.csv;
+run.json (pipeline "cxr", the ensemble.json hash, members, threshold, TTA, input, split).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -32,22 +36,33 @@ import torch
 from cinelab.data.transforms import Normalize
 from cinelab.errors import InputError, Problem
 from cinelab.explain.saliency import ensemble_cam, grad_cam, write_cam_png
+from cinelab.infer.contract import PREDICTIONS_FILE, PROBLEMS_FILE, run_record, write_contract
 from cinelab.infer.ensemble import EnsembleWeights, load_ensemble_weights
 from cinelab.infer.tta import augment_from_recipe, tta_predict, tta_views
 from cinelab.io.cxr_dicom import read_cxr
-from cinelab.pipelines.cxr.crop import CxrVariants, cxr_variants, read_lung_mask, restore_map
+from cinelab.pipelines.cxr.cohort import load_cxr_cohort
+from cinelab.pipelines.cxr.crop import (
+    CxrVariants,
+    cxr_variants,
+    read_lung_mask,
+    resize_lanczos,
+    restore_map,
+)
 from cinelab.pipelines.cxr.layout import find_mask, list_images, unique_ids
+from cinelab.pipelines.registry import Options
 from cinelab.train.checkpoint import LoadedCheckpoint, load_checkpoint
-from cinelab.utils import write_csv
 
+PIPELINE = "cxr"
+TASK = "image_classification"
 ENSEMBLE_FILE = "ensemble.json"
-PREDICTIONS_CSV, PROBLEMS_CSV = "predictions.csv", "problems.csv"
-MEMBER_PREFIX = "p_"
+PREDICTIONS_CSV, PROBLEMS_CSV = PREDICTIONS_FILE, PROBLEMS_FILE
+MEMBER_PREFIX = "probability_"
 STAGE = "cxr-predict"
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_BATCH = 16
 MASK_SOURCES = ("auto", "unet", "files", "none")
-PROBLEM_COLUMNS = ["file", "stage", "error"]
+COLUMNS = ["sample_id", "patient_id", "probability", "prediction", "threshold"]
+CROP_COLUMNS = ["file", "cropped", "crop_reason", "height", "width", "tta"]
 LUNG_PROBABILITY = 0.5  # one-channel U-Net: lung where sigmoid > this; K channels: argmax > 0
 
 
@@ -158,10 +173,6 @@ def predict_arrays(loaded: LoadedCheckpoint, images: np.ndarray, tta: int = 1, s
 def lung_mask(lung: LoadedCheckpoint, image: np.ndarray) -> np.ndarray:
     """The lung U-Net's bool mask (H, W) of a uint8 radiograph, at the image's size
     (resized like the stores: Lanczos to the U-Net's input size)."""
-    import cv2
-
-    from cinelab.pipelines.cxr.crop import resize_lanczos
-
     spec = lung.input_spec
     small = resize_lanczos(image, int(spec.size))
     x = Normalize(spec.mean, spec.std)(to_batch(small[None], spec.channels))
@@ -249,9 +260,9 @@ def _chunk_rows(ensemble: CxrEnsemble, chunk: list[tuple[Path, str]], tta: int, 
     combined = ensemble.weights.predict(probs)
     rows = []
     for k, (path, sid, shape, variants) in enumerate(prepared):
-        row = {"file": str(path), "sample_id": sid, "probability": float(combined[k]),
-               "label": int(combined[k] >= ensemble.threshold),
-               "threshold": ensemble.threshold}
+        row = {"sample_id": sid, "probability": float(combined[k]),
+               "prediction": int(combined[k] >= ensemble.threshold),
+               "threshold": ensemble.threshold, "file": str(path)}
         row.update({MEMBER_PREFIX + m.name: float(probs[k, j])
                     for j, m in enumerate(ensemble.members)})
         row.update(cropped=variants.cropped, crop_reason=variants.reason,
@@ -265,17 +276,22 @@ def predict_cxr(ensemble: CxrEnsemble | str | Path,
                 out_dir: str | Path | None = None, tta: int = 1, seed: int = 0,
                 batch_size: int = DEFAULT_BATCH, threshold: float | None = None,
                 mask_source: str = "auto", device: str = "cpu",
-                ids: Sequence[str] | None = None) -> CxrPredictions:
-    """Predict every radiograph of `source` (a file, a folder or a list of files; `ids`
-    name them, e.g. manifest sample ids); write predictions.csv and problems.csv into
-    `out_dir` when given. No prompts; bad files never stop the run."""
+                ids: Sequence[str] | None = None,
+                patient_ids: Sequence[str | None] | None = None,
+                record: dict[str, Any] | None = None) -> CxrPredictions:
+    """Predict every radiograph of `source` (a file, a folder or a list of files; `ids` and
+    `patient_ids` name them, e.g. from a manifest); write the prediction contract into
+    `out_dir` when given (`record`: extra run.json fields, e.g. the cohort and split the
+    files came from). No prompts; bad files never stop the run."""
+    started = time.time()
     ens = ensemble if isinstance(ensemble, CxrEnsemble) else load_cxr_ensemble(ensemble)
     if threshold is not None:
         ens.threshold = float(threshold)
     tta_views(tta, seed)  # checks n before any work
     _, files, found_ids = list_inputs(source)
-    if ids is not None and len(ids) != len(files):
-        raise InputError(None, "ids", f"{len(files)} sample ids (one per file)", str(len(ids)))
+    for name, given in (("ids", ids), ("patient_ids", patient_ids)):
+        if given is not None and len(given) != len(files):
+            raise InputError(None, name, f"{len(files)} values (one per file)", str(len(given)))
     ids = found_ids if ids is None else [str(i) for i in ids]
     problems: list[Problem] = []
     rows: list[dict] = []
@@ -283,20 +299,66 @@ def predict_cxr(ensemble: CxrEnsemble | str | Path,
     for start in range(0, len(pairs), batch_size):
         rows += _chunk_rows(ens, pairs[start:start + batch_size], tta, seed, mask_source,
                             problems, device)
-    result = CxrPredictions(pd.DataFrame(rows), problems)
+    result = CxrPredictions(_table(rows, ens, dict(zip(ids, patient_ids or ids, strict=True))),
+                            problems)
     if out_dir is not None:
-        result.files = write_predictions(result, out_dir)
+        run = {"input": None if not isinstance(source, str | Path) else str(source),
+               **(record or {})}
+        result.files = write_predictions(result, out_dir, ens, started, tta=tta, seed=seed,
+                                         mask_source=mask_source, **run)
     return result
 
 
-def write_predictions(result: CxrPredictions, out_dir: str | Path) -> dict[str, Path]:
-    """predictions.csv and problems.csv (always written, possibly empty)."""
+def _table(rows: list[dict], ens: CxrEnsemble, patients: dict[str, Any]) -> pd.DataFrame:
+    members = [MEMBER_PREFIX + m.name for m in ens.members]
+    table = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "patient_id"] + members
+                         + CROP_COLUMNS)
+    ids = table["sample_id"].astype(str)
+    table.insert(1, "patient_id", [patients.get(i) if patients.get(i) is not None
+                                   and not pd.isna(patients.get(i)) else i for i in ids])
+    return table
+
+
+def write_predictions(result: CxrPredictions, out_dir: str | Path, ens: CxrEnsemble,
+                      started: float, **record: Any) -> dict[str, Path]:
+    """The prediction contract: predictions.csv, problems.csv and run.json."""
     out = Path(out_dir)
-    problems = pd.DataFrame([asdict(p) for p in result.problems])
-    if problems.empty:
-        problems = pd.DataFrame(columns=PROBLEM_COLUMNS)
-    return {"predictions": write_csv(result.table, out / PREDICTIONS_CSV),
-            "problems": write_csv(problems, out / PROBLEMS_CSV)}
+    run = run_record(PIPELINE, TASK, ens.root / ENSEMBLE_FILE, record.pop("input", None),
+                     started, model=str(ens.root), members=[m.name for m in ens.members],
+                     threshold=ens.threshold, n_predicted=len(result.table),
+                     n_problems=len(result.problems), **record)
+    write_contract(out, result.table, result.problems, run)
+    return {"predictions": out / PREDICTIONS_CSV, "problems": out / PROBLEMS_CSV,
+            "run": out / "run.json"}
+
+
+def predict(model: Path, source: Path, out: Path, options: Options) -> Path:
+    """The pipeline's predict: an ensemble folder on a radiograph, a folder of them, or one
+    split (``options.split``) of a cohort (folder tree, ingest folder or manifest).
+    Options: tta, threshold, masks (auto|unet|files|none)."""
+    ids = patients = None
+    files: str | Path | list[Path] = source
+    record: dict[str, Any] = {"split": options.split}
+    if options.split:
+        cohort = load_cxr_cohort(source, options.labels)
+        files, ids, patients = split_files(cohort, options.split)
+    predict_cxr(model, files, out, tta=int(options.get("tta", 1)), seed=options.seed,
+                batch_size=options.batch_size, threshold=options.get("threshold"),
+                mask_source=str(options.get("masks", "auto")), device=options.device,
+                ids=ids, patient_ids=patients, record={"input": str(source), **record})
+    return Path(out)
+
+
+def split_files(cohort: Any, split: str) -> tuple[list[Path], list[str], list[str | None]]:
+    """(paths, sample ids, patient ids) of one split of a cohort manifest."""
+    m = cohort.manifest
+    rows = m[m["split"].astype(str) == split]
+    if rows.empty:
+        raise InputError(None, "split", f"rows with split '{split}'",
+                         f"splits {sorted(m['split'].astype(str).unique())}")
+    patients = rows["patient_id"] if "patient_id" in rows.columns else rows["sample_id"]
+    return ([Path(p) for p in rows["path"]], rows["sample_id"].astype(str).tolist(),
+            [None if pd.isna(p) else str(p) for p in patients])
 
 
 # --------------------------------------------------------------------------- Grad-CAM

@@ -2,8 +2,8 @@
 
 Prediction directory contract (written by the predict step):
 
-- ``predictions.csv``: sample_id, ef_one_clip, ef_all_clips, ef_beats, n_beats, fallback,
-  n_frames, fps (EF columns that are absent or all empty are skipped);
+- ``predictions.csv`` (the contract): sample_id, patient_id, ef (beat by beat), ef_all_clips,
+  ef_one_clip, n_beats, fallback, n_frames, fps (EF columns absent or all empty are skipped);
 - ``beats.csv``: sample_id, beat, ed_frame, es_frame, ed_area, es_area, ef (optional);
 - ``frames.csv``: sample_id, frame, lv_area, is_ed, is_es (optional);
 - ``masks/<sample_id>.npz`` with key ``mask``: uint8 (T, H, W), every frame (optional).
@@ -33,8 +33,8 @@ from cinelab.evaluate import plots
 from cinelab.measure.ef import tracing_area, tracing_mask
 from cinelab.utils import atomic_path, write_json
 
-EF_COLUMNS = ("ef_one_clip", "ef_all_clips", "ef_beats")
-EF_NAMES = {"ef_one_clip": "one clip", "ef_all_clips": "all clips", "ef_beats": "beat-by-beat"}
+EF_COLUMNS = ("ef", "ef_all_clips", "ef_one_clip")
+EF_NAMES = {"ef": "beat-by-beat", "ef_all_clips": "all clips", "ef_one_clip": "one clip"}
 FRAME_COLUMNS = ("sample_id", "frame", "lv_area", "is_ed", "is_es")
 BEAT_COLUMNS = ("sample_id", "beat", "ed_frame", "es_frame", "ed_area", "es_area", "ef")
 LABEL_COLUMNS = ("sample_id", "EF")

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError
-from cinelab.models.weights import load_echonet_model, resolve_weights
+from cinelab.models.weights import resolve_weights
+from cinelab.pipelines.echonet.weights import load_echonet_model
 from cinelab.train.checkpoint import InputSpec, save_checkpoint
 from cinelab.train.recipe import load_recipe, recipe_to_dict
 from cinelab.utils import file_hash

@@ -5,9 +5,14 @@
 - all clips: the mean over the clips starting at every frame (every `all_clips_stride`
   frames) where a full clip fits; EchoNet-Dynamic's test-time protocol. A video shorter than
   one clip has one clip from frame 0, padded as `data.sampling` documents.
-- beat by beat: segment every frame -> LV area curve -> ED/ES frames (`infer.beats`) -> one
+- beat by beat: segment every frame -> LV area curve -> ED/ES frames (`beats`) -> one
   clip ending at each ES frame (at most `max_beats`, chosen evenly) -> mean. Without
   segmentation, ES frames or a full clip it falls back to all clips and `fallback` says why.
+
+`predict` writes the prediction contract (`cinelab.infer.contract`): predictions.csv with
+``ef`` (beat by beat, the headline estimate), ``ef_all_clips``, ``ef_one_clip``, ``n_beats``,
+``fallback``, ``n_frames``, ``fps``; problems.csv; run.json. Beside them: beats.csv,
+frames.csv (LV area per frame, ED/ES flags), masks/<id>.npz and overlays/<id>.avi.
 
 Clips are built batch by batch from the (memory-mapped) uint8 video: memory stays about one
 batch, never all clips at once.
@@ -16,8 +21,9 @@ batch, never all clips at once.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +34,8 @@ from torch import nn
 
 from cinelab.data.sampling import all_clip_starts, clip_ending_at, iter_clip_batches
 from cinelab.errors import InputError, Problem
+from cinelab.explain.overlay import write_overlay_video
+from cinelab.infer.contract import run_record, write_contract
 from cinelab.pipelines.echonet.beats import (
     DEFAULT_MAX_BEATS,
     FALLBACK_NO_BEATS,
@@ -53,14 +61,14 @@ from cinelab.pipelines.echonet.sources import (
 from cinelab.train.checkpoint import InputSpec, LoadedCheckpoint
 from cinelab.utils import atomic_path, file_hash, read_json, write_csv, write_json
 
+PIPELINE = "echonet"
+
 __all__ = ["VideoPrediction", "predict", "predict_ef_clips", "predict_video",
            "resolve_checkpoints"]
 
 FALLBACK_NO_SEGMENTATION = "no_segmentation"
 FALLBACK_NO_EF_MODEL = "no_ef_model"
-EF_LABEL = "EF"
-INPUT_JSON = "input.json"  # what was predicted: input path, split, label CSV
-PREDICTION_COLUMNS = ["sample_id", "ef_one_clip", "ef_all_clips", "ef_beats", "n_beats",
+PREDICTION_COLUMNS = ["sample_id", "ef", "ef_all_clips", "ef_one_clip", "n_beats",
                       "fallback", "n_frames", "fps"]
 BEAT_COLUMNS = ["sample_id", "beat", "ed_frame", "es_frame", "ed_area", "es_area", "ef",
                 "clip_start"]
@@ -97,9 +105,9 @@ class VideoPrediction:
 
     def summary(self) -> dict[str, Any]:
         """The predictions.csv row (without sample_id and labels)."""
-        return {"ef_one_clip": self.ef_one_clip, "ef_all_clips": self.ef_all_clips,
-                "ef_beats": self.ef_beats, "n_beats": self.n_beats, "fallback": self.fallback,
-                "n_frames": self.n_frames, "fps": self.fps}
+        return {"ef": self.ef_beats, "ef_all_clips": self.ef_all_clips,
+                "ef_one_clip": self.ef_one_clip, "n_beats": self.n_beats,
+                "fallback": self.fallback, "n_frames": self.n_frames, "fps": self.fps}
 
     def frames_table(self, sample_id: str = "") -> pd.DataFrame:
         """FRAME_COLUMNS rows, one per frame (is_ed/is_es 0/1); empty without segmentation."""
@@ -278,13 +286,15 @@ def predict(
 ) -> Path:
     """Predict every sample of `input` (store, folder, video or DICOM) into `out_dir`.
 
-    Writes predictions.csv, beats.csv, frames.csv, problems.csv, masks/<id>.npz and (with
-    `overlays`) overlays/<id>.avi. Resumable: a sample whose parts/<id>.json records the same
-    checkpoints and settings is skipped; the CSVs are rebuilt from the parts at the end.
+    Writes the contract (predictions.csv, problems.csv, run.json), beats.csv, frames.csv,
+    masks/<id>.npz and (with `overlays`) overlays/<id>.avi. Resumable: a sample whose
+    parts/<id>.json records the same checkpoints and settings is skipped; the CSVs are
+    rebuilt from the parts at the end.
     `labels` is an optional label CSV (e.g. FileList.csv) for folder/file inputs.
     `progress(sample_id, status)` is called with "done", "skipped" or "failed".
     `split` keeps one split of a prepared store. Returns `out_dir`.
     """
+    started = time.time()
     settings = {"max_beats": max_beats, "all_clips_stride": all_clips_stride,
                 "lv_class": lv_class}
     _check_settings(batch_size=batch_size, **settings)
@@ -293,13 +303,20 @@ def predict(
                settings, batch_size, device, overlays)
     run.key = {"ef": _hash(ef_path), "seg": _hash(seg_path), **settings}
     items = list_items(input, labels, exclude=run.out, split=split)
-    write_json(run.out / INPUT_JSON, {"input": str(Path(input).resolve()), "split": split,
-                                      "labels": None if labels is None else str(labels)})
     for item in items:
         status = "skipped" if _is_done(run, item.sample_id) else _predict_item(run, item)
         if progress is not None:
             progress(item.sample_id, status)
-    _write_tables(run, items)
+    record = run_record(
+        PIPELINE, EF_TASK if ef_path is not None else SEG_TASK, ef_path or seg_path,
+        Path(input).resolve(), started, split=split,
+        labels=None if labels is None else str(Path(labels).resolve()),
+        checkpoints={"ef": None if ef_path is None else str(ef_path.resolve()),
+                     "seg": None if seg_path is None else str(seg_path.resolve())},
+        checkpoint_hashes={"ef": run.key["ef"], "seg": run.key["seg"]},
+        input_spec=run.spec.to_dict(), settings={**settings, "batch_size": batch_size,
+                                                  "overlays": overlays})
+    _write_tables(run, items, record)
     return run.out
 
 
@@ -322,16 +339,13 @@ def _write_sample(run: _Run, sample: Sample, pred: VideoPrediction) -> None:
     if pred.masks is not None:
         _save_masks(run.out / MASKS_DIR / f"{sid}.npz", pred.masks)
         if run.overlays and run.seg is not None:
-            from cinelab.explain.overlay import write_overlay_video
-
             spec = run.seg.input_spec
             write_overlay_video(run.out / OVERLAYS_DIR / f"{sid}{OVERLAY_SUFFIX}",
                                 conform(sample.frames, spec.size, spec.channels), pred.masks,
                                 sample.fps or OVERLAY_FPS)
-    target = (run.ef.input_spec.target if run.ef else None) or EF_LABEL
     row = {"sample_id": sid, **pred.summary()}
-    if target in sample.labels:
-        row[EF_LABEL] = sample.labels[target]
+    if sample.labels.get("patient_id"):
+        row["patient_id"] = str(sample.labels["patient_id"])
     frames = None if pred.area is None else {"lv_area": pred.area.tolist(),
                                              "ed": pred.ed.tolist(), "es": pred.es.tolist()}
     write_json(_part_path(run.out, sid), {"key": run.key, "prediction": row,
@@ -366,8 +380,9 @@ def _part_path(out: Path, sample_id: str) -> Path:
     return out / PARTS_DIR / f"{sample_id}.json"
 
 
-def _write_tables(run: _Run, items: list[SourceItem]) -> None:
-    """predictions/beats/frames.csv from the parts of this input's samples; problems.csv."""
+def _write_tables(run: _Run, items: list[SourceItem], record: dict[str, Any]) -> None:
+    """The contract (predictions, problems, run.json) and beats/frames.csv from the parts of
+    this input's samples."""
     preds, beats, frames = [], [], []
     for item in items:
         part = _read_part(run.out, item.sample_id)
@@ -379,14 +394,14 @@ def _write_tables(run: _Run, items: list[SourceItem]) -> None:
             curve = part["frames"]
             frames.append(_frame_rows(item.sample_id, curve["lv_area"], curve["ed"],
                                       curve["es"]))
-    columns = PREDICTION_COLUMNS + ([EF_LABEL] if any(EF_LABEL in p for p in preds) else [])
-    write_csv(pd.DataFrame(preds, columns=columns), run.out / "predictions.csv")
+    columns = PREDICTION_COLUMNS[:1] + ["patient_id"] + PREDICTION_COLUMNS[1:]
+    table = pd.DataFrame(preds, columns=columns)
+    table["patient_id"] = table["patient_id"].fillna(table["sample_id"])
+    write_contract(run.out, table, run.problems, record)
     write_csv(_typed_beats(pd.DataFrame(beats, columns=BEAT_COLUMNS)), run.out / "beats.csv")
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=FRAME_COLUMNS)
     write_csv(table, run.out / "frames.csv")
-    write_csv(pd.DataFrame([asdict(p) for p in run.problems], columns=PROBLEM_COLUMNS),
-              run.out / "problems.csv")
 
 
 def _frame_rows(sample_id: str, area: Any, ed: Any, es: Any) -> pd.DataFrame:

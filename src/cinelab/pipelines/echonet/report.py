@@ -1,9 +1,9 @@
 """The EchoNet-Dynamic run report: metrics, plots and the worst cases with LV outlines.
 
 Reads ``eval_dir/metrics.json``, ``eval_dir/per_sample.csv`` and ``eval_dir/plots`` (from
-`cinelab.pipelines.echonet.evaluate.evaluate_echonet`) and ``pred_dir/masks``, ``pred_dir/frames.csv``;
-writes one self-contained ``run_dir/report.html``. Every number in metrics.json appears in
-the metric tables, formatted by `cinelab.report.html.format_value`.
+`cinelab.pipelines.echonet.evaluate.evaluate_echonet`) and ``pred_dir/masks``,
+``pred_dir/frames.csv``; writes one self-contained HTML page. Every number in metrics.json
+appears in the metric tables, formatted by `cinelab.report.html.format_value`.
 """
 
 from __future__ import annotations
@@ -34,13 +34,14 @@ FramesSource = Callable[[str], np.ndarray]
 REPORT_HTML = "report.html"
 N_WORST = 10
 MAX_MARKS_PER_PHASE = 3  # ED and ES frames shown per worst case, each
-PRIMARY_EF_ORDER = ("ef_beats", "ef_all_clips", "ef_one_clip")
+PRIMARY_EF_ORDER = ("ef", "ef_all_clips", "ef_one_clip")
 TILE_SCALE = 2
 LABEL_BAND = 14  # pixels above each tile for its label
 GAP = 2
 ED_RGB, ES_RGB, TEXT_RGB = (230, 40, 40), (40, 120, 240), (255, 255, 255)
 FONT_SCALE = 0.35
-SECTIONS = (("summary", "Cohort"), ("settings", "Settings"), ("ef", "EF regression"),
+SECTIONS = (("headline", "Headline metrics"), ("baseline", "Predict-the-mean baseline"),
+            ("summary", "Cohort"), ("settings", "Settings"), ("ef", "EF regression"),
             ("classification", "Classification (true EF below threshold)"),
             ("segmentation", "Segmentation (Dice)"), ("phase", "ED/ES frame error (frames)"))
 
@@ -238,7 +239,7 @@ def _metric_sections(rep: HtmlReport, metrics: Mapping[str, Any], eval_dir: Path
 
 
 def build_echonet_report(
-    run_dir: str | Path,
+    out_html: str | Path,
     pred_dir: str | Path,
     eval_dir: str | Path,
     frames_source: FramesSource | None = None,
@@ -246,7 +247,7 @@ def build_echonet_report(
     ef_column: str | None = None,
     title: str = "EchoNet-Dynamic evaluation",
 ) -> Path:
-    """Write run_dir/report.html: summary, metric tables, plots and the worst cases.
+    """Write `out_html`: summary, metric tables, plots and the worst cases.
 
     `frames_source(sample_id)` returns the video frames (T, H, W, C) uint8 in the masks'
     pixel grid (resized when not); without it the worst cases show the masks only.
@@ -270,4 +271,4 @@ def build_echonet_report(
         with tempfile.TemporaryDirectory() as tmp:
             for case in worst.to_dict("records"):
                 _add_case(rep, case, column, pred, frames_source, Path(tmp))
-    return rep.write(Path(run_dir) / REPORT_HTML)
+    return rep.write(Path(out_html))

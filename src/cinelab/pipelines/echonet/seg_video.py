@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from cinelab.models.registry import create_model, register_model, set_head
+from cinelab.models.weights import load_weights
 
 AREA_FLOOR = 1e-4  # fraction of the frame; keeps the logarithms finite on empty masks
 AREA_LENGTH_EXPONENT = 1.5  # volume ~ area^1.5 when the long axis scales with sqrt(area)
@@ -45,8 +46,6 @@ class SegVideo(nn.Module):
 
     def load_pretrained(self, path: str | Path, description: str | None = None) -> Any:
         """Load a segmentation checkpoint (e.g. a cinelab model.pt) into the segmenter."""
-        from cinelab.models.weights import load_weights
-
         return load_weights(self.segmenter, path, description=description)
 
     def lv_area(self, clips: Tensor) -> Tensor:

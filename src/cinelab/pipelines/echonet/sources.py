@@ -29,6 +29,8 @@ from cinelab.data.manifest import REQUIRED
 from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError, Problem
 from cinelab.io.video import VIDEO_SUFFIXES
+from cinelab.models.registry import UnknownModelError, model_task
+from cinelab.prep.echo import preprocess_echo
 from cinelab.prep.prepare import is_dicom_path, load_echo_source
 from cinelab.train.checkpoint import LoadedCheckpoint, load_checkpoint, read_checkpoint
 
@@ -108,8 +110,6 @@ def model_file(path: str | Path) -> Path:
 
 def checkpoint_task(payload: dict[str, Any]) -> str:
     """The registry task of a raw checkpoint's model (else its input spec's task)."""
-    from cinelab.models.registry import UnknownModelError, model_task
-
     try:
         return model_task(str(payload["recipe"]["model"]["name"]))
     except (KeyError, TypeError, UnknownModelError):
@@ -172,8 +172,6 @@ def load_item(item: SourceItem, size: int, channels: int) -> Sample:
         frames = conform(item.store.frames(item.sample_id), size, channels)
         fps = _valid_fps(item.store.meta(item.sample_id).get("fps"))
         return Sample(item.sample_id, item.path, frames, fps, dict(item.labels))
-    from cinelab.prep.echo import preprocess_echo
-
     src = load_echo_source(item.path)
     dicom = bool(src["dicom"])
     frames, _ = preprocess_echo(src["frames"], region=src["region"], size=size,
@@ -210,8 +208,6 @@ def conform(frames: np.ndarray, size: int, channels: int) -> np.ndarray:
         frames = frames[..., None]
     if frames.shape[1:] == (size, size, channels):
         return frames
-    from cinelab.prep.echo import preprocess_echo
-
     return preprocess_echo(np.asarray(frames), size=size, channels=channels, blank=False,
                            crop=False)[0]
 

@@ -6,7 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError, Problem
+from cinelab.formats.ingest import load_ingested
+from cinelab.measure.ef import ef_from_tracings
+from cinelab.pipelines.echonet.layout import read_echonet
 
 LABEL_COLUMNS = ("EF", "EDV", "ESV")
 
@@ -15,19 +19,13 @@ def load_cohort_tracings(source: str | Path) -> tuple[pd.DataFrame, pd.DataFrame
     """(tracings, manifest, problems) from an EchoNet folder, an ingest folder or a store."""
     source = Path(source)
     if (source / "store.json").exists():
-        from cinelab.data.store import PreparedStore
-
         store = PreparedStore(source)
         tracings = store.tracings
         manifest, problems = store.manifest, []
     elif (source / "FileList.csv").exists():
-        from cinelab.pipelines.echonet.layout import read_echonet
-
         cohort = read_echonet(source)
         tracings, manifest, problems = cohort.tracings, cohort.manifest, list(cohort.problems)
     else:
-        from cinelab.formats.ingest import load_ingested
-
         ingested = load_ingested(source)
         tracings, manifest, problems = ingested.tracings, ingested.manifest, []
     if tracings is None or tracings.empty:
@@ -38,8 +36,6 @@ def load_cohort_tracings(source: str | Path) -> tuple[pd.DataFrame, pd.DataFrame
 
 def measure_cohort_tracings(source: str | Path) -> tuple[pd.DataFrame, list[Problem]]:
     """One row per video: EDV, ESV, EF by discs, and the label table's values beside them."""
-    from cinelab.measure.ef import ef_from_tracings
-
     tracings, manifest, problems = load_cohort_tracings(source)
     table, more = ef_from_tracings(tracings)
     labels = [c for c in LABEL_COLUMNS if c in manifest.columns]

@@ -1,9 +1,10 @@
-"""The RV-failure report: one self-contained HTML page of a prediction run.
+"""The RV-failure report: one self-contained HTML page of an evaluation.
 
-Sections: what was predicted (checkpoint's recipe, clips averaged), metrics per video and
-per patient with bootstrap CIs, the ROC plot, confusion counts, the per-patient table,
-training metrics (when the run folder is known) and the guided-backpropagation strips.
-Everything shown comes from the prediction/saliency folders, which hold pseudonymous ids only.
+Sections: what was predicted (clips averaged, threshold), metrics per video and per patient
+with bootstrap CIs, the ROC plot, confusion counts, fused vs each stream alone, training
+metrics (when the run folder is known), the per-patient table and the guided-backpropagation
+strips. Everything shown comes from the evaluation, prediction and saliency folders, which
+hold pseudonymous ids only.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ from typing import Any
 import pandas as pd
 
 from cinelab.errors import InputError
-from cinelab.infer.video_classify import FILES
+from cinelab.evaluate.classification import ENSEMBLE_NAME, MEMBERS_CSV
+from cinelab.infer.contract import read_run
+from cinelab.pipelines.rvf.evaluate import METRICS_FILE, PATIENTS_FILE, ROC_FILE
 from cinelab.report.html import HtmlReport
 from cinelab.utils import read_json
 
 REPORT_FILE = "report.html"
+SALIENCY_DIR = "saliency"
 TITLE = "RV failure from echo: two-stream video classifier"
 MAX_PATIENT_ROWS = 500
 MAX_STRIPS = 24
@@ -66,30 +70,50 @@ def _strips(saliency_dir: Path) -> list[tuple[Path, str]]:
     return [(p, c) for p, c in items if p.exists()]
 
 
-def rvf_report(pred_dir: str | Path, out: str | Path | None = None,
+def rvf_report(eval_dir: str | Path, out: str | Path | None = None,
                saliency_dir: str | Path | None = None, run_dir: str | Path | None = None,
                title: str = TITLE) -> Path:
-    """Write the report of a prediction folder (default `<pred_dir>/report.html`)."""
-    pred_dir = Path(pred_dir)
-    metrics_path = pred_dir / FILES["metrics"]
+    """Write the report of an evaluation folder (default `<eval_dir>/report.html`).
+
+    The training run folder defaults to the predicted checkpoint's folder (run.json of the
+    predictions), the saliency folder to a `saliency` folder beside `eval_dir`."""
+    eval_dir = Path(eval_dir)
+    metrics_path = eval_dir / METRICS_FILE
     if not metrics_path.exists():
-        raise InputError(metrics_path, "metrics", "a folder written by `cinelab rvf predict`",
-                         "no metrics.json there")
+        raise InputError(metrics_path, "metrics", "an evaluation folder written by "
+                         "`cinelab evaluate`", "no metrics.json there")
     metrics = read_json(metrics_path)
-    inputs = _read_json(pred_dir / FILES["input"])
-    page = HtmlReport(title, f"split: {inputs.get('split') or 'all'}; "
-                             f"{metrics.get('n_clips')} clips averaged per video "
-                             f"(seed {metrics.get('seed')}); threshold "
+    run = read_run(metrics["predictions"]) if metrics.get("predictions") else {}
+    page = HtmlReport(title, f"split: {run.get('split') or 'all'}; {run.get('clips')} clips "
+                             f"averaged per video (seed {run.get('seed')}); threshold "
                              f"{metrics.get('threshold')}")
     _metrics_section(page, metrics)
-    if (pred_dir / FILES["roc"]).exists():
-        page.image(pred_dir / FILES["roc"], "ROC curves (videos, patients)")
+    if (eval_dir / ROC_FILE).exists():
+        page.image(eval_dir / ROC_FILE, "ROC curves (videos, patients)")
+    _streams_section(page, eval_dir)
+    run_dir = run_dir or (Path(run["checkpoint"]).parent if run.get("checkpoint") else None)
     if run_dir is not None:
         _training_section(page, Path(run_dir))
-    _patients_section(page, pred_dir)
-    if saliency_dir is not None:
-        _saliency_section(page, Path(saliency_dir))
-    return page.write(Path(out) if out is not None else pred_dir / REPORT_FILE)
+    _patients_section(page, eval_dir)
+    saliency_dir = Path(saliency_dir) if saliency_dir else eval_dir.parent / SALIENCY_DIR
+    if saliency_dir.is_dir():
+        _saliency_section(page, saliency_dir)
+    return page.write(Path(out) if out is not None else eval_dir / REPORT_FILE)
+
+
+def report_rvf(eval_dir: Path, out: Path | None = None) -> Path:
+    """The pipeline's report (saliency and run folders found beside the evaluation)."""
+    return rvf_report(eval_dir, out)
+
+
+def _streams_section(page: HtmlReport, eval_dir: Path) -> None:
+    path = eval_dir / MEMBERS_CSV
+    if path.exists():
+        table = pd.read_csv(path)
+        if len(table) > 1:
+            table["model"] = table["model"].replace({ENSEMBLE_NAME: "fused"})
+            page.section("Streams")
+            page.table(table, caption="fused model vs each stream alone (95% bootstrap CI)")
 
 
 def _metrics_section(page: HtmlReport, metrics: dict[str, Any]) -> None:
@@ -113,11 +137,11 @@ def _training_section(page: HtmlReport, run_dir: Path) -> None:
                            caption=f"monitor {train.get('monitor')} ({train.get('mode')})")
 
 
-def _patients_section(page: HtmlReport, pred_dir: Path) -> None:
-    path = pred_dir / FILES["patients"]
+def _patients_section(page: HtmlReport, eval_dir: Path) -> None:
+    path = eval_dir / PATIENTS_FILE
     if path.exists():
         table = pd.read_csv(path, dtype={"patient_id": str})
-        table["label"] = table["label"].astype("Int64")  # 0/1, or <NA> when unlabelled
+        table["truth"] = table["truth"].astype("Int64")  # 0/1, or <NA> when unlabelled
         page.section("Patients")
         page.table(table.head(MAX_PATIENT_ROWS), caption="mean probability over each "
                    "patient's videos" + (f" (first {MAX_PATIENT_ROWS})"

@@ -17,7 +17,7 @@ with replacement, weighted by the inverse frequency of their (first) label.
 
 Augmentation (``data.augment``, `cinelab.data.augment`) runs on the batch on the device.
 Validation logs val/loss and val/auc (mean ROC AUC over labels with both classes present,
-`cinelab.evaluate.metrics.roc_auc`), which selects the best checkpoint. ``schedule.name:
+torchmetrics' binary AUROC), which selects the best checkpoint. ``schedule.name:
 plateau`` multiplies the rate by ``gamma`` after ``step_size`` epochs without AUC gain.
 """
 
@@ -33,13 +33,14 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torchmetrics.functional.classification import binary_auroc
 
 from cinelab.data.augment import RandomAugment, augment_config
 from cinelab.data.datasets import StoreDataset, labelled_ids, target_values
 from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError
-from cinelab.evaluate.metrics import roc_auc
 from cinelab.models.classification import classifier_input, set_backbone_trainable
+from cinelab.models.registry import output_layer
 from cinelab.train.modules import TaskModule, build_optimizer
 from cinelab.train.recipe import Recipe
 from cinelab.train.setup import (
@@ -167,7 +168,8 @@ def mean_auc(truth: np.ndarray, probs: np.ndarray) -> float:
     for k in range(truth.shape[1]):
         y = truth[:, k] > 0.5
         if 0 < y.sum() < len(y):
-            values.append(roc_auc(y.astype(int), probs[:, k]))
+            values.append(float(binary_auroc(torch.as_tensor(probs[:, k], dtype=torch.float32),
+                                             torch.as_tensor(y.astype(np.int64)))))
     return float(np.mean(values)) if values else float("nan")
 
 
@@ -290,8 +292,6 @@ def _check_channels(model: nn.Module, store: PreparedStore) -> None:
 
 
 def _check_outputs(model: nn.Module, columns: Sequence[str]) -> None:
-    from cinelab.models.registry import output_layer
-
     n_out = output_layer(model).out_features
     if n_out != len(columns):
         raise InputError(None, "model.kwargs.num_outputs", f"{len(columns)} (one per label in "
