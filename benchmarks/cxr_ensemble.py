@@ -23,16 +23,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cinelab.pipelines.cxr.commands import most_positive, split_files, write_gradcams
 from cinelab.evaluate.classification import evaluate_classification
 from cinelab.evaluate.metrics import roc_auc
-from cinelab.pipelines.cxr.layout import read_cxr_folders
-from cinelab.pipelines.cxr.predict import load_cxr_ensemble, predict_cxr
 from cinelab.infer.ensemble import fit_ensemble_weights
-from cinelab.pipelines.cxr.prepare import stores_for_recipe
-from cinelab.report.classification import build_classification_report
-from cinelab.pipelines.cxr.synth import synth_cxr_cohort
 from cinelab.pipelines.cxr.ensemble import train_ensemble
+from cinelab.pipelines.cxr.evaluate import member_table
+from cinelab.pipelines.cxr.gradcam import most_positive, write_gradcams
+from cinelab.pipelines.cxr.layout import read_cxr_folders
+from cinelab.pipelines.cxr.predict import (
+    MEMBER_PREFIX,
+    load_cxr_ensemble,
+    predict_cxr,
+    split_files,
+)
+from cinelab.pipelines.cxr.prepare import stores_for_recipe
+from cinelab.pipelines.cxr.synth import synth_cxr_cohort
+from cinelab.report.classification import build_classification_report
 from cinelab.train.recipe import load_recipe
 from cinelab.utils import write_csv
 
@@ -61,7 +67,8 @@ def _method_rows(work: Path, table: pd.DataFrame, truth: np.ndarray, tta: int) -
     for method in METHODS:
         ens = fit_ensemble_weights(val[members].to_numpy(float), val["truth"].to_numpy(float),
                                    method=method, task="binary", members=members)
-        p = ens.predict(table[members].to_numpy(float))
+        columns = [MEMBER_PREFIX + m[len("p_"):] for m in members]  # the contract's names
+        p = ens.predict(table[columns].to_numpy(float))
         rows.append({"model": f"ensemble ({method})", "tta": tta, "test_auc": roc_auc(truth, p),
                      "weights": " ".join(f"{w:.2f}" for w in ens.weights)})
     return rows
@@ -90,22 +97,23 @@ def main() -> None:
     print(f"ensemble trained ({len(run.trained)} now, {len(run.skipped)} before): "
           f"{time.time() - t0:.0f} s; validation AUC {run.weights.details['val_auc']:.3f}",
           flush=True)
-    files, ids = split_files(cohort)
-    val_files, val_ids = split_files(cohort, "val")
+    files, ids, _ = split_files(cohort, "test")
+    val_files, val_ids, _ = split_files(cohort, "val")
     labels = cohort.manifest.set_index("sample_id")["label"]
     rows = []
     for tta in sorted({1, args.tta}):
         table = _predict(work, files, ids, tta)
         val = _predict(work, val_files, val_ids, tta, "val")  # threshold tuned with same TTA
-        ev = evaluate_classification(table, work / f"evaluation-tta{tta}",
-                                     labels=cohort.manifest, tune_on=val, n_boot=N_BOOT)
+        ev = evaluate_classification(member_table(table), work / f"evaluation-tta{tta}",
+                                     labels=cohort.manifest, tune_on=member_table(val),
+                                     n_boot=N_BOOT)
         for rec in ev.members.to_dict("records"):
             rows.append({"model": rec["model"], "tta": tta, "test_auc": rec["auc"],
                          "auc_ci": f"{rec['auc_ci_low']:.3f}-{rec['auc_ci_high']:.3f}",
                          "sensitivity": rec["sensitivity"], "specificity": rec["specificity"],
                          "accuracy": rec["accuracy"], "threshold": ev.report["threshold"]})
         rows += _method_rows(work, table, labels.loc[table["sample_id"]].to_numpy(int), tta)
-    cams = write_gradcams(work / "ensemble", most_positive(table), work / "gradcam")
+    cams, _ = write_gradcams(work / "ensemble", most_positive(table), work / "gradcam")
     build_classification_report(work / f"evaluation-tta{args.tta}", work / "report.html",
                                 work / "ensemble", cams)
     result = pd.DataFrame(rows)

@@ -23,9 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cinelab.pipelines.rvf.commands import prepare_rvf
+from cinelab.pipelines.registry import Options
+from cinelab.pipelines.rvf.evaluate import evaluate_rvf
 from cinelab.pipelines.rvf.layout import ingest_rvf
-from cinelab.infer.video_classify import predict_classification
+from cinelab.pipelines.rvf.predict import predict_rvf
+from cinelab.pipelines.rvf.prepare import prepare_rvf
 from cinelab.pipelines.rvf.synth import synth_rvf_cohort
 from cinelab.train.fit import fit
 from cinelab.train.recipe import load_recipe
@@ -53,6 +55,8 @@ def cohort(out: Path, n: int, seed: int, size: int, workers: int) -> tuple[Path,
 def _aucs(metrics: dict[str, Any], prefix: str) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for level in ("video", "patient"):
+        if "auc" not in metrics[level]:
+            continue
         auc = metrics[level]["auc"]
         row[f"{prefix}_auc_{level}"] = round(auc["value"], 3)
         row[f"{prefix}_ci_{level}"] = [round(auc["ci_low"], 3), round(auc["ci_high"], 3)]
@@ -68,18 +72,24 @@ def run_variant(name: str, store: Path, out: Path, recipe: str, overrides: list[
     result = fit(load_recipe(recipe, overrides + VARIANTS[name]), store, out / name,
                  resume=True, progress=False)
     fit_s = time.perf_counter() - start
-    pred = predict_classification(result.best_checkpoint, store, out / name / "test",
-                                  split="test", n_boot=n_boot)
+    pred = _predict(result.best_checkpoint, store, out / name / "test", "test", n_boot)
     row: dict[str, Any] = {"variant": name, "fit_s": round(fit_s, 1),
                            "best_epoch": result.metrics.get("best_epoch"),
                            result.metrics.get("monitor", "best"): result.metrics.get("best_score"),
                            "last_val_auc": result.metrics.get("val/auc"),
-                           **_aucs(pred.metrics, "test")}
+                           **_aucs(pred, "test")}
     if external is not None:
-        ext = predict_classification(result.best_checkpoint, external,
-                                     out / name / "external", n_boot=n_boot)
-        row.update(_aucs(ext.metrics, "external"))
+        ext = _predict(result.best_checkpoint, external, out / name / "external", None, n_boot)
+        row.update(_aucs(ext, "external"))
     return row
+
+
+def _predict(model: Path, store: Path, out: Path, split: str | None,
+             n_boot: int) -> dict[str, Any]:
+    """Predict (the contract) and evaluate against the store's labels; the metrics."""
+    predict_rvf(model, store, out / "predictions", Options(split=split))
+    return evaluate_rvf(out / "predictions", out / "evaluation",
+                        Options(extra={"n_boot": n_boot}))
 
 
 def main() -> None:
@@ -118,7 +128,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
           " fit s")
     for r in rows:
         for prefix in ("test", "external"):
-            if f"{prefix}_auc_video" in r:
+            if f"{prefix}_auc_patient" in r:
                 print(f"{r['variant']:8s} {prefix:9s} {r[f'{prefix}_auc_video']:.3f} "
                       f"{r[f'{prefix}_ci_video']!s:20s} {r[f'{prefix}_auc_patient']:.3f} "
                       f"{r[f'{prefix}_ci_patient']!s:20s} {r['fit_s']:.0f}")

@@ -10,24 +10,32 @@ from typing import Any, TypeVar
 import yaml
 from rich.console import Console
 
-from cinelab.errors import CinelabError, InputError
+from cinelab.errors import CinelabError, InputError, describe_os_error
 
 console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def friendly(fn: F) -> F:
-    """Unusable input: exit non-zero with a one-line reason, no traceback."""
+    """Unusable input or a fault of the output folder (disk full, read-only, not a folder,
+    no permission): exit 2 with a one-line reason naming the path, no traceback. Whatever
+    was written before stays complete (every write is atomic)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except (CinelabError, FileNotFoundError) as exc:
-            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-            sys.exit(2)
+            _fail(str(exc))
+        except OSError as exc:
+            _fail(describe_os_error(exc))
 
     return wrapper  # type: ignore[return-value]
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    sys.exit(2)
 
 
 def print_problems(problems: list, limit: int = 10) -> None:

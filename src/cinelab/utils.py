@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cinelab.errors import OutsideOutputError
+
 
 def _default_file_mode() -> int:
     """What open() would give a new file under the current umask (mkstemp gives 0600)."""
@@ -39,6 +41,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def inside(root: str | Path, path: str | Path) -> bool:
+    """True when `path` (resolved, symlinks followed) lies inside `root` (resolved)."""
+    base = Path(root).resolve()
+    target = Path(path).resolve()
+    return target == base or base in target.parents
+
+
+def safe_child(root: str | Path, *parts: str | Path) -> Path:
+    """`root`/parts..., refused (OutsideOutputError) unless it resolves inside `root`.
+
+    Every output path built from data (sample ids, names read from files) goes through this
+    before anything is written, so `../x` or `/abs` never escapes the output folder.
+    """
+    path = Path(root).joinpath(*parts)
+    if any(Path(p).is_absolute() for p in parts) or not inside(root, path):
+        raise OutsideOutputError(root, path)
+    return path
 
 
 def resolve_beside(value: str | Path, base: str | Path) -> Path:

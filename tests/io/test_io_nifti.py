@@ -92,3 +92,51 @@ def test_missing_and_corrupt_files(tmp_path: Path) -> None:
 
 def test_is_nifti() -> None:
     assert is_nifti("a/sa.nii.gz") and is_nifti("B.NII") and not is_nifti("a.png")
+
+
+# --- validation: finite values, spacing, labels, declared size --------------------------
+
+
+def test_validation_on_read(tmp_path):
+    import struct
+
+    import nibabel as nib
+
+    from cinelab.io.nifti import read_nifti, read_volume, stored_zooms
+
+    a = np.zeros((4, 4, 2), np.float32)
+    a[1, 1, 1] = np.nan
+    write_nifti(tmp_path / "nan.nii.gz", a, (1.0, 1.0, 2.0))
+    with pytest.raises(InputError, match="voxels: expected finite values"):
+        read_nifti(tmp_path / "nan.nii.gz")
+    assert np.isnan(read_nifti(tmp_path / "nan.nii.gz", check=False)[0]).sum() == 1
+
+    labels = np.zeros((4, 4, 2), np.uint8)
+    labels[0, 0, 0] = 9
+    write_nifti(tmp_path / "lab.nii.gz", labels, (1.0, 1.0, 2.0))
+    with pytest.raises(InputError, match="labels: expected labels in \\[0, 1, 2, 3\\], found 9"):
+        read_volume(tmp_path / "lab.nii.gz", labels={0, 1, 2, 3})
+
+    path = write_nifti(tmp_path / "z.nii", np.zeros((4, 4, 2), np.float32), (1.0, 1.0, 2.0))
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<f", data, 80, 0.0)  # pixdim[1] = 0
+    path.write_bytes(bytes(data))
+    assert stored_zooms(path)[:3] == (0.0, 1.0, 2.0)
+    assert nib.load(path).header.get_zooms()[0] == 1.0  # nibabel would hide it
+    with pytest.raises(InputError, match="pixdim \\(voxel size\\)"):
+        read_nifti(path)
+
+
+def test_declared_size_refused_before_loading(tmp_path):
+    import nibabel as nib
+
+    from cinelab.io.nifti import read_nifti
+
+    image = nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4))
+    image.header.set_data_shape((2048, 2048, 2048))
+    path = tmp_path / "huge.nii"
+    path.write_bytes(image.header.binaryblock + bytes(36))
+    with pytest.raises(InputError) as err:
+        read_nifti(path)
+    assert err.value.field == "dim"
+    assert err.value.found == "34359738368 bytes (shape (2048, 2048, 2048))"

@@ -13,9 +13,11 @@ import pandas as pd
 import pydicom
 import pytest
 
+from cinelab.data.manifest import read_manifest
 from cinelab.errors import InputError
-from cinelab.pipelines.rvf.layout import ingest_rvf
 from cinelab.io.dicom import read_ultrasound
+from cinelab.pipelines.rvf.layout import ingest_rvf
+from cinelab.pipelines.rvf.synth import synth_rvf_cohort
 from cinelab.prep.deid import (
     IdMap,
     default_idmap_path,
@@ -27,7 +29,6 @@ from cinelab.prep.deid import (
 from cinelab.prep.flow import prepare_flow
 from cinelab.prep.prepare import PrepSpec, prepare
 from cinelab.synth.dicom import write_ultrasound_dicom
-from cinelab.pipelines.rvf.synth import synth_rvf_cohort
 
 PHI = {"PatientName": "Quorvax^Belindra", "PatientBirthDate": "19570314",
        "AccessionNumber": "ACC90817263", "InstitutionName": "Grimsvale Heart Hospital",
@@ -112,8 +113,6 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     raw = synth_rvf_cohort(base / "raw", n=6, seed=3, size=48, frames=12)
     ingest_rvf(raw, raw / "classes.csv", raw / "splits.csv", base / "ingest")
     manifest_path = base / "ingest" / "manifest.csv"
-    from cinelab.data.manifest import read_manifest
-
     summary = prepare(read_manifest(manifest_path), base / "store", PrepSpec(size=32),
                       workers=1)
     assert summary.prepared >= 6 and summary.failed == 0

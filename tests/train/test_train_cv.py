@@ -23,9 +23,12 @@ from cinelab.data.store import (
     write_sample,
 )
 from cinelab.errors import InputError
+from cinelab.infer.video_regress import predict_store
 from cinelab.train import cv as cv_module
 from cinelab.train.cv import is_finished, read_cv_predictions, run_cv
+from cinelab.train.fit import build_task
 from cinelab.train.recipe import load_recipe
+from cinelab.train.tasks.cine import CineRegressionModule
 from cinelab.utils import write_json
 
 N_SUBJECTS, SIZE, FRAMES = 10, 16, 25
@@ -78,7 +81,16 @@ def test_units_predict_every_role_without_leaks(done_cv: tuple[Path, Path]) -> N
         assert not roles["train"] & roles["val"]
         inner = folds.loc[list(roles["val"]), f"inner_{k}"]
         assert (inner == j).all()
-        assert unit["pred"].notna().all() and unit["pred_aug"].notna().all()
+    # the saved predictions are the unit's own model on its own store view, with and
+    # without test-time augmentation
+    unit_dir = out / "4ch" / "outer_1" / "inner_1"
+    saved = pd.read_csv(unit_dir / "predictions.csv", dtype={"sample_id": str})
+    again = predict_store(unit_dir / "run" / "model.pt", unit_dir / "store",
+                          saved["sample_id"].tolist(), tta=2)
+    assert np.allclose(saved["pred"], again["pred"], atol=1e-5)
+    assert np.allclose(saved["pred_aug"], again["pred_aug"], atol=1e-5)
+    assert np.allclose(saved["target"], [40.0 + 4 * int(s[1:].split("_")[0])
+                                         for s in saved["sample_id"]])
     assert "S1_3ch" not in set(preds["sample_id"])  # S1 has only its 4ch view
     assert "S1_4ch" in set(preds["sample_id"])
 
@@ -135,20 +147,24 @@ def test_cine_augment_is_per_sample_and_tta_is_deterministic() -> None:
     rotated = CineTransform(angle=90.0)(x)
     assert torch.allclose(rotated[0, 0, 0, 1:-1, 1:-1],
                           torch.rot90(x[0, 0, 0], 1, (0, 1))[1:-1, 1:-1], atol=1e-3)
-    assert len(cine_tta_views(3)) == 3 and cine_tta_views(1)[0] == CineTransform()
+    views = cine_tta_views(3)
+    assert cine_tta_views(1) == [CineTransform()] and views[0] == CineTransform()
+    outs = [view(x) for view in views]
+    assert torch.allclose(outs[0], x, atol=1e-4)  # the first view is the identity
+    assert not torch.allclose(outs[1], x, atol=1e-2) and not torch.allclose(outs[2], outs[1],
+                                                                           atol=1e-2)
     with pytest.raises(InputError, match="augment"):
         RandomCineAugment.from_dict({"flip": True})
 
 
 def test_cine_task_trains_with_augmentation(done_cv: tuple[Path, Path]) -> None:
-    from cinelab.train.fit import build_task
-    from cinelab.train.tasks.cine import CineRegressionModule
-
     _, out = done_cv
     view = PreparedStore(out / "3ch" / "outer_0" / "inner_0" / "store")
-    setup = build_task(load_recipe("cmr-age-cpu", OVERRIDES), view)
+    recipe = load_recipe("cmr-age-cpu", OVERRIDES)
+    setup = build_task(recipe, view)
     assert isinstance(setup.module, CineRegressionModule)
-    assert setup.module.augment is not None and setup.input_spec.task == "cine_regression"
+    assert setup.module.augment == RandomCineAugment.from_dict(recipe.data.augment)
+    assert setup.input_spec.task == "cine_regression" and setup.input_spec.frames == 25
     bias = setup.module.model.fc.bias.item()
     train_ages = view.manifest.loc[view.manifest["split"] == "train", "age"]
     assert bias == pytest.approx(train_ages.mean(), rel=1e-5)

@@ -10,10 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from cinelab.data.datasets import train_val_ids
+from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError
+from cinelab.evaluate.metrics import roc_auc
 from cinelab.models.classification import backbone_parameters
 from cinelab.pipelines.cxr.layout import read_cxr_folders
 from cinelab.pipelines.cxr.nih import NIH_FINDINGS, read_nih
+from cinelab.pipelines.cxr.predict import predict_arrays
 from cinelab.pipelines.cxr.synth import synth_cxr_cohort
 from cinelab.prep.prepare import PrepSpec, prepare
 from cinelab.train.checkpoint import load_checkpoint, read_checkpoint
@@ -52,11 +56,18 @@ def nih_store(tmp_path_factory) -> Path:
     return _store(tmp_path_factory.mktemp("nih"), "nih", 24)
 
 
-def test_one_epoch_exports_a_loadable_checkpoint(store, tmp_path):
+def test_one_epoch_exports_a_checkpoint_that_reproduces_its_validation_auc(store, tmp_path):
     recipe = load_recipe("cxr-ensemble-cpu", [*TINY, "data.balance=pos_weight"])
     result = fit(recipe, store, tmp_path / "run", progress=False)
-    assert result.metrics["monitor"] == "val/auc" and 0.0 <= result.metrics["val/auc"] <= 1.0
     loaded = load_checkpoint(result.best_checkpoint)
+    prepared = PreparedStore(store)
+    _, val = train_val_ids(prepared, recipe.trainer.seed)
+    probs = predict_arrays(loaded, np.stack([np.asarray(prepared.frames(i)[0]) for i in val]))
+    labels = prepared.manifest.set_index(prepared.manifest["sample_id"].astype(str))
+    truth = labels.loc[val, "label"].to_numpy(float)
+    assert 0 < truth.sum() < len(truth)  # both classes: the AUC is defined
+    assert result.metrics["monitor"] == "val/auc"
+    assert result.metrics["val/auc"] == pytest.approx(roc_auc(truth, probs), abs=1e-4)
     spec = loaded.input_spec
     assert (spec.task, spec.size, spec.channels, spec.target) == \
         ("image_classification", SIDE, 1, "label")
@@ -133,9 +144,7 @@ def test_balanced_sampler_draws_both_classes_equally(store):
 
 
 def _ids(store: Path) -> list[str]:
-    import pandas as pd
-
-    return pd.read_csv(store / "manifest.csv", dtype={"sample_id": str})["sample_id"].tolist()
+    return PreparedStore(store).manifest["sample_id"].astype(str).tolist()
 
 
 def test_positive_weights_and_mean_auc():

@@ -4,6 +4,7 @@ subset uses exactly the requested images, data-requirement curves, store views."
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torchvision.models.resnet import BasicBlock, ResNet, resnet34
@@ -166,8 +167,11 @@ def test_data_requirement_curve_tabulates_val_dice(store, tmp_path):
     table = data_requirement_curve(recipe, store, [1, 2], tmp_path / "curve")
     assert table["patients"].tolist() == [1, 2]
     assert table["train_images"].iloc[0] < table["train_images"].iloc[1]
-    assert "val/dice_LV" in table.columns and (tmp_path / "curve/data_requirement.csv").exists()
-    assert (tmp_path / "curve/data_requirement.png").stat().st_size > 0
+    assert table["train_patients"].tolist() == [1, 2]
+    written = pd.read_csv(tmp_path / "curve/data_requirement.csv")
+    assert written["val/dice_LV"].tolist() == pytest.approx(table["val/dice_LV"].tolist())
+    assert table["val/dice_LV"].notna().all()  # one validation Dice per subset size
+    assert (tmp_path / "curve/data_requirement.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_store_view_shares_samples_with_other_splits(store, tmp_path):

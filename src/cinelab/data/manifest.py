@@ -7,6 +7,7 @@ Stored as CSV or Parquet, chosen by suffix.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -25,6 +26,47 @@ _SPLIT_ALIASES = {
     "val": "val", "valid": "val", "validation": "val", "validate": "val",
     "test": "test", "testing": "test", "holdout": "test",
 }
+
+
+#: The one safe sample-id pattern: it becomes a file name in stores and outputs, so no path
+#: separators, no leading dot (no '..', no hidden files), no spaces or control characters.
+SAMPLE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+_SAMPLE_ID = re.compile(SAMPLE_ID_PATTERN)
+SAMPLE_ID_RULE = ("a sample id of letters, digits, '.', '_' or '-' (1-128 characters, starting "
+                  "with a letter or digit; no '/', '\\' or '..')")
+
+
+def sample_id_error(value: object) -> str | None:
+    """Why `value` is not a safe sample id (None when it is)."""
+    if not isinstance(value, str):
+        return f"{type(value).__name__} {value!r}"
+    if not _SAMPLE_ID.fullmatch(value):
+        return repr(value)
+    if ".." in value:
+        return f"{value!r} (holds '..')"
+    return None
+
+
+def validate_sample_id(value: object, path: str | Path | None = None) -> str:
+    """`value` if it is a safe sample id, else InputError (it would become a path component)."""
+    found = sample_id_error(value)
+    if found is not None:
+        raise InputError(path, "sample_id", SAMPLE_ID_RULE, found,
+                         "rename the sample (ids become file names in the output folder)")
+    return str(value)
+
+
+def validate_sample_ids(values: Iterable[object], path: str | Path | None = None) -> list[str]:
+    """Every id checked (the first bad one raises InputError) and unique."""
+    ids = [validate_sample_id(v, path) for v in values]
+    seen: dict[str, int] = {}
+    for i, sid in enumerate(ids):
+        if sid in seen:
+            raise InputError(path, "sample_id", "a unique sample id",
+                             f"{sid!r} in rows {seen[sid]} and {i}",
+                             "give each sample its own id")
+        seen[sid] = i
+    return ids
 
 
 class ManifestError(CinelabError):
@@ -113,6 +155,7 @@ def validate_manifest(
     problems += _missing_columns(df)
     if problems:
         return problems
+    problems += _bad_ids(df)
     problems += _duplicate_ids(df)
     problems += _bad_splits(df)
     if check_files:
@@ -138,6 +181,15 @@ def _problem(row: int, column: str, expected: str, found: str, file: str = "") -
 def _missing_columns(df: pd.DataFrame) -> list[Problem]:
     return [_problem(-1, c, "a required column", "no such column")
             for c in REQUIRED if c not in df.columns]
+
+
+def _bad_ids(df: pd.DataFrame) -> list[Problem]:
+    out = []
+    for i, value in enumerate(df["sample_id"]):
+        found = sample_id_error(value)
+        if found is not None:
+            out.append(_problem(i, "sample_id", SAMPLE_ID_RULE, found))
+    return out
 
 
 def _duplicate_ids(df: pd.DataFrame) -> list[Problem]:

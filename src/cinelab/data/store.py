@@ -7,7 +7,11 @@ Layout of a store folder:
   tracings.csv           optional: sample_id, frame, X1, Y1, X2, Y2 in store pixel coordinates
   samples/<id>.npy       uint8 (T, H, W, C) frames
   samples/<id>.mask.npy  optional uint8 (T, H, W) label masks
-  samples/<id>.json      per-sample metadata, written last: its presence marks completion
+  samples/<id>.json      per-sample metadata, written last: its presence marks completion;
+                         it records a checksum of each array file ("checksums"), recomputed
+                         by the next prepare, so a damaged entry is found and rewritten
+Sample ids are checked (`validate_sample_id`) before they become file names, and every path
+written is checked to lie inside the store folder.
 """
 
 from __future__ import annotations
@@ -20,16 +24,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cinelab.data.manifest import read_manifest
-from cinelab.errors import InputError
-from cinelab.utils import atomic_path, read_json, write_json
+from cinelab.data.manifest import read_manifest, validate_sample_id
+from cinelab.errors import InputError, output_fault
+from cinelab.utils import atomic_path, file_hash, read_json, safe_child, write_json
 
 STORE_FORMAT = "cinelab-store/1"
 OPEN_ARRAYS = 4096  # memory maps kept open per store reader (parsing .npy headers is slow)
 
 
+CHECKSUMS = "checksums"  # meta key: {"frames": sha256[:16], "mask": ...} of the array files
+
+
 def sample_files(root: str | Path, sample_id: str) -> dict[str, Path]:
-    """Paths of one sample's frames, mask and metadata files."""
+    """Paths of one sample's frames, mask and metadata files (the id is checked first:
+    InputError for an id that is not a safe file name)."""
+    sample_id = validate_sample_id(sample_id)
     base = Path(root) / "samples"
     return {"frames": base / f"{sample_id}.npy", "mask": base / f"{sample_id}.mask.npy",
             "meta": base / f"{sample_id}.json"}
@@ -43,22 +52,46 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def write_sample(root: str | Path, sample_id: str, frames: np.ndarray, meta: dict[str, Any],
                  mask: np.ndarray | None = None) -> dict[str, Any]:
-    """Write frames (and mask) atomically, then the metadata that marks the sample complete."""
+    """Write frames (and mask) atomically, then the metadata that marks the sample complete.
+
+    InputError for an unsafe sample id (or a path that would leave `root`); OutputWriteError
+    (stage "output" in a problem row) when the store folder cannot be written (disk full,
+    read-only, ...): a run must stop on it rather than skip the sample.
+    """
     if frames.dtype != np.uint8:
         raise ValueError(f"{sample_id}: frames must be uint8, found {frames.dtype}")
     files = sample_files(root, sample_id)
-    _save_npy(files["frames"], frames)
-    if mask is not None:
-        _save_npy(files["mask"], mask.astype(np.uint8))
-    meta = dict(meta, sample_id=sample_id, shape=list(frames.shape), has_mask=mask is not None)
-    write_json(files["meta"], meta)
+    for path in files.values():
+        safe_child(root, path.relative_to(root))
+    try:
+        _save_npy(files["frames"], frames)
+        checksums = {"frames": file_hash(files["frames"])}
+        if mask is not None:
+            _save_npy(files["mask"], mask.astype(np.uint8))
+            checksums["mask"] = file_hash(files["mask"])
+        meta = dict(meta, sample_id=sample_id, shape=list(frames.shape),
+                    has_mask=mask is not None, **{CHECKSUMS: checksums})
+        write_json(files["meta"], meta)
+    except OSError as exc:
+        fault = output_fault(exc, files["meta"].parent)
+        if fault is None:
+            raise
+        raise fault from exc
     return meta
 
 
-def is_complete(root: str | Path, sample_id: str, expect: dict[str, Any] | None = None) -> bool:
+def is_complete(root: str | Path, sample_id: str, expect: dict[str, Any] | None = None,
+                verify: bool = False) -> bool:
     """True when the sample's files exist, its arrays load with the recorded shape, and the
-    recorded metadata matches `expect` (e.g. source hash and preprocessing spec)."""
-    files = sample_files(root, sample_id)
+    recorded metadata matches `expect` (e.g. source hash and preprocessing spec).
+
+    With `verify`, the array files' checksums are recomputed and must match those recorded at
+    write time (a damaged entry is then incomplete, and prepare writes it again).
+    """
+    try:
+        files = sample_files(root, sample_id)
+    except InputError:
+        return False
     if not files["meta"].exists() or not files["frames"].exists():
         return False
     try:
@@ -69,9 +102,19 @@ def is_complete(root: str | Path, sample_id: str, expect: dict[str, Any] | None 
         if meta.get("has_mask") and np.load(files["mask"], mmap_mode="r").shape[0] != \
                 frames.shape[0]:
             return False
-    except (OSError, ValueError, KeyError):
+        if verify and not _checksums_match(files, meta):
+            return False
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
     return all(meta.get(k) == v for k, v in (expect or {}).items())
+
+
+def _checksums_match(files: dict[str, Path], meta: dict[str, Any]) -> bool:
+    """Recorded checksums match the files (a meta written before checksums passes)."""
+    recorded = meta.get(CHECKSUMS)
+    if recorded is None:
+        return True
+    return all(file_hash(files[name]) == value for name, value in recorded.items())
 
 
 def channel_stats(frames: np.ndarray) -> dict[str, list[float]]:

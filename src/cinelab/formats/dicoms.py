@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 
 from cinelab.data.manifest import REQUIRED, new_manifest
 from cinelab.errors import InputError, Problem
+from cinelab.formats.folders import dedupe_ids, safe_id
 from cinelab.io.dicom import check_ultrasound, frame_rate, read_dataset
 
 STAGE = "ingest"
@@ -65,8 +66,9 @@ def sample_ids(root: Path, files: list[Path]) -> dict[Path, str]:
     """Deterministic unique ids from relative paths; colliding stems keep their suffix."""
     short = {p: _id(p.relative_to(root), strip=True) for p in files}
     counts = Counter(short.values())
-    return {p: (sid if counts[sid] == 1 else _id(p.relative_to(root), strip=False))
-            for p, sid in short.items()}
+    ids = [sid if counts[sid] == 1 else _id(p.relative_to(root), strip=False)
+           for p, sid in short.items()]
+    return dict(zip(short, dedupe_ids(ids), strict=True))
 
 
 def _maybe_dicom(path: Path, root: Path) -> bool:
@@ -81,7 +83,7 @@ def _id(rel: Path, strip: bool) -> str:
     """Relative path to an id: DICOM suffix dropped (UID-like names keep their dots)."""
     if strip and rel.suffix.lower() in DICOM_SUFFIXES:
         rel = rel.with_suffix("")
-    return "__".join(rel.parts)
+    return safe_id("__".join(rel.parts))
 
 
 def _row(path: Path, sample_id: str, problems: list[Problem]) -> dict[str, object]:

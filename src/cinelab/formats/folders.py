@@ -7,6 +7,8 @@ and every other column becomes a label. Unmatched videos and labels are reported
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
@@ -14,6 +16,7 @@ import pandas as pd
 
 from cinelab.data.manifest import new_manifest, normalise_split
 from cinelab.errors import InputError, Problem
+from cinelab.io.table import read_table
 from cinelab.io.video import VIDEO_SUFFIXES
 
 STAGE = "folders"
@@ -23,6 +26,7 @@ ID_CANDIDATES = ("FileName", "file_name", "file", "filepath", "path", "video", "
 PATIENT_CANDIDATES = ("patient_id", "PatientID")
 SPLIT_CANDIDATES = ("split",)
 ID_SEPARATOR = "__"
+SAFE_ID_MAX = 128  # the manifest's sample-id length limit
 DEFAULT_MODALITY = "echo"
 OVERRIDES = ("modality", "view", "fold")  # CSV columns that set the manifest's own columns
 RENAMED_PREFIX = "csv_"  # CSV columns named like other manifest columns are kept renamed
@@ -69,18 +73,44 @@ def _find_videos(root: Path) -> list[PurePosixPath]:
     return rels
 
 
+def safe_id(text: str) -> str:
+    """A file-derived name as a safe sample id: characters other than letters, digits, '.',
+    '_' and '-' become '_', '..' becomes '_', a leading '.'/'_'/'-' gets an 's' prefix and
+    ids longer than SAFE_ID_MAX keep their start plus a hash of the whole (stays unique)."""
+    out = re.sub(r"[^A-Za-z0-9._-]", "_", text)
+    while ".." in out:
+        out = out.replace("..", "_")
+    if not out or not out[0].isalnum():
+        out = "s" + out
+    if len(out) > SAFE_ID_MAX:
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        out = f"{out[:SAFE_ID_MAX - 13]}-{digest}"
+    return out
+
+
 def _flatten(rel: PurePosixPath) -> str:
-    return ID_SEPARATOR.join(rel.parts)
+    return safe_id(ID_SEPARATOR.join(rel.parts))
 
 
 def _unique_ids(rels: list[PurePosixPath]) -> list[str]:
-    """File stems; colliding stems use the relative path (then with its suffix)."""
-    ids = [r.stem for r in rels]
+    """File stems (made safe); colliding stems use the relative path (then with its suffix)."""
+    ids = [safe_id(r.stem) for r in rels]
     counts = Counter(ids)
     ids = [i if counts[i] == 1 else _flatten(r.with_suffix("")) for i, r in zip(ids, rels,
                                                                                 strict=True)]
     counts = Counter(ids)
-    return [i if counts[i] == 1 else _flatten(r) for i, r in zip(ids, rels, strict=True)]
+    ids = [i if counts[i] == 1 else _flatten(r) for i, r in zip(ids, rels, strict=True)]
+    return dedupe_ids(ids)
+
+
+def dedupe_ids(ids: list[str]) -> list[str]:
+    """Ids still equal after making them safe ('a b' and 'a_b') get -2, -3, ... suffixes."""
+    seen: Counter[str] = Counter()
+    out = []
+    for sid in ids:
+        seen[sid] += 1
+        out.append(sid if seen[sid] == 1 else f"{sid}-{seen[sid]}")
+    return out
 
 
 def _pick_column(columns: list[str], wanted: str | None, candidates: tuple[str, ...],
@@ -101,9 +131,8 @@ def _read_labels(path: Path) -> pd.DataFrame:
     """The label CSV with id-like, patient and split columns read as text."""
     if not path.is_file():
         raise InputError(path, "labels_csv", "an existing CSV file", "nothing at that path")
-    header = list(pd.read_csv(path, nrows=0).columns)
-    text = {c.casefold() for c in (*ID_CANDIDATES, *PATIENT_CANDIDATES, *SPLIT_CANDIDATES)}
-    return pd.read_csv(path, dtype={c: str for c in header if c.casefold() in text})
+    return read_table(path, text_columns=(*ID_CANDIDATES, *PATIENT_CANDIDATES,
+                                          *SPLIT_CANDIDATES))
 
 
 def _video_keys(rels: list[PurePosixPath]) -> list[dict[str, list[int]]]:

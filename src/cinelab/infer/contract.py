@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from cinelab.errors import InputError, Problem
-from cinelab.utils import file_hash, read_json, versions, write_csv, write_json
+from cinelab.utils import file_hash, read_json, safe_child, versions, write_csv, write_json
 
 PREDICTIONS_FILE = "predictions.csv"
 PROBLEMS_FILE = "problems.csv"
@@ -57,10 +57,16 @@ def write_contract(out: str | Path, predictions: pd.DataFrame,
     """
     out = Path(out)
     table = _checked(predictions, out / PREDICTIONS_FILE)
-    write_csv(table, out / PREDICTIONS_FILE)
-    write_problems(out / PROBLEMS_FILE, problems)
-    write_json(out / RUN_FILE, dict(run or {}))
+    write_csv(table, safe_child(out, PREDICTIONS_FILE))
+    write_problems(safe_child(out, PROBLEMS_FILE), problems)
+    write_json(safe_child(out, RUN_FILE), dict(run or {}))
     return out
+
+
+def output_path(out: str | Path, *parts: str) -> Path:
+    """A file under the prediction folder `out` named from data (e.g. a sample id), checked
+    to lie inside `out` (OutsideOutputError otherwise); per-sample outputs use this."""
+    return safe_child(out, *parts)
 
 
 def write_problems(path: str | Path, problems: Iterable[Problem]) -> Path:

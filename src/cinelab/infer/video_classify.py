@@ -1,5 +1,5 @@
 """Binary video classification on a prepared store: clip-averaged probabilities per video and
-per patient, metrics with bootstrap CIs, ROC plot.
+per patient (inference only: metrics are computed by `cinelab.evaluate` from these tables).
 
 A video's probability is the mean of the model's probabilities over N random clips
 (`clip_starts`: drawn from a generator keyed on (seed, sample id), so a rerun, another
@@ -10,9 +10,6 @@ Output folder:
   predictions.csv  sample_id, patient_id, split, label, class, prob, n_clips
   patients.csv     patient_id, label, class, prob, n_videos
   clips.csv        sample_id, clip, start, prob (every clip)
-  metrics.json     per video and per patient: AUC, sensitivity, specificity, accuracy, PPV,
-                   NPV with bootstrap CIs, confusion counts, threshold
-  roc.png          ROC curves (videos, patients)
   input.json       checkpoint, store, split, clips, seed
 """
 
@@ -33,8 +30,6 @@ from cinelab.data.sampling import all_clip_starts, clip_indices, random_clip_sta
 from cinelab.data.store import PreparedStore
 from cinelab.data.streams import check_flow, model_streams, stream_clip
 from cinelab.errors import InputError
-from cinelab.evaluate.metrics import DEFAULT_N_BOOT, binary_report, json_safe, roc_curve
-from cinelab.evaluate.plots import roc_plot
 from cinelab.train.checkpoint import InputSpec, LoadedCheckpoint, load_checkpoint
 from cinelab.utils import write_csv, write_json
 
@@ -46,17 +41,17 @@ PREDICTION_COLUMNS = ["sample_id", "patient_id", "split", "label", "class", "pro
 PATIENT_COLUMNS = ["patient_id", "label", "class", "prob", "n_videos"]
 CLIP_COLUMNS = ["sample_id", "clip", "start", "prob"]
 FILES = {"videos": "predictions.csv", "patients": "patients.csv", "clips": "clips.csv",
-         "metrics": "metrics.json", "roc": "roc.png", "input": "input.json"}
+         "input": "input.json"}
 
 
 @dataclass
 class ClassifyResult:
-    """Tables and metrics of one prediction run."""
+    """Tables of one prediction run (and the clips/seed it used)."""
 
     videos: pd.DataFrame
     patients: pd.DataFrame
     clips: pd.DataFrame
-    metrics: dict[str, Any]
+    info: dict[str, Any]
     out: Path | None = None
 
 
@@ -144,34 +139,6 @@ def patient_table(videos: pd.DataFrame) -> pd.DataFrame:
     return out[PATIENT_COLUMNS]
 
 
-def classification_metrics(videos: pd.DataFrame, patients: pd.DataFrame,
-                           threshold: float | None = DEFAULT_THRESHOLD,
-                           n_boot: int = DEFAULT_N_BOOT, seed: int = 0) -> dict[str, Any]:
-    """binary_report per video and per patient (threshold None: Youden's on each table)."""
-    out: dict[str, Any] = {"threshold": threshold}
-    for name, table in (("video", videos), ("patient", patients)):
-        labelled = table[np.isfinite(table["label"].astype(float))]
-        if labelled.empty or labelled["label"].nunique() < 2:
-            out[name] = {"n": int(len(labelled)), "note": "needs labels of both classes"}
-            continue
-        out[name] = binary_report(labelled["label"].astype(float), labelled["prob"],
-                                  threshold=threshold, n_boot=n_boot, seed=seed)
-    return out
-
-
-def write_roc(videos: pd.DataFrame, patients: pd.DataFrame, metrics: dict[str, Any],
-              path: str | Path) -> Path:
-    """ROC curves of videos and patients (those with AUCs) in one PNG."""
-    curves = {}
-    for name, table in (("videos", videos), ("patients", patients)):
-        report = metrics.get(name.rstrip("s"), {})
-        if "auc" in report:
-            labelled = table[np.isfinite(table["label"].astype(float))]
-            fpr, tpr, _ = roc_curve(labelled["label"].astype(float), labelled["prob"])
-            curves[name] = (fpr, tpr, report["auc"]["value"])
-    return roc_plot(curves, path, title="ROC")
-
-
 def select_ids(store: PreparedStore, split: str | None = None,
                ids: Sequence[str] | None = None) -> list[str]:
     """Sample ids: `ids` as given, else those of `split`, else every sample."""
@@ -201,10 +168,8 @@ def predict_classification(checkpoint: str | Path | LoadedCheckpoint,
                            split: str | None = None, ids: Sequence[str] | None = None,
                            n_clips: int | str | None = None, seed: int = 0,
                            batch_size: int = DEFAULT_BATCH, device: str = "cpu",
-                           threshold: float | None = DEFAULT_THRESHOLD,
-                           n_boot: int = DEFAULT_N_BOOT,
                            progress: Callable[[str], None] | None = None) -> ClassifyResult:
-    """Predict every chosen video of a store; write the tables, metrics and ROC to `out`."""
+    """Predict every chosen video of a store; write the tables to `out` (when given)."""
     loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) \
         else load_checkpoint(checkpoint)
     store = store if isinstance(store, PreparedStore) else PreparedStore(store)
@@ -212,10 +177,8 @@ def predict_classification(checkpoint: str | Path | LoadedCheckpoint,
     clips = recipe_clips(loaded) if n_clips is None else n_clips
     videos, clip_table = predict_videos(loaded, store, chosen, clips, seed, batch_size,
                                         device, progress)
-    patients = patient_table(videos)
-    metrics = classification_metrics(videos, patients, threshold, n_boot, seed)
-    metrics.update(n_clips=clips, seed=seed)
-    result = ClassifyResult(videos, patients, clip_table, metrics)
+    result = ClassifyResult(videos, patient_table(videos), clip_table,
+                            {"n_clips": clips, "seed": seed})
     if out is not None:
         result.out = write_classification(result, out, {
             "checkpoint": None if isinstance(checkpoint, LoadedCheckpoint) else str(checkpoint),
@@ -231,16 +194,18 @@ def write_classification(result: ClassifyResult, out: str | Path,
     write_csv(result.videos, out / FILES["videos"])
     write_csv(result.patients, out / FILES["patients"])
     write_csv(result.clips, out / FILES["clips"])
-    write_json(out / FILES["metrics"], json_safe(result.metrics))
-    write_roc(result.videos, result.patients, result.metrics, out / FILES["roc"])
     write_json(out / FILES["input"], inputs)
     return out
 
 
 def read_predictions(pred_dir: str | Path) -> pd.DataFrame:
-    """predictions.csv of a prediction folder."""
+    """predictions.csv of a prediction folder (``prob``: also from the contract's
+    ``probability`` column)."""
     path = Path(pred_dir) / FILES["videos"]
     if not path.exists():
-        raise InputError(path, "predictions", "a folder written by `cinelab rvf predict`",
+        raise InputError(path, "predictions", "a folder written by `cinelab predict`",
                          "no predictions.csv there")
-    return pd.read_csv(path, dtype={"sample_id": str, "patient_id": str})
+    table = pd.read_csv(path, dtype={"sample_id": str, "patient_id": str})
+    if "prob" not in table.columns and "probability" in table.columns:
+        table["prob"] = table["probability"]
+    return table

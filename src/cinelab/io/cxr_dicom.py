@@ -26,8 +26,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from cinelab.errors import InputError, UnreadableFileError
-from cinelab.io.dicom import IMPLEMENTATION_UID, read_dataset
+from cinelab.errors import InputError
+from cinelab.io.dicom import IMPLEMENTATION_UID, decode_pixels_checked, read_dataset
 from cinelab.io.image import (
     IMAGE_SUFFIXES,
     UINT8_MAX,
@@ -97,16 +97,7 @@ def read_cxr_dicom(path: str | Path, scale16: str = "robust",
 
 def _pixels(path: Path, ds: Dataset) -> np.ndarray:
     """The first frame's stored values; no or undecodable pixel data raise."""
-    if "PixelData" not in ds:
-        raise UnreadableFileError(path, "PixelData", "an image with pixel data",
-                                  "no PixelData element (a header-only or truncated file)")
-    try:
-        arr = dpx.pixel_array(ds)
-    except Exception as exc:  # noqa: BLE001 - decoder plugins raise many types
-        syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
-        raise UnreadableFileError(path, "PixelData",
-                                  f"pixel data decodable in transfer syntax {syntax}",
-                                  f"{type(exc).__name__}: {exc}") from exc
+    arr = decode_pixels_checked(path, ds)  # size limits checked before decoding
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     return arr[0] if frames > 1 else arr
 

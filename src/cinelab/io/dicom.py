@@ -5,11 +5,25 @@ converted by pydicom, PALETTE COLOR through its lookup table), C=1 for MONOCHROM
 (MONOCHROME1 inverted so that bright is tissue). Geometry comes from the first 2D region of
 SequenceOfUltrasoundRegions; `region` is (y0, x0, y1, x1) half-open, i.e.
 frames[:, y0:y1, x0:x1] is the region (DICOM's MaxX1/MaxY1 are inclusive).
+
+Validation before anything is decoded (every failure an InputError/UnreadableFileError naming
+the file and the field):
+
+- special files and oversized files are refused before opening (`io.files.refuse_special`);
+- a deflated transfer syntax is inflated in bounded chunks first: a dataset that inflates
+  beyond the byte limit (a decompression bomb) is refused without being built;
+- `check_pixel_header`: Rows x Columns x NumberOfFrames x SamplesPerPixel x BitsAllocated
+  must be positive and within the byte limit (`max_dicom_bytes`, $CINELAB_MAX_DICOM_BYTES),
+  and for native (uncompressed) data the PixelData length must match NumberOfFrames;
+- encapsulated (JPEG, RLE, ...) pixel data must hold NumberOfFrames frames, every JPEG frame
+  must be a complete JPEG stream, and every frame must decode: the error names the frame.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +31,13 @@ import numpy as np
 import pydicom
 import pydicom.pixels as dpx
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from cinelab.errors import InputError, UnreadableFileError
+from cinelab.io.files import refuse_special
 
 ULTRASOUND_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.6.1": "Ultrasound Image Storage",
@@ -39,6 +57,14 @@ COLOUR_PHOTOMETRICS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT",
 GREY_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
 
 IMPLEMENTATION_UID = "1.2.826.0.1.3680043.8.498.1"  # pydicom's implementation root
+MIN_FRAMES = 1  # read_ultrasound's default; echo preparers should ask for a cine (3+)
+MAX_BYTES_ENV = "CINELAB_MAX_DICOM_BYTES"
+DEFAULT_MAX_BYTES = 2 * 1024**3  # decoded pixels / inflated dataset: 2 GiB
+INFLATE_CHUNK = 1 << 20
+BITS_ALLOCATED = (1, 8, 16, 32, 64)
+JPEG_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+                 "1.2.840.10008.1.2.4.70")
+JPEG_SOI, JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
 
 
 @dataclass(frozen=True)
@@ -66,16 +92,24 @@ def read_ultrasound(
     path: str | Path,
     default_fps: float = 30.0,
     require_ultrasound: bool = True,
+    *,
+    min_frames: int = MIN_FRAMES,
+    max_bytes: int | None = None,
 ) -> UltrasoundVideo:
     """Read an ultrasound DICOM into uint8 frames (T, H, W, C) plus timing and geometry.
 
     With `require_ultrasound=False` any image DICOM is read (e.g. MR/CT for testing).
-    A file with no frame-rate tag gets `default_fps` and a warning.
+    A file with no frame-rate tag gets `default_fps` and a warning. Fewer than `min_frames`
+    frames (e.g. a single-frame still where a cine is needed: pass 3) raise InputError.
     """
     path = Path(path)
-    ds = read_dataset(path)
+    ds = read_dataset(path, max_bytes=max_bytes)
     if require_ultrasound:
         check_ultrasound(path, ds)
+    declared = check_pixel_header(path, ds, max_bytes)
+    if declared.frames < min_frames:
+        raise InputError(path, "NumberOfFrames", f"at least {min_frames} frames (a cine loop)",
+                         f"{declared.frames}", "a still image cannot be prepared as a video")
     frames = _decode_frames(path, ds)
     fps, source = frame_rate(ds)
     if fps is None:
@@ -137,13 +171,20 @@ def _fps_from_tag(tag: str, value: object) -> float | None:
     return fps if np.isfinite(fps) and fps > 0 else None
 
 
-def read_dataset(path: str | Path, **kwargs: object) -> Dataset:
-    """dcmread with every failure turned into an error naming the file."""
-    path = Path(path)
+def read_dataset(path: str | Path, *, max_bytes: int | None = None,
+                 **kwargs: object) -> Dataset:
+    """dcmread with every failure turned into an error naming the file.
+
+    Devices, FIFOs and oversized files are refused before opening; a deflated dataset that
+    would inflate beyond `max_bytes` (see `max_dicom_bytes`) is refused before pydicom
+    inflates it.
+    """
+    path = refuse_special(path)
     if not path.is_file():
         raise InputError(path, "path", "an existing DICOM file", "nothing at that path")
     if path.stat().st_size == 0:
         raise UnreadableFileError(path, "file", "a DICOM file", "an empty file (0 bytes)")
+    check_deflate(path, max_bytes)
     try:
         return pydicom.dcmread(path, **kwargs)  # type: ignore[arg-type]
     except InvalidDicomError as exc:
@@ -152,6 +193,195 @@ def read_dataset(path: str | Path, **kwargs: object) -> Dataset:
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt files
         raise UnreadableFileError(path, "file", "a readable DICOM file",
                                   f"{type(exc).__name__}: {exc}") from exc
+
+
+def max_dicom_bytes(max_bytes: int | None = None) -> int:
+    """The decoded/inflated byte limit: the argument, $CINELAB_MAX_DICOM_BYTES, or 2 GiB."""
+    if max_bytes is not None:
+        return int(max_bytes)
+    value = os.environ.get(MAX_BYTES_ENV, "").strip()
+    try:
+        return int(float(value)) if value else DEFAULT_MAX_BYTES
+    except ValueError as exc:
+        raise InputError(None, MAX_BYTES_ENV, "a number of bytes", repr(value)) from exc
+
+
+def check_deflate(path: str | Path, max_bytes: int | None = None) -> None:
+    """Refuse a Deflated Explicit VR file that inflates beyond the limit (a zip bomb).
+
+    Inflates in bounded chunks, counting bytes and keeping none; other transfer syntaxes and
+    files pydicom cannot parse the meta of pass (dcmread then reports them).
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fp:
+            read_preamble(fp, False)
+            meta = _read_file_meta_info(fp)
+            offset = fp.tell()
+    except Exception:  # noqa: BLE001 - not our job to report a bad meta: dcmread does
+        return
+    if str(meta.get("TransferSyntaxUID", "")) != DeflatedExplicitVRLittleEndian:
+        return
+    limit = max_dicom_bytes(max_bytes)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    try:
+        with open(path, "rb") as fp:
+            fp.seek(offset)
+            while chunk := fp.read(INFLATE_CHUNK):
+                while chunk:
+                    total += len(inflater.decompress(chunk, INFLATE_CHUNK))
+                    chunk = inflater.unconsumed_tail
+                    if total > limit:
+                        raise InputError(path, "deflated dataset",
+                                         f"at most {limit} bytes once inflated",
+                                         f"more than {limit} bytes (a decompression bomb?)",
+                                         f"raise {MAX_BYTES_ENV} if the file is genuine")
+                if inflater.eof:
+                    break
+    except zlib.error as exc:
+        raise UnreadableFileError(path, "deflated dataset", "valid deflate data",
+                                  f"zlib.error: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class PixelHeader:
+    """What the header declares about the pixel data (checked before decoding)."""
+
+    rows: int
+    columns: int
+    frames: int
+    samples: int
+    bits_allocated: int
+    encapsulated: bool
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes of one native frame."""
+        return -(-self.rows * self.columns * self.samples * self.bits_allocated // 8)
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of every decoded frame."""
+        return self.frame_bytes * self.frames
+
+
+def _header_int(path: Path, ds: Dataset, keyword: str, default: int | None) -> int:
+    value = ds.get(keyword, default)
+    try:
+        number = int(str(value).strip()) if value not in (None, "") else default
+    except (TypeError, ValueError) as exc:
+        raise InputError(path, keyword, "a whole number", repr(value)) from exc
+    if number is None:
+        raise InputError(path, keyword, "a value (required for pixel data)", "none")
+    return number
+
+
+def check_pixel_header(path: str | Path, ds: Dataset,
+                       max_bytes: int | None = None) -> PixelHeader:
+    """Declared pixel geometry, checked against the byte limit and the PixelData length."""
+    path = Path(path)
+    if "PixelData" not in ds:
+        raise UnreadableFileError(path, "PixelData", "an image with pixel data",
+                                  "no PixelData element (a header-only or truncated file)")
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    encapsulated = bool(syntax is not None and UID(str(syntax)).is_compressed)
+    header = PixelHeader(
+        rows=_header_int(path, ds, "Rows", None), columns=_header_int(path, ds, "Columns", None),
+        frames=_header_int(path, ds, "NumberOfFrames", 1),
+        samples=_header_int(path, ds, "SamplesPerPixel", 1),
+        bits_allocated=_header_int(path, ds, "BitsAllocated", None), encapsulated=encapsulated)
+    for name, value in (("Rows", header.rows), ("Columns", header.columns),
+                        ("NumberOfFrames", header.frames), ("SamplesPerPixel", header.samples)):
+        if value < 1:
+            raise InputError(path, name, "a positive number", repr(value))
+    if header.bits_allocated not in BITS_ALLOCATED:
+        raise InputError(path, "BitsAllocated", f"one of {BITS_ALLOCATED}",
+                         repr(header.bits_allocated))
+    limit = max_dicom_bytes(max_bytes)
+    if header.total_bytes > limit:
+        raise InputError(path, "declared pixel size", f"at most {limit} bytes decoded",
+                         f"{header.total_bytes} bytes (Rows {header.rows} x Columns "
+                         f"{header.columns} x NumberOfFrames {header.frames} x SamplesPerPixel "
+                         f"{header.samples} x BitsAllocated {header.bits_allocated})",
+                         f"refused before decoding; raise {MAX_BYTES_ENV} if it is genuine")
+    if not encapsulated:
+        _check_native_length(path, ds, header)
+    return header
+
+
+def _check_native_length(path: Path, ds: Dataset, header: PixelHeader) -> None:
+    """Native PixelData must hold NumberOfFrames frames (padding to even length allowed)."""
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    frame = header.frame_bytes
+    if photometric == "YBR_FULL_422" and header.samples == 3:
+        frame = frame * 2 // 3  # two luma + two chroma samples per pair of pixels
+    expected = frame * header.frames
+    element = ds["PixelData"]
+    found = len(element.value) if element.value is not None else 0
+    if found < expected or found >= expected + max(frame, 2):
+        error = UnreadableFileError if found < expected else InputError
+        raise error(path, "NumberOfFrames",
+                         f"{expected} bytes of pixel data for NumberOfFrames {header.frames} "
+                         f"({frame} per frame)",
+                         f"{found} bytes ({found / frame:.2f} frames)" if frame else
+                         f"{found} bytes", "the file is truncated or NumberOfFrames is wrong")
+
+
+def _check_encapsulated(path: Path, ds: Dataset, header: PixelHeader) -> None:
+    """NumberOfFrames compressed frames, each a complete JPEG stream for JPEG syntaxes."""
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    try:
+        frames = list(generate_frames(ds.PixelData, number_of_frames=header.frames))
+    except Exception as exc:  # noqa: BLE001 - pydicom raises ValueError/struct.error/...
+        raise UnreadableFileError(path, "PixelData", "encapsulated frames",
+                                  f"{type(exc).__name__}: {exc}") from exc
+    if len(frames) != header.frames:
+        raise InputError(path, "NumberOfFrames", f"{header.frames} compressed frames",
+                         f"{len(frames)}", "the file is truncated or NumberOfFrames is wrong")
+    if syntax in JPEG_SYNTAXES:
+        for index, data in enumerate(frames):
+            body = data.rstrip(b"\x00")
+            # EOI last, give or take a fill byte or two after it (0xFF or 0x00 padding)
+            if not (body.startswith(JPEG_SOI) and JPEG_EOI in body[-4:]):
+                raise UnreadableFileError(path, f"frame {index}",
+                                          "a complete JPEG stream (SOI ... EOI markers)",
+                                          f"{len(data)} bytes without "
+                                          f"{'SOI' if not body.startswith(JPEG_SOI) else 'EOI'}",
+                                          "the frame is truncated or corrupt")
+
+
+def decode_pixels_checked(path: str | Path, ds: Dataset, max_bytes: int | None = None,
+                          **kwargs: object) -> np.ndarray:
+    """pixel_array after `check_pixel_header`; encapsulated data decoded frame by frame.
+
+    A frame that fails to decode raises UnreadableFileError naming the frame index.
+    """
+    path = Path(path)
+    header = check_pixel_header(path, ds, max_bytes)
+    syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
+    if not header.encapsulated:
+        try:
+            return dpx.pixel_array(ds, **kwargs)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - decoder plugins raise many types
+            raise UnreadableFileError(path, "PixelData",
+                                      f"pixel data decodable in transfer syntax {syntax}",
+                                      f"{type(exc).__name__}: {exc}") from exc
+    _check_encapsulated(path, ds, header)
+    frames: list[np.ndarray] = []
+    try:
+        for frame in dpx.iter_pixels(ds, **kwargs):  # type: ignore[arg-type]
+            frames.append(frame)
+    except Exception as exc:  # noqa: BLE001 - decoder plugins raise many types
+        where = f"frame {len(frames)}" if header.frames > 1 else "PixelData"
+        raise UnreadableFileError(path, where,
+                                  f"a frame decodable in transfer syntax {syntax}",
+                                  f"{type(exc).__name__}: {' '.join(str(exc).split())}",
+                                  ) from exc
+    if len(frames) != header.frames:
+        raise UnreadableFileError(path, "NumberOfFrames", f"{header.frames} decoded frames",
+                                  f"{len(frames)}")
+    return frames[0] if header.frames == 1 else np.stack(frames)
 
 
 def _decode_frames(path: Path, ds: Dataset) -> np.ndarray:
@@ -163,15 +393,13 @@ def _decode_frames(path: Path, ds: Dataset) -> np.ndarray:
     if photometric not in COLOUR_PHOTOMETRICS + GREY_PHOTOMETRICS + ("PALETTE COLOR",):
         raise InputError(path, "PhotometricInterpretation",
                          "RGB, YBR_*, PALETTE COLOR or MONOCHROME1/2", repr(photometric))
-    try:
-        arr = dpx.pixel_array(ds)  # converts YBR_* to RGB (as_rgb=True)
-        if photometric == "PALETTE COLOR":
+    arr = decode_pixels_checked(path, ds)  # converts YBR_* to RGB (as_rgb=True)
+    if photometric == "PALETTE COLOR":
+        try:
             arr = dpx.apply_color_lut(arr, ds)
-    except Exception as exc:  # noqa: BLE001 - decoder plugins raise many types
-        syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
-        raise UnreadableFileError(path, "PixelData",
-                                  f"pixel data decodable in transfer syntax {syntax}",
-                                  f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - malformed palettes raise many types
+            raise InputError(path, "PaletteColorLookupTable", "a valid palette",
+                             f"{type(exc).__name__}: {exc}") from exc
     colour = photometric != "MONOCHROME1" and photometric != "MONOCHROME2"
     arr = _add_axes(arr, colour)
     if photometric == "PALETTE COLOR":

@@ -25,7 +25,12 @@ import pydicom.pixels as dpx
 from pydicom.dataset import Dataset
 
 from cinelab.errors import InputError, Problem, UnreadableFileError
-from cinelab.io.dicom import read_dataset, read_header
+from cinelab.io.dicom import (
+    check_pixel_header,
+    decode_pixels_checked,
+    read_dataset,
+    read_header,
+)
 
 DICOM_SUFFIX = ".dcm"
 STAGE = "dicom_series"
@@ -81,12 +86,13 @@ def decode_pixels(path: Path, ds: Dataset) -> np.ndarray:
     if "PixelData" not in ds:
         raise UnreadableFileError(path, "PixelData", "an image with pixel data",
                                   "no PixelData element")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = check_pixel_header(path, ds).frames
     if frames > 1:
         raise InputError(path, "NumberOfFrames", "a single-frame image (one per time point)",
                          f"{frames} frames")
+    pixels = decode_pixels_checked(path, ds)
     try:
-        arr = dpx.apply_modality_lut(dpx.pixel_array(ds), ds)
+        arr = dpx.apply_modality_lut(pixels, ds)
     except Exception as exc:  # noqa: BLE001 - decoder plugins raise many types
         raise UnreadableFileError(path, "PixelData", "decodable pixel data",
                                   f"{type(exc).__name__}: {exc}") from exc

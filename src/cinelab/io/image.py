@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cinelab.errors import InputError, UnreadableFileError
+from cinelab.io.files import refuse_special
 from cinelab.utils import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -157,7 +158,7 @@ def _to_uint8(im: Image.Image, scale16: str) -> np.ndarray:
 
 
 def _check_file(path: str | Path) -> Path:
-    path = Path(path)
+    path = refuse_special(path)
     if not path.is_file():
         raise InputError(path, "path", "an existing image file", "nothing at that path")
     if path.stat().st_size == 0:

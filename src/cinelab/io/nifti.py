@@ -9,19 +9,24 @@ the file's own order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.openers import ImageOpener
 
 from cinelab.errors import InputError, UnreadableFileError
+from cinelab.io.checks import check_finite, check_labels, check_spacing
+from cinelab.io.files import refuse_special
 from cinelab.utils import atomic_path
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SPATIAL_UNITS = "mm"
 TIME_UNITS = "sec"
 MIN_DIMS, MAX_DIMS = 2, 4
+NIFTI1_HEADER, NIFTI2_HEADER = 348, 540  # sizeof_hdr, the first field of each header
+MAX_DECODED_BYTES = 4 * 1024**3  # refuse a (compressed) volume that would not fit memory
 
 
 def is_nifti(path: str | Path) -> bool:
@@ -74,19 +79,57 @@ def _zooms(path: Path, ndim: int, spacing: Sequence[float]) -> tuple[float, ...]
     return tuple(values)
 
 
-def read_nifti(path: str | Path, dtype: np.dtype | type | None = None) -> tuple[np.ndarray, tuple]:
-    """(array in NIfTI order, zooms per axis); errors name the file."""
-    path = Path(path)
+def read_nifti(path: str | Path, dtype: np.dtype | type | None = None, *,
+               check: bool = True, labels: Collection[int] | None = None,
+               max_bytes: int = MAX_DECODED_BYTES) -> tuple[np.ndarray, tuple]:
+    """(array in NIfTI order, zooms per axis); errors name the file.
+
+    The declared size (shape x dtype) is checked against `max_bytes` before loading. With
+    `check` (default) every value must be finite and the spatial zooms > 0; with `labels`
+    every value must be one of those labels (a label map).
+    """
+    path = refuse_special(path)
     if not path.is_file():
         raise InputError(path, "path", "an existing NIfTI file", "nothing at that path")
     try:
         image = nib.load(path)
+        shape = tuple(int(n) for n in image.header.get_data_shape())
+        size = int(np.prod(shape, dtype=np.int64)) * image.header.get_data_dtype().itemsize
+        if size > max_bytes:
+            raise InputError(path, "dim", f"at most {max_bytes} bytes of voxels",
+                             f"{size} bytes (shape {shape})", "refused before loading")
         array = np.asarray(image.dataobj)
+    except InputError:
+        raise
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types on corrupt files
         raise UnreadableFileError(path, "file", "a readable NIfTI file",
                                   f"{type(exc).__name__}: {exc}") from exc
     zooms = tuple(float(z) for z in image.header.get_zooms()[: array.ndim])
+    if check:
+        raw = stored_zooms(path)  # nibabel replaces a zero pixdim by 1 when loading
+        spatial = min(array.ndim, 3)
+        check_spacing(raw[:spatial] if raw is not None else zooms[:spatial], path,
+                      "pixdim (voxel size)")
+        if labels is None:
+            check_finite(array, path, "voxels")
+    if labels is not None:
+        check_labels(array, labels, path, "labels")
     return (array if dtype is None else array.astype(dtype)), zooms
+
+
+def stored_zooms(path: str | Path) -> tuple[float, ...] | None:
+    """pixdim[1..7] exactly as stored in a NIfTI-1/2 header (None for other headers)."""
+    try:
+        with ImageOpener(path) as f:
+            head = f.read(NIFTI2_HEADER)
+    except Exception:  # noqa: BLE001 - the loader reports unreadable files
+        return None
+    for size, offset, kind in ((NIFTI1_HEADER, 76, "f4"), (NIFTI2_HEADER, 104, "f8")):
+        for order in ("<", ">"):
+            if len(head) >= size and int(np.frombuffer(head[:4], f"{order}i4")[0]) == size:
+                pixdim = np.frombuffer(head[offset:offset + 8 * int(kind[1])], f"{order}{kind}")
+                return tuple(float(v) for v in pixdim[1:])
+    return None
 
 
 def nifti_affine(path: str | Path) -> np.ndarray:
@@ -99,9 +142,14 @@ def to_nifti_order(array: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndar
     return np.transpose(array), tuple(float(s) for s in spacing)[::-1]
 
 
-def read_volume(path: str | Path, dtype: np.dtype | type | None = None) -> tuple[np.ndarray, tuple]:
-    """A NIfTI file as a slices-first array ((z, y, x) or (t, z, y, x)) and its spacing."""
-    array, zooms = read_nifti(path, dtype)
+def read_volume(path: str | Path, dtype: np.dtype | type | None = None, *,
+                check: bool = True, labels: Collection[int] | None = None,
+                ) -> tuple[np.ndarray, tuple]:
+    """A NIfTI file as a slices-first array ((z, y, x) or (t, z, y, x)) and its spacing.
+
+    Validated as `read_nifti` does (finite values, spacing > 0, `labels` when given).
+    """
+    array, zooms = read_nifti(path, dtype, check=check, labels=labels)
     return to_nifti_order(array, zooms)  # reversing the axes is its own inverse
 
 

@@ -3,11 +3,18 @@
 A traced frame is an (N, 4) array of lines X1, Y1, X2, Y2 as in EchoNet's VolumeTracings.csv:
 row 0 is the long axis (apex to mitral-annulus midpoint), rows 1.. are the disc chords
 perpendicular to it.
+
+`ef_from_tracings` validates each sample before measuring it (a failure is a Problem row,
+the sample left out): coordinates finite and inside the frame (`frame_size`, with
+COORD_TOLERANCE pixels of slack; without it inside 0..MAX_COORDINATE, so 1e9 is never
+measured), frame numbers whole, >= 0 and inside the video (`n_frames`), at least
+`min_chords` disc chords per traced frame, and a positive long axis.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -22,6 +29,54 @@ MM3_PER_ML = 1000.0
 PERCENT = 100.0
 ECHONET_SUFFIX = ".avi"
 EF_STAGE = "measure.ef"
+MIN_CHORDS = 3  # fewer disc chords than this is not a method-of-discs tracing
+MAX_COORDINATE = 4096.0  # pixels; no echo frame is larger (used when the frame size is unknown)
+COORD_TOLERANCE = 1.0  # pixels outside the frame still accepted (rounding of traced points)
+
+
+def check_tracing_lines(lines: np.ndarray, frame_size: tuple[int, int] | None = None,
+                        min_chords: int = MIN_CHORDS, field: str = "lines") -> np.ndarray:
+    """Lines as float (N, 4), checked: >= min_chords chords, coordinates inside the frame.
+
+    `frame_size` is (height, width) in pixels; without it coordinates must lie in
+    0..MAX_COORDINATE. Raises InputError(field, expected, found).
+    """
+    arr = _check_lines(lines, field)
+    if arr.shape[0] - 1 < min_chords:
+        raise InputError(None, field, f"a long axis plus at least {min_chords} disc chords",
+                         f"{arr.shape[0] - 1} chord(s)", "each traced frame needs its chords")
+    if frame_size is None:
+        hi_x = hi_y = MAX_COORDINATE
+        where = f"0..{MAX_COORDINATE:g} px"
+    else:
+        hi_y, hi_x = (float(v) for v in frame_size)
+        where = f"the {int(hi_x)}x{int(hi_y)} frame"
+    xs, ys = arr[:, [0, 2]], arr[:, [1, 3]]
+    lo = -COORD_TOLERANCE
+    outside = (xs < lo) | (xs > hi_x + COORD_TOLERANCE) | (ys < lo) | (ys > hi_y + COORD_TOLERANCE)
+    if outside.any():
+        row = int(np.argwhere(outside)[0][0])
+        raise InputError(None, field, f"coordinates inside {where}",
+                         f"line {row}: {arr[row].tolist()}",
+                         "the tracing does not belong to this video or is in other units")
+    if _lengths(arr)[0] <= 0:
+        raise InputError(None, field, "a long axis of positive length", "a zero-length axis")
+    return arr
+
+
+def check_tracing_frame(frame: object, n_frames: int | None = None,
+                        field: str = "frame") -> int:
+    """A traced frame number: whole, >= 0 and, when `n_frames` is known, < n_frames."""
+    try:
+        value = float(frame)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise InputError(None, field, "a whole frame number", repr(frame)) from exc
+    if not np.isfinite(value) or value != int(value) or value < 0:
+        raise InputError(None, field, "a whole frame number >= 0", repr(frame))
+    if n_frames is not None and value >= n_frames:
+        raise InputError(None, field, f"a frame inside the video (0..{n_frames - 1})",
+                         f"{int(value)}", "the tracing belongs to a longer video")
+    return int(value)
 
 
 def _check_lines(lines: np.ndarray, field: str = "lines") -> np.ndarray:
@@ -127,17 +182,22 @@ def _frame_measures(lines: np.ndarray, scale: float) -> dict[str, float]:
     }
 
 
-def _sample_row(sample_id: str, group: pd.DataFrame, scale: float) -> dict[str, object]:
+def _sample_row(sample_id: str, group: pd.DataFrame, scale: float,
+                frame_size: tuple[int, int] | None = None, n_frames: int | None = None,
+                min_chords: int = MIN_CHORDS) -> dict[str, object]:
     """One EF row from the lines of one sample; raises InputError on a bad sample."""
     frames = list(dict.fromkeys(group["frame"].tolist()))
     if len(frames) != TRACED_FRAMES_PER_SAMPLE:
         raise InputError(None, "frame", f"exactly {TRACED_FRAMES_PER_SAMPLE} traced frames",
                          f"{len(frames)} frame(s): {frames}")
+    for frame in frames:
+        check_tracing_frame(frame, n_frames)
     measures, n_lines = {}, {}
     for frame in frames:
         lines = group.loc[group["frame"] == frame, list(LINE_COLUMNS)].to_numpy(float)
         n_lines[frame] = len(lines)
         try:
+            check_tracing_lines(lines, frame_size, min_chords)
             measures[frame] = _frame_measures(lines, scale)
         except InputError as exc:
             raise InputError(None, f"frame {frame} lines", exc.expected, exc.found,
@@ -156,13 +216,18 @@ def _sample_row(sample_id: str, group: pd.DataFrame, scale: float) -> dict[str, 
 
 
 def ef_from_tracings(
-    tracings: pd.DataFrame, pixel_size_mm: float | None = None
+    tracings: pd.DataFrame, pixel_size_mm: float | None = None, *,
+    frame_size: tuple[int, int] | Mapping[str, tuple[int, int]] | None = None,
+    n_frames: int | Mapping[str, int] | None = None,
+    min_chords: int = MIN_CHORDS,
 ) -> tuple[pd.DataFrame, list[Problem]]:
     """EDV, ESV and EF per sample from a tracings frame (sample_id, frame, X1, Y1, X2, Y2).
 
     ED is the traced frame with the larger disc volume. Volumes are pixel^3, or mL when
-    `pixel_size_mm` is given. Samples without exactly two valid traced frames are reported
-    in the problems list and left out of the table.
+    `pixel_size_mm` is given. `frame_size` ((height, width), one for all or per sample id)
+    and `n_frames` (per sample id or one for all) bound coordinates and frame numbers; a
+    sample missing from those mappings gets only the generic bounds. Samples without
+    exactly two valid traced frames are reported in the problems list and left out.
     """
     missing = [c for c in TRACING_COLUMNS if c not in tracings.columns]
     if missing:
@@ -174,10 +239,19 @@ def ef_from_tracings(
     rows, problems = [], []
     for sample_id, group in tracings.groupby("sample_id", sort=False):
         try:
-            rows.append(_sample_row(str(sample_id), group, scale))
+            sid = str(sample_id)
+            rows.append(_sample_row(sid, group, scale, _per_sample(frame_size, sid),
+                                    _per_sample(n_frames, sid), min_chords))
         except InputError as exc:
             problems.append(Problem.from_exception(str(sample_id), EF_STAGE, exc))
     columns = ["sample_id", "ed_frame", "es_frame", "EDV", "ESV", "EF", "EF_frustum",
                "EDV_area_length",
                "ESV_area_length", "EF_area_length", "n_lines_ed", "n_lines_es"]
     return pd.DataFrame(rows, columns=columns), problems
+
+
+def _per_sample(value: object, sample_id: str) -> object:
+    """One sample's value from a mapping (None when absent), or the value for all samples."""
+    if isinstance(value, Mapping):
+        return value.get(sample_id)
+    return value

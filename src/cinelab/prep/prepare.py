@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cinelab.data.manifest import write_manifest
+from cinelab.data.manifest import sample_id_error, write_manifest
 from cinelab.data.store import (
     STORE_FORMAT,
     channel_stats,
@@ -24,7 +24,7 @@ from cinelab.data.store import (
     sample_files,
     write_sample,
 )
-from cinelab.errors import CinelabError, Problem
+from cinelab.errors import OUTPUT_STAGE, CinelabError, OutputWriteError, Problem, output_fault
 from cinelab.io.dicom import is_dicom_path, read_ultrasound
 from cinelab.io.video import read_video
 from cinelab.plugins import Registry
@@ -137,34 +137,89 @@ def prepare(
     force: bool = False,
     on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> PrepareSummary:
-    """Prepare every manifest row into the store at `out`; resumable and idempotent."""
+    """Prepare every manifest row into the store at `out`; resumable and idempotent.
+
+    Rows with an unsafe or repeated sample id become problems (the first of a repeated id is
+    prepared). A complete sample is skipped only when its recorded checksums still match its
+    files. When the store folder cannot be written (disk full, read-only, ...) the run stops
+    with OutputWriteError and the store stays "incomplete": finished samples are kept and a
+    rerun goes on from them.
+    """
     out = Path(out)
     spec = spec or PrepSpec()
-    (out / "samples").mkdir(parents=True, exist_ok=True)
-    for stale in (out / "samples").glob(".*.tmp*"):  # left by a killed run
-        stale.unlink(missing_ok=True)
-    _write_info(out, spec, status="incomplete")
+    try:
+        (out / "samples").mkdir(parents=True, exist_ok=True)
+        for stale in (out / "samples").glob(".*.tmp*"):  # left by a killed run
+            stale.unlink(missing_ok=True)
+        _write_info(out, spec, status="incomplete")
+    except OSError as exc:
+        _raise_fault(exc, out)
     summary = PrepareSummary(store=out)
     tasks = []
-    for row in manifest.to_dict("records"):
+    seen: dict[str, int] = {}
+    for i, row in enumerate(manifest.to_dict("records")):
+        if not _id_ok(row, i, seen, summary):
+            continue
         task = _task(row, out, spec, summary)
         if task is None:
             continue
         if not force and is_complete(out, str(row["sample_id"]),
-                                     {"source_hash": task["hash"], "spec": spec.to_dict()}):
+                                     {"source_hash": task["hash"], "spec": spec.to_dict()},
+                                     verify=True):
             summary.skipped += 1
             continue
         tasks.append(task)
+    fault: Problem | None = None
     for result in run_tasks(_dispatch, tasks, workers=workers, scheduler=scheduler):
         if "problem" in result:
+            problem = Problem(**result["problem"])
+            if problem.stage == OUTPUT_STAGE:
+                fault = fault or problem
+                continue
             summary.failed += 1
-            summary.problems.append(Problem(**result["problem"]))
+            summary.problems.append(problem)
         else:
             summary.prepared += 1
         if on_result is not None:
             on_result(result)
-    _finalise(out, manifest, spec, tracings, summary)
+    if fault is not None:
+        raise OutputWriteError(fault.file, None, fault.found or fault.error,
+                               "free some space or fix the folder, then run the prepare again: "
+                               "finished samples are kept")
+    try:
+        _finalise(out, manifest, spec, tracings, summary)
+    except OSError as exc:  # store.json is written last: the store stays incomplete
+        _raise_fault(exc, out)
     return summary
+
+
+def _raise_fault(exc: OSError, out: Path) -> None:
+    """Raise the OutputWriteError of an output fault (or `exc` itself)."""
+    fault = output_fault(exc, out)
+    if fault is None:
+        raise exc
+    raise fault from exc
+
+
+def _id_ok(row: dict[str, Any], i: int, seen: dict[str, int],
+           summary: PrepareSummary) -> bool:
+    """A safe sample id not used by an earlier row; else a problem row (and False)."""
+    sid = row.get("sample_id")
+    bad = sample_id_error(sid)
+    if bad is None and str(sid) in seen:
+        bad = f"{sid!r} again (first in row {seen[str(sid)]})"
+        expected = "a unique sample id"
+    else:
+        expected = "a safe sample id ([A-Za-z0-9][A-Za-z0-9._-]{0,127}, no '..')"
+    if bad is not None:
+        summary.problems.append(Problem(str(row.get("path")), "prepare",
+                                        f"sample_id: expected {expected}, found {bad}",
+                                        row=i, column="sample_id", expected=expected,
+                                        found=bad))
+        summary.failed += 1
+        return False
+    seen[str(sid)] = i
+    return True
 
 
 def _task(row: dict[str, Any], out: Path, spec: PrepSpec,
@@ -199,9 +254,11 @@ def _finalise(out: Path, manifest: pd.DataFrame, spec: PrepSpec,
               tracings: pd.DataFrame | None, summary: PrepareSummary) -> None:
     metas = {}
     for sid in manifest["sample_id"].astype(str):
-        if sample_files(out, sid)["meta"].exists() and is_complete(out, sid):
+        if sample_id_error(sid) is None and sid not in metas and \
+                sample_files(out, sid)["meta"].exists() and is_complete(out, sid):
             metas[sid] = read_json(sample_files(out, sid)["meta"])
-    usable = manifest[manifest["sample_id"].astype(str).isin(metas)].copy()
+    ids = manifest["sample_id"].astype(str)
+    usable = manifest[ids.isin(metas) & ~ids.duplicated(keep="first")].copy()
     usable["frames"] = [metas[s]["shape"][0] for s in usable["sample_id"].astype(str)]
     usable["fps"] = [metas[s]["fps"] for s in usable["sample_id"].astype(str)]
     write_manifest(usable, out / "manifest.csv")

@@ -8,17 +8,25 @@ out_dir layout after a run:
   metrics.json                                   final and best validation metrics
   recipe.yaml                                    the recipe that ran (overrides applied)
 Under DDP every rank trains; only rank 0 writes model.pt, metrics.json and recipe.yaml.
+
+Every checkpoint is loaded weights-only (tensors, numbers, strings; no pickled objects), and the
+best checkpoint a run's state names must lie in its checkpoints/ folder. Checkpoints hold the
+global RNG states (torch, CUDA, numpy, random), so a resumed run draws the same data order,
+clips, augmentations and dropout as an uninterrupted one. `--resume` from a damaged last.ckpt
+goes on from the newest loadable checkpoint in checkpoints/ (or says none is usable).
 """
 
 from __future__ import annotations
 
 import math
+import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import (
     Callback,
@@ -29,14 +37,15 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset
 
+from cinelab.cliutil import console
 from cinelab.data.datasets import train_val_ids
 from cinelab.data.store import PreparedStore
-from cinelab.errors import InputError
+from cinelab.errors import CinelabError, InputError, UnreadableFileError
 from cinelab.train.checkpoint import save_checkpoint
 from cinelab.train.recipe import Recipe, load_recipe, recipe_to_dict, recipe_to_yaml
 from cinelab.train.setup import TASK_SETUPS, TaskSetup
 from cinelab.train.tasks import BUILTIN_TASKS  # noqa: F401  (importing registers them)
-from cinelab.utils import atomic_path, write_json
+from cinelab.utils import atomic_path, inside, write_json
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_NAME = "best"
@@ -47,6 +56,14 @@ MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.json"
 RECIPE_FILE = "recipe.yaml"
 MAX_LOG_EVERY = 50
+
+#: Non-tensor globals allowed when loading a Lightning checkpoint weights-only: none. cinelab's
+#: checkpoints hold only dicts, lists, tuples, numbers, strings, None and tensors (loops,
+#: callback states, optimiser and scheduler state_dicts, RNG states stored as tensors); add a
+#: class here only when a checkpoint really needs it.
+CHECKPOINT_SAFE_GLOBALS: tuple[Any, ...] = ()
+#: Keys a checkpoint must have to resume training from it
+RESUME_KEYS = ("state_dict", "loops", "optimizer_states", "epoch", "global_step")
 
 
 @dataclass
@@ -85,6 +102,47 @@ class EpochDataCallback(Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         _set_epoch(self.dataset, trainer)
+
+
+class RngStateCallback(Callback):
+    """Store the global RNG states in every checkpoint and restore them on resume.
+
+    Lightning restores weights, optimiser, scheduler and loop counters, not the RNGs; the
+    shuffling sampler, DataLoader worker seeds, augmentations and dropout draw from them. The
+    states saved at the end of epoch e are those the uninterrupted run starts epoch e+1 with.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return rng_states()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        set_rng_states(state_dict)
+
+
+def rng_states() -> dict[str, Any]:
+    """torch, CUDA, numpy and python RNG states as tensors and plain values (weights-only)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [str(name), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos),
+                  int(has_gauss), float(gauss)],
+        "python": [int(version), torch.tensor(internal, dtype=torch.int64), gauss_next],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_states(state: dict[str, Any]) -> None:
+    """Restore what `rng_states` recorded."""
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(int(v) for v in internal.tolist()), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _set_epoch(dataset: Dataset, trainer: L.Trainer) -> None:
@@ -147,10 +205,90 @@ def _trainer(recipe: Recipe, out: Path, ckpt_cb: ModelCheckpoint, callbacks: lis
                      log_every_n_steps=max(1, min(MAX_LOG_EVERY, n_batches)), **settings)
 
 
+class EpochCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that writes last.ckpt at every save point, as resume needs.
+
+    Lightning >= 2.6 rewrites last.ckpt only when the monitored score improved, so a run
+    killed after epochs that did not improve would redo them on resume. The state key stays
+    ModelCheckpoint's, so runs written before resume with their best-model tracking.
+    """
+
+    @property
+    def state_key(self) -> str:
+        return super().state_key.replace(type(self).__qualname__, "ModelCheckpoint", 1)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_always(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_always(trainer)
+
+    def _save_last_always(self, trainer: L.Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
 def _checkpoint_callback(out: Path, monitor: tuple[str, str]) -> ModelCheckpoint:
-    return ModelCheckpoint(dirpath=out / CHECKPOINT_DIR, filename=BEST_NAME,
+    return EpochCheckpoint(dirpath=out / CHECKPOINT_DIR, filename=BEST_NAME,
                            monitor=monitor[0], mode=monitor[1], save_top_k=1, save_last=True,
                            auto_insert_metric_name=False, enable_version_counter=False)
+
+
+def load_lightning_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint loaded weights-only (no pickled object can run); a damaged,
+    truncated or non-tensor file raises UnreadableFileError."""
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(list(CHECKPOINT_SAFE_GLOBALS)):
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types on bad files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UnreadableFileError(
+            path, "checkpoint", "a Lightning checkpoint of tensors, numbers and strings",
+            f"{type(exc).__name__}: {first}"[:300],
+            "it is damaged or holds pickled objects; use another checkpoint") from exc
+    if not isinstance(payload, dict) or "state_dict" not in payload:
+        found = sorted(map(str, payload))[:6] if isinstance(payload, dict) else \
+            type(payload).__name__
+        raise UnreadableFileError(path, "checkpoint", "a Lightning checkpoint dict with a "
+                                  "state_dict", repr(found))
+    return payload
+
+
+def resume_checkpoint(out_dir: str | Path) -> Path | None:
+    """The checkpoint to resume from: last.ckpt when it loads, else the newest loadable
+    checkpoint in checkpoints/ (with a warning); None when there is none at all; InputError
+    when there are checkpoints but none is usable."""
+    folder = Path(out_dir) / CHECKPOINT_DIR
+    last = folder / f"{LAST_NAME}{CKPT_SUFFIX}"
+    others = sorted((p for p in folder.glob(f"*{CKPT_SUFFIX}") if p != last and p.is_file()),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    candidates = ([last] if last.is_file() else []) + others
+    if not candidates:
+        return None
+    failures = []
+    for candidate in candidates:
+        try:
+            payload = load_lightning_checkpoint(candidate)
+            missing = [k for k in RESUME_KEYS if k not in payload]
+            if missing:
+                raise UnreadableFileError(candidate, "checkpoint", f"keys {list(RESUME_KEYS)}",
+                                          f"no {missing}")
+        except CinelabError as exc:
+            failures.append(str(exc))
+            continue
+        if candidate != last:
+            why = "; ".join(failures) or f"{last}: no such file"
+            console.print(f"[yellow]warning:[/yellow] {why}; resuming from {candidate} "
+                          "instead", highlight=False, soft_wrap=True)
+        return candidate
+    raise InputError(folder, "checkpoint", "a loadable checkpoint to resume from",
+                     f"none usable ({'; '.join(failures)})"[:1000],
+                     "start again in a new output folder (or delete the checkpoints folder)")
 
 
 def fit(recipe: Recipe | str | Path, store: PreparedStore | str | Path, out_dir: str | Path,
@@ -174,6 +312,7 @@ def fit(recipe: Recipe | str | Path, store: PreparedStore | str | Path, out_dir:
         raise InputError(out, "out_dir", "a new output folder, or resume=True",
                          f"a previous run ({last} exists)",
                          "resume it (--resume) or choose another output folder")
+    start_from = resume_checkpoint(out) if resume else None
     L.seed_everything(recipe.trainer.seed, workers=True, verbose=False)
     setup = build_task(recipe, store)
     acc = _resolve(accelerator, recipe.trainer.accelerator)
@@ -182,7 +321,8 @@ def fit(recipe: Recipe | str | Path, store: PreparedStore | str | Path, out_dir:
     ckpt_cb = _checkpoint_callback(out, setup.module.monitor)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     trainer = _trainer(
-        recipe, out, ckpt_cb, [EpochDataCallback(setup.train), *(callbacks or [])],
+        recipe, out, ckpt_cb,
+        [EpochDataCallback(setup.train), RngStateCallback(), *(callbacks or [])],
         _batching(len(setup.train), recipe.data.batch_size, True)[2],
         max_epochs=_resolve(max_epochs, recipe.trainer.max_epochs),
         precision=_resolve(precision, recipe.trainer.precision),
@@ -193,8 +333,9 @@ def fit(recipe: Recipe | str | Path, store: PreparedStore | str | Path, out_dir:
     try:
         for logger in trainer.loggers:
             logger.log_hyperparams(_flat(recipe_to_dict(recipe)))
-        trainer.fit(setup.module, datamodule=data,
-                    ckpt_path=last if resume and last.exists() else None)
+        with torch.serialization.safe_globals(list(CHECKPOINT_SAFE_GLOBALS)):
+            trainer.fit(setup.module, datamodule=data, ckpt_path=start_from,
+                        weights_only=True)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
     metrics = _metrics(trainer, ckpt_cb)
@@ -237,7 +378,11 @@ def _export(out: Path, recipe: Recipe, setup: TaskSetup, ckpt_cb: ModelCheckpoin
             metrics: dict[str, Any], store: PreparedStore) -> None:
     """Best weights -> model.pt (cinelab checkpoint); metrics.json; recipe.yaml."""
     best = ckpt_cb.best_model_path or ckpt_cb.last_model_path
-    payload = torch.load(best, map_location="cpu", weights_only=False)
+    if not inside(out / CHECKPOINT_DIR, best):
+        raise InputError(best, "best_model_path", f"a checkpoint inside {out / CHECKPOINT_DIR}",
+                         f"{best} (named by the resumed checkpoint)",
+                         "resume only from checkpoints this run wrote")
+    payload = load_lightning_checkpoint(best)
     setup.module.load_state_dict(payload["state_dict"])
     metrics["best_epoch"] = int(payload.get("epoch", -1))
     extra = {"metrics": metrics, "store": str(store.root), "lightning_checkpoint": str(best),

@@ -231,7 +231,11 @@ def _read_text(name_or_path: str | Path) -> tuple[str, str]:
         path = Path(name_or_path).expanduser()
         if not path.is_file():
             raise InputError(path, "recipe", "a recipe YAML file", "nothing at that path")
-        return path.read_text(), str(path)
+        try:
+            return path.read_text(), str(path)
+        except UnicodeDecodeError as exc:
+            raise InputError(path, "recipe", "a UTF-8 YAML text file",
+                             f"undecodable bytes at offset {exc.start}") from exc
     resource = resources.files(RECIPE_PACKAGE) / RECIPE_FOLDER / f"{name_or_path}.yaml"
     if not resource.is_file():
         raise InputError(None, "recipe", f"a recipe name (one of {list_recipes()}) or a "

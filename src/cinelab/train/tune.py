@@ -213,7 +213,12 @@ def overrides_from_best(path: str | Path) -> list[str]:
     if not path.is_file():
         raise InputError(path, "best_params", "a best_params.yaml written by `tune`",
                          "nothing at that path")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        found = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(path, "best_params", "plain YAML written by `cinelab tune` (no tags)",
+                         found, "regenerate it with `cinelab tune`") from exc
     if not isinstance(data, Mapping) or not all(isinstance(k, str) for k in data):
         raise InputError(path, "best_params", "a mapping of override keys to values",
                          type(data).__name__)

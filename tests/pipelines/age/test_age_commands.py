@@ -1,16 +1,19 @@
 """`cinelab synth cmr-lax`, `age ingest`, `cv`, `age ensemble` and `age report` end to end on
-a tiny synthetic long-axis cohort; unusable input exits with a one-line error."""
+a tiny synthetic one-view long-axis cohort; unusable input exits with a one-line error."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from cinelab.cli import app
 from cinelab.data.store import PreparedStore
+from cinelab.utils import read_json
 
 runner = CliRunner()
 TINY = ["--set", "data.size=16", "--set", "trainer.max_epochs=1", "--set", "data.batch_size=4",
@@ -27,44 +30,56 @@ def _ok(args: list[str]) -> str:
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("age")
     _ok(["synth", "cmr-lax", "--out", str(root / "cohort"), "--n", "8", "--size", "32",
-         "--views", "3ch,4ch", "--target", "age"])
+         "--views", "4ch", "--target", "age"])
     _ok(["age", "ingest", str(root / "cohort" / "dicom"), "--ages",
-         str(root / "cohort" / "ages.csv"), "--out", str(root / "ingest"), "--store",
-         str(root / "store"), "--size", "16", "--workers", "1"])
+         str(root / "cohort" / "ages.csv"), "--out", str(root / "ingest"), "--views", "4ch",
+         "--store", str(root / "store"), "--size", "16", "--workers", "1"])
     return root
 
 
-def test_synth_and_ingest_make_a_two_view_store(work: Path) -> None:
-    ages = pd.read_csv(work / "cohort" / "ages.csv")
-    assert len(ages) == 8
+def test_synth_and_ingest_make_a_store_with_the_cohort_ages(work: Path) -> None:
+    ages = pd.read_csv(work / "cohort" / "ages.csv", dtype={"subject": str})
     store = PreparedStore(work / "store")
-    assert set(store.manifest["view"]) <= {"3ch", "4ch"}
-    assert store.frames(store.ids[0]).shape == (25, 16, 16, 1)
-    assert set(store.manifest["patient_id"]) == set(ages["subject"])
+    m = store.manifest
+    assert set(m["view"]) == {"4ch"}  # the extra 2ch series some subjects have are left out
+    assert sorted(m["patient_id"]) == sorted(ages["subject"])  # every subject keeps its 4ch
+    truth = ages.set_index("subject")["age"].reindex(m["patient_id"].astype(str))
+    assert np.allclose(m["age"].astype(float), truth.to_numpy())
+    assert store.frames(store.ids[0]).shape == (25, 16, 16, 1)  # one cycle, 25 frames
 
 
 def test_cv_ensemble_report(work: Path) -> None:
     out = work / "cv"
     args = ["cv", "cmr-age-cpu", "--data", str(work / "store"), "--out", str(out),
-            "--outer", "2", "--inner", "2", "--tta", "2", *TINY]
+            "--outer", "2", "--inner", "2", "--tta", "1", "--by", "view", *TINY]
     assert "4 model(s) trained" in _ok(args)
     assert "0 model(s) trained, 4 finished before" in _ok(args)  # resumes: nothing to redo
     text = _ok(["age", "ensemble", str(out), "--n-boot", "20", "--method", "mean"])
-    assert "RMSE ensemble" in text and "RMSE baseline" in text
-    assert (out / "ensemble" / "age_gap.csv").exists()
+    table = pd.read_csv(out / "ensemble" / "predictions.csv")
+    shown = dict(re.findall(r"RMSE (\w+): ([\d.]+)", text))
+    rmse = np.sqrt(np.mean((table["pred"] - table["age"]) ** 2))
+    base = np.sqrt(np.mean((table["baseline"] - table["age"]) ** 2))
+    assert float(shown["ensemble"]) == pytest.approx(rmse, abs=0.006)
+    assert float(shown["baseline"]) == pytest.approx(base, abs=0.006)
+    gap = pd.read_csv(out / "ensemble" / "age_gap.csv")
+    assert np.allclose(gap["gap"], gap["pred"] - gap["age"])
     _ok(["age", "report", str(out)])
-    assert (out / "ensemble" / "report.html").stat().st_size > 10_000
+    page = (out / "ensemble" / "report.html").read_text()
+    ratio = read_json(out / "ensemble" / "metrics.json")["headline"]["rmse_ratio_to_baseline"]
+    assert f"ratio {ratio:.2f}" in page and f"{rmse:.2f}" in page
 
 
-@pytest.mark.parametrize("args", [
-    ["synth", "cmr-lax", "--out", "unused", "--target", "EF"],
-    ["age", "report", "no/such/folder"],
-    ["cv", "cmr-age-cpu", "--data", "no/such/store", "--out", "unused"],
+@pytest.mark.parametrize(("args", "message"), [
+    (["synth", "cmr-lax", "--out", "unused", "--target", "EF"], "'age'"),
+    (["age", "report", "no/such/folder"], "metrics.json"),
+    (["cv", "cmr-age-cpu", "--data", "no/such/store", "--out", "unused"], "no/such/store"),
 ])
-def test_unusable_input_exits_2(args: list[str], tmp_path: Path, monkeypatch) -> None:
+def test_unusable_input_exits_2(args: list[str], message: str, tmp_path: Path,
+                                monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and "error:" in result.output
+    assert message in result.output.replace("\n", "")
 
 
 def test_ingest_without_series_exits_2(work: Path, tmp_path: Path) -> None:

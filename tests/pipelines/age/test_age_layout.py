@@ -11,8 +11,8 @@ import pydicom
 import pytest
 
 from cinelab.errors import InputError
-from cinelab.pipelines.age.layout import ingest_lax, read_ages, view_of
 from cinelab.formats.ingest import load_ingested
+from cinelab.pipelines.age.layout import ingest_lax, read_ages, view_of
 from cinelab.pipelines.age.synth import synth_cmr_lax_cohort
 
 N = 4

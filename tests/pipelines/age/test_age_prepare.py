@@ -19,8 +19,8 @@ from cinelab.pipelines.age.prepare import (
     preprocess_cine,
     resample_cycle,
 )
-from cinelab.prep.prepare import PREPARERS, PrepSpec, prepare
 from cinelab.pipelines.age.synth import synth_cmr_lax_cohort
+from cinelab.prep.prepare import PREPARERS, PrepSpec, prepare
 
 RR_MS = 800.0
 

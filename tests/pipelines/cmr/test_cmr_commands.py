@@ -31,12 +31,23 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_synth_and_convert(cohort: Path, tmp_path: Path) -> None:
-    truth = pd.read_csv(cohort / "truth.csv")
-    assert len(truth) == 3 and (cohort / "acdc").is_dir() and (cohort / "dsb").is_dir()
-    _run(["cmr", "convert", cohort / "dsb", "--out", tmp_path / "conv", "--max-size", 64])
-    manifest = pd.read_csv(tmp_path / "conv" / "manifest.csv")
-    assert len(manifest) >= 3 and (tmp_path / "conv" / "conversion_log.tsv").is_file()
-    assert (tmp_path / "conv" / "patient_dimensions.tsv").is_file()
+    truth = pd.read_csv(cohort / "truth.csv", dtype={"pid": str})
+    assert truth["acdc_id"].tolist() == ["patient001", "patient002", "patient003"]
+    assert sorted(p.name for p in (cohort / "acdc").glob("*/patient*")) == \
+        truth["acdc_id"].tolist()
+    out = _run(["cmr", "convert", cohort / "dsb", "--out", tmp_path / "conv", "--max-size", 64])
+    assert "3 cines, 0 logged problem(s), 0 skipped" in out
+    manifest = pd.read_csv(tmp_path / "conv" / "manifest.csv", dtype={"sample_id": str})
+    merged = manifest.merge(truth, left_on="sample_id", right_on="pid")
+    assert len(merged) == 3  # one clean cine per patient, geometry and volumes kept
+    np.testing.assert_array_equal(merged["slices_x"], merged["slices_y"])
+    np.testing.assert_array_equal(merged["frames_x"], 4)
+    np.testing.assert_allclose(merged["pixelSpacingX"], merged["pixel_spacing"], rtol=1e-5)
+    np.testing.assert_allclose(merged["EDV_x"], merged["EDV_y"], atol=0.01)
+    assert merged["split"].tolist() == ["train", "train", "test"]  # train.csv / solution.csv
+    assert pd.read_csv(tmp_path / "conv" / "conversion_log.tsv", sep="\t").empty
+    dims = pd.read_csv(tmp_path / "conv" / "patient_dimensions.tsv", sep="\t")
+    assert dims[["X", "Y"]].values.tolist() == [[36, 40]] * 3
 
 
 def test_measure_against_truth(cohort: Path, tmp_path: Path) -> None:
@@ -49,7 +60,10 @@ def test_measure_against_truth(cohort: Path, tmp_path: Path) -> None:
     np.testing.assert_allclose(table["LVM"], truth["LVM"], rtol=0.03)
     ef = pd.read_csv(tmp_path / "ef_differences.csv")
     assert ef["mean"].iloc[0] < 0.01
-    assert (tmp_path / "frame_volumes.csv").is_file()
+    frames = pd.read_csv(tmp_path / "frame_volumes.csv")  # the ED and ES stack of each
+    assert frames.groupby("patient_id").size().tolist() == [2, 2, 2]
+    np.testing.assert_allclose(frames.groupby("patient_id")["LV_ml"].max(), truth["EDV"],
+                               rtol=0.03)
 
 
 def test_pseudo_from_volumes(cohort: Path, tmp_path: Path) -> None:
@@ -77,7 +91,8 @@ def test_evaluate_and_report(cohort: Path, tmp_path: Path) -> None:
     assert set(confusion["model"]) == {"net", "self", "twin"}
     assert (confusion["FP"] == 0).all() and (confusion["FN"] == 0).all()
     _run(["cmr", "report", tmp_path / "ev", "--out", tmp_path / "r.html"])
-    assert (tmp_path / "r.html").stat().st_size > 1000
+    html = (tmp_path / "r.html").read_text()
+    assert "patient001" in html and "<img" in html and "net" in html
 
 
 def test_friendly_errors(tmp_path: Path) -> None:
@@ -92,18 +107,11 @@ def test_friendly_errors(tmp_path: Path) -> None:
     assert "--also-labels" in out
 
 
-def test_synth_cmr_long_axis_views_for_age(tmp_path):
-    """`cinelab synth cmr --views 3ch,4ch --target age` writes long-axis series + ages."""
-    from typer.testing import CliRunner
-
-    from cinelab.cli import app
-
-    result = CliRunner().invoke(app, ["synth", "cmr", "--out", str(tmp_path / "lax"), "--n",
-                                      "3", "--views", "3ch,4ch", "--target", "age",
-                                      "--rows", "48"])
-    assert result.exit_code == 0, result.output
-    assert (tmp_path / "lax" / "ages.csv").exists()
-    assert any((tmp_path / "lax" / "dicom").rglob("*.dcm"))
+def test_synth_cmr_long_axis_views_moved_to_cmr_lax(tmp_path: Path) -> None:
+    """Long-axis series are the age pipeline's `synth cmr-lax`; `synth cmr` says so."""
+    out = _run(["synth", "cmr", "--out", tmp_path / "lax", "--views", "3ch,4ch"], code=2)
+    assert "--views" in out
+    assert "cmr-lax" in _run(["synth", "cmr", "--help"])
 
 
 TINY = ["--set", "data.size=32", "--set", "data.augment.crop=null", "--set",
@@ -111,6 +119,7 @@ TINY = ["--set", "data.size=32", "--set", "data.augment.crop=null", "--set",
         "model.kwargs.strides=[2, 2]", "--set", "trainer.val_every=1"]
 
 
+@pytest.mark.slow
 def test_pseudo_label_training_chain(tmp_path: Path) -> None:
     """ACDC store -> train -> predict DSB cines -> confidence -> ED/ES pairs -> store ->
     transfer training from the first model; and a data-requirement curve."""
@@ -165,4 +174,4 @@ def test_pseudo_label_training_chain(tmp_path: Path) -> None:
                 tmp_path / "curve", "--sizes", "1,2", "--max-epochs", 1, *TINY])
     curve = pd.read_csv(tmp_path / "curve" / "data_requirement.csv")
     assert curve["patients"].tolist() == [1, 2] and curve["train_patients"].tolist() == [1, 2]
-    assert "val/dice_LV" in curve and (tmp_path / "curve" / "data_requirement.png").is_file()
+    assert (tmp_path / "curve" / "data_requirement.png").read_bytes()[:4] == b"\x89PNG"

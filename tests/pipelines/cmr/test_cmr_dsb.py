@@ -12,11 +12,16 @@ import pydicom
 import pytest
 
 from cinelab.errors import InputError
-from cinelab.pipelines.cmr import dsb_clean as dc
-from cinelab.pipelines.cmr.dsb import convert_dsb, find_dsb_patients, read_dsb_patient, read_dsb_volumes
-from cinelab.pipelines.cmr.dsb_clean import ConversionLog, SliceSeries
 from cinelab.io.dicom_series import MRImage, read_mr_image
 from cinelab.io.nifti import read_volume
+from cinelab.pipelines.cmr import dsb_clean as dc
+from cinelab.pipelines.cmr.dsb import (
+    convert_dsb,
+    find_dsb_patients,
+    read_dsb_patient,
+    read_dsb_volumes,
+)
+from cinelab.pipelines.cmr.dsb_clean import ConversionLog, SliceSeries
 from cinelab.pipelines.cmr.synth import synth_cmr_cohort
 from cinelab.pipelines.cmr.synth_writers import DEFECTS
 

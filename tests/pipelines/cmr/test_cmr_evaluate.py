@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 
 from cinelab.errors import InputError
+from cinelab.io.nifti import write_volume
+from cinelab.measure.volumes import LabelMap
 from cinelab.pipelines.cmr.evaluate import (
     CONFUSION_CSV,
     DICE_CSV,
@@ -22,9 +24,7 @@ from cinelab.pipelines.cmr.evaluate import (
     evaluate_cmr,
     pair_images,
 )
-from cinelab.io.nifti import write_volume
 from cinelab.pipelines.cmr.measure import mask_index
-from cinelab.measure.volumes import LabelMap
 
 SPACING = (10.0, 1.5, 1.5)
 MODEL_LABELS = LabelMap(lv=1, myo=2, rv=3)

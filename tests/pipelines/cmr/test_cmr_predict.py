@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from cinelab.errors import InputError
+from cinelab.io.nifti import read_volume
+from cinelab.models import create_model
 from cinelab.pipelines.cmr.acdc import read_acdc
 from cinelab.pipelines.cmr.predict import (
     INDEX_FILE,
@@ -17,8 +19,6 @@ from cinelab.pipelines.cmr.predict import (
     predict_cmr,
     segment_stack,
 )
-from cinelab.io.nifti import read_volume
-from cinelab.models import create_model
 from cinelab.pipelines.cmr.prepare import prepare_cmr
 from cinelab.pipelines.cmr.synth import synth_cmr_cohort
 from cinelab.train.checkpoint import InputSpec, save_checkpoint

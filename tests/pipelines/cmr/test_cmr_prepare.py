@@ -12,8 +12,8 @@ from PIL import Image
 from cinelab.data.manifest import new_manifest
 from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError
-from cinelab.pipelines.cmr.acdc import LV_LABEL, read_acdc, read_acdc_h5
 from cinelab.io.nifti import write_volume
+from cinelab.pipelines.cmr.acdc import LV_LABEL, read_acdc, read_acdc_h5
 from cinelab.pipelines.cmr.prepare import (
     cine_frames,
     cmr_manifest,

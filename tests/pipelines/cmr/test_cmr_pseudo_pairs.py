@@ -11,17 +11,17 @@ import pytest
 from PIL import Image
 
 from cinelab.data.store import PreparedStore
+from cinelab.io.nifti import write_volume
+from cinelab.measure.volumes import LabelMap
+from cinelab.pipelines.cmr.measure import mask_index
 from cinelab.pipelines.cmr.pngmasks import read_png_masks
+from cinelab.pipelines.cmr.prepare import prepare_cmr_folder
 from cinelab.pipelines.cmr.pseudo import SCORE_COLUMN
 from cinelab.pipelines.cmr.pseudo_pairs import (
     export_pseudo_pairs,
     phase_frames,
     to_acdc_labels,
 )
-from cinelab.io.nifti import write_volume
-from cinelab.pipelines.cmr.measure import mask_index
-from cinelab.measure.volumes import LabelMap
-from cinelab.pipelines.cmr.prepare import prepare_cmr_folder
 
 MODEL_LABELS = LabelMap(lv=1, myo=2, rv=None)  # a model numbering its classes LV 1, MYO 2
 RADII = (6, 8, 5, 3, 4)  # LV radius per frame: ED frame 1, ES frame 3
@@ -128,8 +128,8 @@ def test_real_acdc_stacks_as_pairs(tmp_path: Path) -> None:
     """The real ACDC HDF5 samples, their reference labels standing in for predictions:
     every slice of every (patient, phase) stack becomes a pair that matches its label."""
     from cinelab.pipelines.cmr.acdc import load_acdc_h5
-    from cinelab.pipelines.cmr.pseudo import confidence_scores
     from cinelab.pipelines.cmr.measure import measure_mask_set
+    from cinelab.pipelines.cmr.pseudo import confidence_scores
     from conftest import real_path
 
     index = mask_index(real_path("acdc-h5", "data"))

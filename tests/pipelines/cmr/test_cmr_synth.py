@@ -10,9 +10,10 @@ import pydicom
 import pytest
 
 from cinelab.errors import InputError
-from cinelab.pipelines.cmr.acdc import read_info_cfg
 from cinelab.io.nifti import read_volume
+from cinelab.pipelines.cmr.acdc import read_info_cfg
 from cinelab.pipelines.cmr.synth import synth_cmr_cohort
+from cinelab.pipelines.cmr.synth_writers import DEFECT_PROBLEMS, DEFECTS
 from cinelab.synth.cmr_phantom import (
     GROUP_RANGES,
     Grid,
@@ -21,7 +22,6 @@ from cinelab.synth.cmr_phantom import (
     labels_at,
     random_heart,
 )
-from cinelab.pipelines.cmr.synth_writers import DEFECT_PROBLEMS, DEFECTS
 
 N = 3
 FRAMES = 8

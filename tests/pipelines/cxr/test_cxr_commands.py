@@ -1,86 +1,133 @@
-"""`cinelab cxr ...` end to end on a tiny synthetic cohort: stores, ensemble (one member
-alone, then the rest; the process pool is tested in tests/train), predict with TTA,
-evaluate, Grad-CAM, report."""
+"""`cinelab cxr ...` (the pipeline's own command group, as the CLI registers it): predict,
+evaluate, gradcam and report on a tiny ensemble against numbers computed here; (slow) the
+chain with real training: stores, one member alone then the rest, `cxr run` resuming it."""
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import typer
+from test_cxr_predict import MEMBERS, WEIGHTS, make_ensemble
 from typer.testing import CliRunner
 
-from cinelab.cli import app
+from cinelab.evaluate.metrics import roc_auc
+from cinelab.pipelines.cxr.layout import read_cxr_folders
 from cinelab.pipelines.cxr.synth import synth_cxr_cohort
+from cinelab.pipelines.registry import get_pipeline
 
 runner = CliRunner()
-MEMBERS = ("ensemble.members=[{model: resnet10t, size: 32, crop: crop}, "
-           "{model: resnet10t, size: 32, crop: uncrop}]")
-SETTINGS = ["--set", MEMBERS, "--set", "data.batch_size=8"]
+TWO = ("ensemble.members=[{model: resnet10t, size: 32, crop: crop}, "
+       "{model: resnet10t, size: 32, crop: uncrop}]")
+SETTINGS = ["--set", TWO, "--set", "data.batch_size=8"]
+
+
+def _app() -> typer.Typer:
+    main = typer.Typer()
+    get_pipeline("cxr").commands({"main": main, "synth": typer.Typer(),
+                                  "measure": typer.Typer(), "import": typer.Typer()})
+    return main
+
+
+APP = _app()
 
 
 def _ok(args):
-    result = runner.invoke(app, [str(a) for a in args])
+    result = runner.invoke(APP, [str(a) for a in args])
     assert result.exit_code == 0, result.output + repr(result.exception)
     return result
 
 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
-    # seed 1: both classes in the validation split
+    # seed 1: both classes in the validation and test splits
     return synth_cxr_cohort(tmp_path_factory.mktemp("cxr") / "raw", n=40, size=64, seed=1)
 
 
-def test_whole_chain(raw, tmp_path):
+def _test_labels(raw: Path) -> pd.Series:
+    m = read_cxr_folders(raw).manifest
+    return m[m["split"] == "test"].set_index("sample_id")["label"]
+
+
+def test_predict_evaluate_gradcam_report(raw, tmp_path):
+    ens = make_ensemble(tmp_path / "ens")
+    pred, ev = tmp_path / "pred", tmp_path / "eval"
+    _ok(["cxr", "predict", ens, raw / "Test", "--out", pred, "--masks", "files"])
+    table = pd.read_csv(pred / "predictions.csv", dtype={"sample_id": str})
+    labels = _test_labels(raw)
+    assert sorted(table["sample_id"]) == sorted(labels.index)
+    members = table[[f"probability_{n}" for n in MEMBERS]].to_numpy()
+    np.testing.assert_allclose(table["probability"], members @ np.array(WEIGHTS), rtol=1e-6)
+    assert (table["crop_reason"] == "ok").all()  # mask files beside the images
+
+    out = _ok(["cxr", "evaluate", pred, "--labels", raw / "Test", "--out", ev,
+               "--n-boot", 50, "--threshold", 0.5]).output
+    auc = roc_auc(labels.loc[table["sample_id"]].to_numpy(float), table["probability"])
+    assert f"AUC {auc:.3f}" in out
+    assert json.loads((ev / "metrics.json").read_text())["pipeline"] == "cxr"
+
+    cams = tmp_path / "cams"
+    _ok(["cxr", "gradcam", ens, raw / "Test", "--out", cams, "--limit", 2])
+    first_two = sorted(p.stem for p in (raw / "Test").rglob("P*.png")
+                       if p.parent.name != "masks")[:2]
+    assert sorted(p.stem for p in cams.glob("*.png")) == first_two
+    html = tmp_path / "report.html"
+    _ok(["cxr", "report", ev, "--ensemble", ens, "--gradcam", cams, "--out", html])
+    text = html.read_text()
+    assert f"auc: {auc:.3f}" in text and text.count("data:image/png") >= 3  # ROC + 2 CAMs
+
+
+def test_friendly_errors(tmp_path):
+    result = runner.invoke(APP, ["cxr", "predict", str(tmp_path / "none"), str(tmp_path),
+                                 "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "ensemble folder" in result.output
+    result = runner.invoke(APP, ["cxr", "report", str(tmp_path), "--out",
+                                 str(tmp_path / "r.html")])
+    assert result.exit_code == 2 and "metrics.json" in result.output
+
+
+@pytest.mark.slow
+def test_whole_chain_trains_once_and_resumes(raw, tmp_path):
     stores, ens = tmp_path / "stores", tmp_path / "ensemble"  # the layout of `cxr run`
     _ok(["cxr", "prepare", raw, "--out", stores, "--workers", 1, *SETTINGS])
-    assert sorted(p.name for p in stores.iterdir() if p.is_dir()) == ["crop-32", "uncrop-32"]
+    crops = pd.read_csv(stores / "crops.csv")
+    assert len(crops) == 40 and crops["crop_applied"].all()  # a mask beside every image
 
     train = ["cxr", "train-ensemble", "cxr-ensemble-cpu", "--stores", stores, "--out", ens,
              "--max-epochs", 1, *SETTINGS]
     out = _ok([*train, "--member", "resnet10t-32-crop"]).output
     assert "not fitted yet" in out and not (ens / "ensemble.json").exists()
-    first = (ens / "members" / "resnet10t-32-crop" / "model.pt").stat().st_mtime_ns
+    model_pt = ens / "members" / "resnet10t-32-crop" / "model.pt"
+    first = model_pt.read_bytes()
     out = _ok(train).output
-    assert "trained 1, already finished 1" in out
-    assert (ens / "members" / "resnet10t-32-crop" / "model.pt").stat().st_mtime_ns == first
+    assert "trained 1, already finished 1" in out and model_pt.read_bytes() == first
     weights = json.loads((ens / "ensemble.json").read_text())
-    assert len(weights["weights"]) == 2 and weights["method"] == "bmc"
-    assert weights["details"]["val_auc"] is not None
-
-    pred = tmp_path / "pred"
-    _ok(["cxr", "predict", ens, raw / "Test", "--out", pred, "--tta", 2])
-    table = pd.read_csv(pred / "predictions.csv")
-    n_test = len([p for p in (raw / "Test").rglob("*.png") if p.parent.name != "masks"])
-    assert len(table) == n_test and table["probability"].between(0, 1).all()
-    assert (table["crop_reason"] == "ok").all()  # mask files beside the images
-
-    ev = tmp_path / "eval"
-    out = _ok(["cxr", "evaluate", pred, "--labels", raw / "Test", "--out", ev,
-               "--n-boot", 50]).output
-    assert "AUC" in out and (ev / "roc.png").exists()
-    members = pd.read_csv(ev / "members.csv")
-    assert members["model"].tolist()[0] == "ensemble" and len(members) == 3
-
-    cams = tmp_path / "cams"
-    _ok(["cxr", "gradcam", ens, raw / "Test", "--out", cams, "--limit", 2])
-    assert len(list(cams.glob("*.png"))) == 2
-    html = tmp_path / "report.html"
-    _ok(["cxr", "report", ev, "--ensemble", ens, "--gradcam", cams, "--out", html])
-    text = html.read_text()
-    assert "Ensemble weights" in text and "Grad-CAM" in text and "data:image/png" in text
+    assert sum(weights["weights"]) == pytest.approx(1.0) and weights["method"] == "bmc"
 
     # `cxr run` reuses the stores and the finished ensemble, then predicts val and test
     out = _ok(["cxr", "run", raw, "--out", tmp_path, "--tta", 2, "--max-epochs", 1,
                *SETTINGS]).output
-    assert "report" in out and (tmp_path / "report.html").is_file()
+    assert model_pt.read_bytes() == first and "test AUC" in out
     metrics = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
     assert metrics["threshold_source"].startswith("Youden")
-    assert len(list((tmp_path / "gradcam").glob("*.png"))) == 6
+    test = pd.read_csv(tmp_path / "predictions" / "predictions.csv", dtype={"sample_id": str})
+    top = test.sort_values("probability", ascending=False)["file"].head(6)
+    assert sorted(p.stem for p in (tmp_path / "gradcam").glob("*.png")) == \
+        sorted(Path(f).stem for f in top)
 
 
-def test_friendly_errors(tmp_path):
-    result = runner.invoke(app, ["cxr", "predict", str(tmp_path / "none"), str(tmp_path),
-                                 "--out", str(tmp_path / "o")])
-    assert result.exit_code == 2 and "ensemble" in result.output
-    result = runner.invoke(app, ["cxr", "report", str(tmp_path), "--out",
-                                 str(tmp_path / "r.html")])
-    assert result.exit_code == 2 and "metrics.json" in result.output
+def test_prepare_maps_text_labels_from_the_command_line(raw, tmp_path):
+    truth = pd.read_csv(raw / "labels.csv")
+    meta = truth.assign(diagnosis=truth["label"].map({1: "COVID-19", 0: "No Finding"}))
+    meta[["file", "diagnosis", "split"]].to_csv(tmp_path / "meta.csv", index=False)
+    stores = tmp_path / "stores"
+    base = ["cxr", "prepare", raw, "--labels", tmp_path / "meta.csv", "--out", stores,
+            "--workers", 1, "--label-column", "diagnosis", *SETTINGS]
+    result = runner.invoke(APP, [str(a) for a in base])
+    assert result.exit_code == 2 and "no usable image" in result.output  # text, no mapping
+    _ok([*base, "--positive", "COVID-19"])
+    store = pd.read_csv(stores / "uncrop-32" / "manifest.csv")
+    got = dict(zip(store["path"].map(lambda p: Path(p).name), store["label"], strict=True))
+    assert got == dict(zip(truth["file"].map(lambda f: Path(f).name), truth["label"],
+                           strict=True))

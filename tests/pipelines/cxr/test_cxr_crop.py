@@ -14,7 +14,6 @@ from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError
 from cinelab.io.cxr_dicom import write_cxr_dicom
 from cinelab.io.image import read_image, write_image
-from cinelab.prep import prepare as prepare_module
 from cinelab.pipelines.cxr.crop import (
     REASON_NO_MASK,
     REASON_OK,
@@ -27,7 +26,7 @@ from cinelab.pipelines.cxr.crop import (
     restore_map,
     square_box,
 )
-from cinelab.prep.prepare import PrepSpec, prepare
+from cinelab.prep.prepare import PREPARERS, PrepSpec, prepare
 from conftest import real_path
 
 N = 100
@@ -200,9 +199,8 @@ def _cohort(root: Path) -> pd.DataFrame:
     return new_manifest(rows)
 
 
-def test_prepare_writes_crop_store_and_reports_problems(tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(prepare_module.PREPARERS, "cxr", prepare_cxr_sample)
+def test_prepare_writes_crop_store_and_reports_problems(tmp_path: Path) -> None:
+    assert PREPARERS.get("cxr") is prepare_cxr_sample  # registered by the cxr package
     manifest = _cohort(tmp_path / "raw")
     summary = prepare(manifest, tmp_path / "crop32", PrepSpec(size=32, channels=1,
                                                                crop="auto"), workers=1)
@@ -220,9 +218,7 @@ def test_prepare_writes_crop_store_and_reports_problems(tmp_path: Path,
     assert store.meta("g0")["transform"]["box"] is not None
 
 
-def test_prepare_uncropped_store_with_three_channels(tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(prepare_module.PREPARERS, "cxr", prepare_cxr_sample)
+def test_prepare_uncropped_store_with_three_channels(tmp_path: Path) -> None:
     manifest = _cohort(tmp_path / "raw")
     prepare(manifest, tmp_path / "full", PrepSpec(size=24, channels=3, crop="never"),
             workers=1)

@@ -1,23 +1,16 @@
-"""Ensemble matrix runner: member plan, resume without retraining, weights and files.
+"""Ensemble matrix runner: member plan, real one-epoch members that resume without
+retraining, weights and threshold recomputed from the members' validation predictions."""
 
-Training itself is replaced by a fake `fit` that writes a small random resnet10t checkpoint
-(the real Lightning fit is covered by the training tests and tests/commands/test_commands_cxr).
-"""
-
-import json
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from cinelab.errors import InputError
-from cinelab.pipelines.cxr.layout import read_cxr_folders
+from cinelab.evaluate.metrics import roc_auc, youden_threshold
 from cinelab.infer.ensemble import load_ensemble_weights
-from cinelab.models.registry import create_model
-from cinelab.prep.prepare import PrepSpec, prepare
-from cinelab.pipelines.cxr.synth import synth_cxr_cohort
-from cinelab.train.checkpoint import InputSpec, save_checkpoint
 from cinelab.pipelines.cxr.ensemble import (
     is_finished,
     member_dir,
@@ -26,12 +19,22 @@ from cinelab.pipelines.cxr.ensemble import (
     train_ensemble,
     train_members,
 )
-from cinelab.train.recipe import load_recipe, recipe_to_dict
+from cinelab.pipelines.cxr.layout import read_cxr_folders
+from cinelab.pipelines.cxr.synth import synth_cxr_cohort
+from cinelab.prep.prepare import PrepSpec, prepare
+from cinelab.train.recipe import load_recipe
+from cinelab.utils import mark_done
+
+torch.set_num_threads(2)
 
 SIZE = 32
 MEMBERS = ("ensemble.members=[{model: resnet10t, size: 32, crop: crop}, "
-           "{model: resnet10t, size: 32, crop: uncrop}, "
-           "{model: mobilenetv3_small, size: 32, crop: crop}]")
+           "{model: resnet10t, size: 32, crop: uncrop}]")
+TINY = [MEMBERS, "trainer.max_epochs=1", "data.batch_size=8", "data.augment={}"]
+NAMES = ["resnet10t-32-crop", "resnet10t-32-uncrop"]
+THREE = ("ensemble.members=[{model: resnet10t, size: 32, crop: crop}, "
+         "{model: resnet10t, size: 32, crop: uncrop}, "
+         "{model: mobilenetv3_small, size: 32, crop: crop}]")
 
 
 @pytest.fixture(scope="module")
@@ -45,77 +48,76 @@ def stores(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def fake_fit(monkeypatch):
-    import cinelab.train.fit as fit_module
-
-    calls = []
-
-    def fit(recipe, store, out_dir, **kwargs):
-        calls.append(recipe.model.name + "-" + str(recipe.data.crop))
-        torch.manual_seed(len(calls))
-        model = create_model(recipe.model.name, **recipe.model.kwargs)
-        spec = InputSpec(task=recipe.task, size=SIZE, channels=1, mean=[120.0], std=[50.0])
-        save_checkpoint(out_dir / "model.pt", model, recipe_to_dict(recipe), spec)
-        (out_dir / "metrics.json").write_text(json.dumps({"best_score": 0.5}))
-
-    monkeypatch.setattr(fit_module, "fit", fit)
-    return calls
+@pytest.fixture(scope="module")
+def trained(stores, tmp_path_factory):
+    """One member first (weights wait for the other), then the rest; both runs kept."""
+    out = tmp_path_factory.mktemp("ens") / "ens"
+    first = train_ensemble(_recipe(), stores, out, members=[NAMES[0]])
+    model_pt = member_dir(out, NAMES[0]) / "model.pt"
+    stamp = (model_pt.stat().st_mtime_ns, model_pt.read_bytes())
+    second = train_ensemble(_recipe(), stores, out)
+    return out, first, stamp, second
 
 
-def _recipe():
-    return load_recipe("cxr-ensemble-cpu", [MEMBERS])
+def _recipe(*extra):
+    return load_recipe("cxr-ensemble-cpu", [*TINY, *extra])
 
 
 def test_plan_names_members_and_checks_stores(stores, tmp_path):
-    plan = plan_members(_recipe(), stores, tmp_path)
-    assert [m.name for m in plan] == ["resnet10t-32-crop", "resnet10t-32-uncrop",
-                                      "mobilenetv3_small-32-crop"]
+    plan = plan_members(load_recipe("cxr-ensemble-cpu", [THREE]), stores, tmp_path)
+    assert [m.name for m in plan] == [*NAMES, "mobilenetv3_small-32-crop"]
     assert plan[1].store == stores / store_name("uncrop", SIZE)
     assert plan[0].recipe.data.crop == "crop" and plan[0].recipe.data.size == SIZE
     with pytest.raises(InputError, match="member"):
         plan_members(_recipe(), stores, tmp_path, only=["nope"])
     with pytest.raises(InputError, match="prepared store"):
         plan_members(load_recipe("cxr-ensemble-cpu"), stores, tmp_path)  # 96 px: none
+    with pytest.raises(InputError, match="crop"):
+        store_name("lungs", SIZE)
 
 
-def test_resume_never_retrains_a_finished_member(stores, tmp_path, fake_fit):
-    out = tmp_path / "ens"
-    first = train_ensemble(_recipe(), stores, out, members=["resnet10t-32-crop"])
-    assert first.trained == ["resnet10t-32-crop"] and first.weights is None
-    assert not (out / "ensemble.json").exists()  # not every member is finished yet
-    model_pt = member_dir(out, "resnet10t-32-crop") / "model.pt"
-    stamp = (model_pt.stat().st_mtime_ns, model_pt.read_bytes())
-
-    run = train_ensemble(_recipe(), stores, out)
-    assert fake_fit == ["resnet10t-crop", "resnet10t-uncrop", "mobilenetv3_small-crop"]
-    assert run.skipped == ["resnet10t-32-crop"] and len(run.trained) == 2
+def test_resume_never_retrains_a_finished_member(trained):
+    out, first, stamp, second = trained
+    assert first.trained == [NAMES[0]] and first.weights is None
+    assert second.skipped == [NAMES[0]] and second.trained == [NAMES[1]]
+    model_pt = member_dir(out, NAMES[0]) / "model.pt"
     assert (model_pt.stat().st_mtime_ns, model_pt.read_bytes()) == stamp
-    assert all(is_finished(member_dir(out, n)) for n in run.members)
+    assert all(is_finished(member_dir(out, n)) for n in NAMES)
+    (member_dir(out, NAMES[1]) / "metrics.json").write_text("{}")  # changed after done.json
+    assert not is_finished(member_dir(out, NAMES[1]))
+    mark_done(member_dir(out, NAMES[1]), ["model.pt", "metrics.json"])
 
-    again = train_ensemble(_recipe(), stores, out)
-    assert again.trained == [] and len(fake_fit) == 3
 
+def test_weights_and_threshold_follow_the_validation_predictions(trained):
+    out, _, _, run = trained
     ens = load_ensemble_weights(out / "ensemble.json")
-    assert ens.members == run.members and ens.weights.sum() == pytest.approx(1.0)
-    assert ens.method == "bmc" and ens.details["member_info"]["resnet10t-32-uncrop"] == {
+    assert ens.members == NAMES and ens.weights.sum() == pytest.approx(1.0)
+    assert ens.details["member_info"][NAMES[1]] == {
         "model": "resnet10t", "size": SIZE, "crop": "uncrop",
-        "checkpoint": "members/resnet10t-32-uncrop/model.pt"}
+        "checkpoint": f"members/{NAMES[1]}/model.pt"}
     val = pd.read_csv(out / "val_predictions.csv")
-    assert {"sample_id", "truth", "probability", "p_resnet10t-32-crop"} <= set(val.columns)
-    assert val["probability"].between(0, 1).all() and len(val) > 0
+    members = val[["p_" + n for n in NAMES]].to_numpy(float)
+    np.testing.assert_allclose(val["probability"], members @ ens.weights, rtol=1e-6)
+    y = val["truth"].to_numpy(float)
+    assert ens.details["val_auc"] == pytest.approx(roc_auc(y, val["probability"]))
+    assert ens.details["val_auc_members"] == pytest.approx(
+        [roc_auc(y, members[:, j]) for j in range(2)])
+    assert ens.details["threshold"] == pytest.approx(youden_threshold(y, val["probability"]))
     table = pd.read_csv(out / "members.csv")
-    assert table["weight"].sum() == pytest.approx(1.0) and len(table) == 3
+    np.testing.assert_allclose(table["weight"], ens.weights)
 
 
-def test_other_weight_methods_and_the_lung_model(stores, tmp_path, fake_fit):
+def test_mean_weights_and_the_lung_model_copy(stores, trained, tmp_path):
+    out = trained[0]
     lung = tmp_path / "lung.pt"
     lung.write_bytes(b"u-net weights")
-    run = train_ensemble(_recipe(), stores, tmp_path / "ens", method="logloss", lung_model=lung)
-    assert run.weights.method == "logloss"
+    run = train_ensemble(_recipe(), stores, out, method="mean", lung_model=lung)
+    assert run.trained == [] and run.skipped == NAMES  # nothing retrained
+    np.testing.assert_allclose(run.weights.weights, [0.5, 0.5])
     assert run.weights.details["lung_model"] == "lung/model.pt"
-    assert (tmp_path / "ens" / "lung" / "model.pt").read_bytes() == b"u-net weights"
-    assert run.weights.details["threshold"] is None or 0 <= run.weights.details["threshold"] <= 1
+    assert (out / "lung" / "model.pt").read_bytes() == b"u-net weights"
+    with pytest.raises(InputError, match="lung_model"):
+        train_ensemble(_recipe(), stores, out, lung_model=tmp_path / "missing.pt")
 
 
 def fake_worker(args):
@@ -124,11 +126,12 @@ def fake_worker(args):
     member.out_dir.mkdir(parents=True)
     (member.out_dir / "model.pt").write_text(str(os.getpid()))
     (member.out_dir / "metrics.json").write_text("{}")
+    mark_done(member.out_dir, ["model.pt", "metrics.json"])
     return member.name, True
 
 
 def test_members_train_in_separate_processes(stores, tmp_path):
-    plan = plan_members(_recipe(), stores, tmp_path)
+    plan = plan_members(load_recipe("cxr-ensemble-cpu", [THREE]), stores, tmp_path)
     fake_worker((plan[0], None, None, 1))  # finished before: never handed to a worker
     # fork keeps the test fast; the real runner spawns (same pool, pickled members)
     trained, skipped = train_members(plan, processes=2, worker=fake_worker,

@@ -12,6 +12,8 @@ from PIL import Image
 
 from cinelab.data.manifest import validate_manifest
 from cinelab.errors import InputError
+from cinelab.io.cxr_dicom import write_cxr_dicom
+from cinelab.io.image import write_image
 from cinelab.pipelines.cxr.layout import find_mask, parse_label, read_cxr_folders, read_cxr_labels
 from cinelab.pipelines.cxr.nih import (
     NIH_FINDINGS,
@@ -21,8 +23,6 @@ from cinelab.pipelines.cxr.nih import (
     patient_split,
     read_nih,
 )
-from cinelab.io.cxr_dicom import write_cxr_dicom
-from cinelab.io.image import write_image
 from conftest import real_path
 
 SIZE = 32

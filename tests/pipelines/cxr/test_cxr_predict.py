@@ -4,22 +4,22 @@ Grad-CAM. The tiny ensemble here has random weights (its numbers mean nothing)."
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pydicom
 import pytest
 import torch
 from PIL import Image
 
-from cinelab.pipelines.cxr.predict import (
-    cxr_gradcam,
-    load_cxr_ensemble,
-    predict_cxr,
-    to_batch,
-)
+from cinelab.infer.contract import read_predictions, read_problems, read_run
 from cinelab.infer.ensemble import EnsembleWeights, save_ensemble_weights
 from cinelab.io.cxr_dicom import write_cxr_dicom
 from cinelab.io.image import read_image, write_image
 from cinelab.models.registry import create_model
+from cinelab.pipelines.cxr.gradcam import cxr_gradcam
+from cinelab.pipelines.cxr.predict import (
+    load_cxr_ensemble,
+    predict_cxr,
+    to_batch,
+)
 from cinelab.pipelines.cxr.synth import synth_cxr_cohort
 from cinelab.train.checkpoint import InputSpec, save_checkpoint
 from conftest import real_path
@@ -93,17 +93,24 @@ def test_good_and_bad_files(ensemble_dir, tmp_path):
     bad = {Path(p.file).name: p.error for p in result.problems}
     assert sorted(bad) == ["empty.png", "nopix.dcm", "trunc.png"]
     assert "0 bytes" in bad["empty.png"] and "PixelData" in bad["nopix.dcm"]
-    members = table[[f"p_{n}" for n in MEMBERS]].to_numpy()
+    members = table[[f"probability_{n}" for n in MEMBERS]].to_numpy()
     np.testing.assert_allclose(table["probability"], members @ np.array(WEIGHTS), rtol=1e-6)
     assert table["probability"].between(0, 1).all()
-    assert (table["label"] == (table["probability"] >= 0.5)).all()
+    assert (table["prediction"] == (table["probability"] >= 0.5)).all()
+    assert (table["threshold"] == 0.5).all() and (table["patient_id"] == table.index).all()
     assert (table["tta"] == 2).all() and table["crop_reason"].astype(bool).all()
     # the RGBA copy holds the same picture as the PNG: same prediction
     assert table.loc["rgba", "probability"] == pytest.approx(table.loc["good.png",
                                                                        "probability"])
-    written = pd.read_csv(tmp_path / "out" / "predictions.csv")
-    assert len(written) == 5
-    assert len(pd.read_csv(tmp_path / "out" / "problems.csv")) == 3
+    written = read_predictions(tmp_path / "out")
+    assert list(written.columns[:5]) == ["sample_id", "patient_id", "probability", "prediction",
+                                         "threshold"]
+    assert sorted(written["sample_id"]) == sorted(table.index)
+    assert sorted(Path(p.file).name for p in read_problems(tmp_path / "out")) == sorted(bad)
+    run = read_run(tmp_path / "out")
+    assert (run["pipeline"], run["task"], run["members"], run["tta"]) == \
+        ("cxr", "image_classification", list(MEMBERS), 2)
+    assert run["checkpoint_hash"] and run["input"] == str(folder)
 
 
 def test_tta_is_seeded(ensemble_dir, tmp_path):

@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 
 from cinelab.data.manifest import validate_manifest
+from cinelab.errors import InputError
+from cinelab.pipelines.cxr.crop import lung_crop_box
 from cinelab.pipelines.cxr.layout import read_cxr_folders, read_cxr_labels
 from cinelab.pipelines.cxr.nih import NIH_FINDINGS, read_nih
-from cinelab.pipelines.cxr.crop import lung_crop_box
 from cinelab.pipelines.cxr.synth import cxr_phantom, draw_anatomy, synth_cxr_cohort
 
 SIZE = 128
@@ -120,5 +121,5 @@ def test_nih_layout_has_multilabel_targets_and_several_images_per_patient(
     targets = m[list(NIH_FINDINGS)]
     assert targets.to_numpy().sum() > 10 and (targets.sum(axis=1) == 0).any()
     assert validate_manifest(m) == []
-    with pytest.raises(ValueError, match="layout"):
+    with pytest.raises(InputError, match="layout"):
         synth_cxr_cohort(tmp_path / "x", n=2, layout="dicom")

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from cinelab.errors import InputError
-from cinelab.pipelines.echonet.evaluate import evaluate_echonet, read_prediction_dir
 from cinelab.measure.ef import tracing_mask
+from cinelab.pipelines.echonet.evaluate import evaluate_echonet, read_prediction_dir
 from cinelab.utils import read_json
 
 SIZE, FRAMES, N = 32, 16, 12
@@ -60,7 +60,7 @@ def make_echonet_fixture(root, with_masks=True, with_frames=True):
                            "is_ed": int(t == ed + ED_SHIFT[i]), "is_es": int(t == es)})
         preds.append({"sample_id": sid, "ef_one_clip": TRUE_EF[i] - 1.0,
                       "ef_all_clips": TRUE_EF[i] + ALL_CLIPS_OFFSET[i],
-                      "ef_beats": TRUE_EF[i] + BEATS_OFFSET, "n_beats": 1,
+                      "ef": TRUE_EF[i] + BEATS_OFFSET, "n_beats": 1,
                       "fallback": "too few beats" if i == 0 else "",
                       "n_frames": FRAMES, "fps": 50.0})
     pd.DataFrame(preds).to_csv(pred / "predictions.csv", index=False)
@@ -87,11 +87,11 @@ def test_known_errors_dice_and_phase(cohort, tmp_path):
     assert ef["ef_all_clips"]["mae"]["value"] == pytest.approx(2.0)
     assert ef["ef_all_clips"]["rmse"]["value"] == pytest.approx(2.0)
     assert ef["ef_all_clips"]["bias"]["value"] == pytest.approx(0.0)
-    assert ef["ef_beats"]["mae"]["value"] == pytest.approx(BEATS_OFFSET)
-    assert ef["ef_beats"]["bias"]["value"] == pytest.approx(BEATS_OFFSET)
+    assert ef["ef"]["mae"]["value"] == pytest.approx(BEATS_OFFSET)
+    assert ef["ef"]["bias"]["value"] == pytest.approx(BEATS_OFFSET)
     assert ef["ef_one_clip"]["bias"]["value"] == pytest.approx(-1.0)
-    assert ef["ef_beats"]["n"] == N
-    for col in ("ef_one_clip", "ef_all_clips", "ef_beats"):
+    assert ef["ef"]["n"] == N
+    for col in ("ef_one_clip", "ef_all_clips", "ef"):
         for thr in (35, 40, 45, 50):
             assert m["classification"][col][f"ef_lt_{thr}"]["auc"]["value"] == 1.0
     seg = m["segmentation"]
@@ -119,11 +119,11 @@ def test_files_written(cohort, tmp_path):
     np.testing.assert_allclose(per["abs_error_ef_all_clips"], 2.0)
     np.testing.assert_allclose(per["ed_frame_error"], ED_SHIFT)
     np.testing.assert_allclose(per[["dice_ed", "dice_es"]], 1.0)
-    for col in ("ef_true", "ef_beats", "ed_frame", "es_frame", "es_frame_error", "split"):
+    for col in ("ef_true", "ef", "ed_frame", "es_frame", "es_frame_error", "split"):
         assert col in per.columns
     assert not any(c.startswith(("inter_", "size_")) for c in per.columns)
-    for name in ("scatter_ef_all_clips", "scatter_ef_beats", "roc_ef_all_clips",
-                 "bland_altman_ef_beats"):
+    for name in ("scatter_ef_all_clips", "scatter_ef", "roc_ef_all_clips",
+                 "bland_altman_ef"):
         assert (out / m["plots"][name]).read_bytes()[:4] == b"\x89PNG"
     assert "segmentation.dice_all_frames" in m["omitted"]
 
@@ -144,7 +144,7 @@ def test_missing_pieces_are_omitted_not_crashes(tmp_path):
     assert m["segmentation"] == {} and m["phase"] == {}
     assert "masks" in m["omitted"]["segmentation.traced_frames"]
     assert "frames.csv" in m["omitted"]["phase"]
-    assert m["ef"]["ef_beats"]["mae"]["value"] == pytest.approx(BEATS_OFFSET)
+    assert m["ef"]["ef"]["mae"]["value"] == pytest.approx(BEATS_OFFSET)
     bare = evaluate_echonet(pred, labels, n_boot=N_BOOT)
     assert bare["omitted"]["phase"] == "no tracings given"
 
@@ -167,8 +167,8 @@ def test_empty_ef_column_and_single_class(cohort):
     df.to_csv(pred / "predictions.csv", index=False)
     m = evaluate_echonet(pred, labels, n_boot=N_BOOT, thresholds=(10, 40))
     assert "ef_one_clip" not in m["ef"] and "ef.ef_one_clip" in m["omitted"]
-    assert "ef_lt_10" not in m["classification"]["ef_beats"]
-    assert "one class" in m["omitted"]["classification.ef_beats.ef_lt_10"]
+    assert "ef_lt_10" not in m["classification"]["ef"]
+    assert "one class" in m["omitted"]["classification.ef.ef_lt_10"]
 
 
 def test_input_errors(cohort, tmp_path):

@@ -11,8 +11,8 @@ from torchvision.models.segmentation import deeplabv3_resnet50
 from torchvision.models.video import r2plus1d_18
 
 from cinelab.errors import InputError
-from cinelab.train.checkpoint import load_checkpoint
 from cinelab.pipelines.echonet.importers import import_echonet
+from cinelab.train.checkpoint import load_checkpoint
 
 MEAN = [32.0, 33.0, 34.0]
 STD = [48.0, 49.0, 50.0]

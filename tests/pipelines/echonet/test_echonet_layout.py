@@ -10,8 +10,8 @@ import pytest
 
 from cinelab.data.manifest import REQUIRED, read_manifest, write_manifest
 from cinelab.errors import InputError, Problem
-from cinelab.pipelines.echonet.layout import read_echonet, validate_echonet
 from cinelab.io.video import probe_video, read_video, write_video
+from cinelab.pipelines.echonet.layout import read_echonet, validate_echonet
 from conftest import real_path
 
 FRAMES, SIZE, FPS = 16, 32, 50

@@ -14,6 +14,9 @@ from torch import nn
 from cinelab.data.manifest import new_manifest
 from cinelab.data.sampling import all_clip_starts, clip_indices
 from cinelab.errors import InputError
+from cinelab.infer.contract import read_run
+from cinelab.io.video import write_video
+from cinelab.models.registry import create_model
 from cinelab.pipelines.echonet.predict import (
     BEAT_COLUMNS,
     FRAME_COLUMNS,
@@ -26,11 +29,10 @@ from cinelab.pipelines.echonet.predict import (
 )
 from cinelab.pipelines.echonet.segment import logits_to_mask, lv_area, segment_video
 from cinelab.pipelines.echonet.sources import list_items, load_item
-from cinelab.io.video import write_video
-from cinelab.models.registry import create_model
 from cinelab.prep.prepare import PrepSpec, prepare
 from cinelab.synth.dicom import write_ultrasound_dicom
 from cinelab.train.checkpoint import InputSpec, load_checkpoint, save_checkpoint
+from cinelab.utils import file_hash
 
 SIZE, CLIP, PERIOD = 32, 8, 2
 SPAN = (CLIP - 1) * PERIOD + 1
@@ -85,11 +87,15 @@ def test_outputs_complete(ckpts: dict[str, Path], folder: Path, tmp_path: Path) 
     out = predict(ckpts["ef"], folder, tmp_path, seg_checkpoint=ckpts["seg"], batch_size=4,
                   overlays=True, labels=folder.parent / "labels.csv")
     preds = _read(out, "predictions.csv")
-    assert list(preds.columns) == PREDICTION_COLUMNS + ["EF"]
+    assert list(preds.columns) == ["sample_id", "patient_id", *PREDICTION_COLUMNS[1:]]
     assert sorted(preds["sample_id"]) == ["a", "b"]
-    assert np.isfinite(preds[["ef_one_clip", "ef_all_clips", "ef_beats"]].to_numpy()).all()
+    assert np.isfinite(preds[["ef_one_clip", "ef_all_clips", "ef"]].to_numpy()).all()
     assert dict(zip(preds["sample_id"], preds["n_frames"], strict=True)) == {"a": 24, "b": 36}
-    assert dict(zip(preds["sample_id"], preds["EF"], strict=True)) == {"a": 55.0, "b": 40.0}
+    run = read_run(out)
+    assert run["pipeline"] == "echonet" and run["task"] == "video"
+    assert run["labels"] == str((folder.parent / "labels.csv").resolve())
+    assert run["checkpoint_hash"] == file_hash(ckpts["ef"])
+    assert run["checkpoints"]["seg"] == str(ckpts["seg"].resolve())
     beats, frames = _read(out, "beats.csv"), _read(out, "frames.csv")
     assert list(beats.columns) == BEAT_COLUMNS and list(frames.columns) == FRAME_COLUMNS
     assert beats.groupby("sample_id").size().reindex(["a", "b"], fill_value=0).tolist() == \
@@ -124,6 +130,7 @@ def test_all_clips_is_mean_of_single_clips(ckpts: dict[str, Path]) -> None:
     assert pred.ef_all_clips == pytest.approx(np.mean(singles), rel=1e-5)
     assert pred.ef_one_clip == pytest.approx(singles[0], rel=1e-5)
     assert pred.fallback == "no_segmentation" and pred.ef_beats == pred.ef_all_clips
+    assert pred.summary()["ef"] == pred.ef_all_clips  # the headline falls back to all clips
     assert pred.masks is None and pred.n_beats == 0
 
 
@@ -277,7 +284,8 @@ def test_input_kinds(ckpts: dict[str, Path], folder: Path, tmp_path: Path) -> No
         assert isinstance(sample.frames, np.memmap) == (size == SIZE)
         out = predict(ckpts["run"], store, tmp_path / f"out{size}", batch_size=8)
         preds = _read(out, "predictions.csv")
-        assert preds["sample_id"].tolist() == ["a", "b"] and preds["EF"].tolist() == [61.5, 33.0]
+        assert preds["sample_id"].tolist() == ["a", "b"]
+        assert read_run(out)["input"] == str(store.resolve())
     out = predict(ckpts["ef"], folder / "a.avi", tmp_path / "avi")
     assert _read(out, "predictions.csv")["sample_id"].tolist() == ["a"]
     dcm = write_ultrasound_dicom(tmp_path / "echo.dcm", _noise(6, 20, 60, 80), 25.0, "P1",

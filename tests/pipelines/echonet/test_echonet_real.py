@@ -16,8 +16,15 @@ import pandas as pd
 import pytest
 import torch
 
-from cinelab.pipelines.echonet.predict import BEAT_COLUMNS, FRAME_COLUMNS, PREDICTION_COLUMNS, predict
 from cinelab.models.registry import create_model
+from cinelab.pipelines.echonet.api import evaluate_echonet_predictions
+from cinelab.pipelines.echonet.predict import (
+    BEAT_COLUMNS,
+    FRAME_COLUMNS,
+    PREDICTION_COLUMNS,
+    predict,
+)
+from cinelab.pipelines.registry import Options
 from cinelab.train.checkpoint import InputSpec, save_checkpoint
 from conftest import real_path
 
@@ -61,9 +68,9 @@ def _predict(run_dir: Path, source: Path, out: Path, labels: Path | None = None)
 def _check_outputs(out: Path, expected_frames: dict[str, int]) -> pd.DataFrame:
     """One row per video, EF finite, n_frames right, one frames.csv row per frame."""
     preds = pd.read_csv(out / "predictions.csv", dtype={"sample_id": str})
-    assert list(preds.columns[:len(PREDICTION_COLUMNS)]) == PREDICTION_COLUMNS
+    assert list(preds.columns) == ["sample_id", "patient_id", *PREDICTION_COLUMNS[1:]]
     assert sorted(preds["sample_id"]) == sorted(expected_frames)
-    assert np.isfinite(preds[["ef_one_clip", "ef_all_clips", "ef_beats"]].to_numpy()).all()
+    assert np.isfinite(preds[["ef_one_clip", "ef_all_clips", "ef"]].to_numpy()).all()
     assert dict(zip(preds["sample_id"], preds["n_frames"], strict=True)) == expected_frames
     frames = pd.read_csv(out / "frames.csv", dtype={"sample_id": str})
     assert list(frames.columns) == FRAME_COLUMNS
@@ -93,8 +100,10 @@ def test_every_echonet_mini_video(run_dir: Path, tmp_path: Path) -> None:
     out = _predict(run_dir, videos, tmp_path, labels=root / "FileList.csv")
     preds = _check_outputs(out, table["NumberOfFrames"].astype(int).to_dict()) \
         .set_index("sample_id").loc[table.index]
-    np.testing.assert_allclose(preds["EF"], table["EF"])
     np.testing.assert_allclose(preds["fps"], table["FPS"])
+    metrics = evaluate_echonet_predictions(out, tmp_path / "eval", Options(extra={"n_boot": 10}))
+    assert metrics["n_evaluated"] == len(table)  # labels found through run.json
+    assert metrics["ef_mae"] == pytest.approx((preds["ef"] - table["EF"]).abs().mean())
 
 
 @pytest.mark.parametrize("folder", ["Videos", "three_case"])
@@ -104,7 +113,10 @@ def test_every_echonet_extra_video(run_dir: Path, tmp_path: Path, folder: str) -
     table = _filelist(root).loc[[p.stem for p in sorted(videos.glob("*.avi"))]]
     out = _predict(run_dir, videos, tmp_path, labels=root / "FileList.csv")
     preds = _check_outputs(out, table["NumberOfFrames"].astype(int).to_dict())
-    assert preds["EF"].notna().all()
+    metrics = evaluate_echonet_predictions(out, tmp_path / "eval",
+                                           Options(labels=root / "FileList.csv",
+                                                   extra={"n_boot": 10}))
+    assert metrics["n_evaluated"] == len(preds)
 
 
 @pytest.mark.filterwarnings("ignore:.*SequenceOfUltrasoundRegions")  # header of the original

@@ -47,7 +47,7 @@ def _predict(run: Path, source: Path, out: Path) -> pd.DataFrame:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = CliRunner().invoke(app, ["predict", str(run), str(source), "--out", str(out),
-                                          "--stride", str(STRIDE)])
+                                          "--option", f"stride={STRIDE}"])
     assert result.exit_code == 0, result.output
     return pd.read_csv(out / "predictions.csv", dtype={"sample_id": str})
 
@@ -59,7 +59,7 @@ def test_every_real_video(run_dir: Path, tmp_path: Path, folder: tuple[str, str]
     videos = sorted(source.glob("*.avi"))
     preds = _predict(run_dir, source, tmp_path / "pred")
     assert sorted(preds["sample_id"]) == sorted(v.stem for v in videos)
-    for col in ("ef_one_clip", "ef_all_clips", "ef_beats"):
+    for col in ("ef_one_clip", "ef_all_clips", "ef"):
         assert preds[col].between(0, 100).all(), preds[col].describe()
     frames = pd.read_csv(tmp_path / "pred" / "frames.csv", dtype={"sample_id": str})
     counts = frames.groupby("sample_id").size()

@@ -1,5 +1,6 @@
-"""`cinelab synth rvf` and `cinelab rvf ...` end to end on a tiny cohort, and no planted PHI
-in any file the pipeline writes (ingest, store, run, predictions, saliency, report)."""
+"""`cinelab synth rvf` and `cinelab rvf ...` end to end on a tiny cohort (each step's output
+checked against what the previous one wrote), and no planted PHI in any file the pipeline
+writes (ingest, store, run, predictions, evaluation, saliency, report)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -55,26 +57,55 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     _ok(["rvf", "train", "--data", out / "store", "--out", out / "run", "--max-epochs", "1",
          *TINY])
     _ok(["rvf", "predict", out / "run" / "model.pt", out / "store", "--out",
-         out / "predictions", "--n-boot", "20"])
+         out / "predictions"])
+    _ok(["rvf", "evaluate", out / "predictions", "--out", out / "evaluation", "--n-boot", "20"])
     _ok(["rvf", "saliency", out / "run" / "model.pt", out / "store", "--out",
          out / "saliency", "--predictions", out / "predictions", "--top", "2"])
-    _ok(["rvf", "report", out / "predictions", "--saliency", out / "saliency", "--run",
+    _ok(["rvf", "report", out / "evaluation", "--saliency", out / "saliency", "--run",
          out / "run"])
     return {"raw": raw, "out": out}
 
 
-def test_each_step_writes_its_outputs(pipeline: dict[str, Path]) -> None:
+def _labelled_truth(raw: Path) -> pd.DataFrame:
+    """truth.csv rows of the videos ingest keeps: a class, one class per patient."""
+    truth = pd.read_csv(raw / "truth.csv", dtype=str)
+    classes = pd.read_csv(raw / "classes.csv", dtype=str)
+    conflicted = set(classes.loc[classes["id"].duplicated(keep=False), "id"])
+    return truth[truth["study_id"].isin(set(classes["id"]) - conflicted)]
+
+
+def _auc(labels: pd.Series, scores: pd.Series) -> float:
+    """AUC as the share of (positive, negative) pairs ranked right (ties half)."""
+    pos, neg = scores[labels == 1].to_numpy(), scores[labels == 0].to_numpy()
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(wins / (len(pos) * len(neg)))
+
+
+def test_each_step_builds_on_the_last(pipeline: dict[str, Path]) -> None:
     out = pipeline["out"]
-    manifest = pd.read_csv(out / "ingest" / "manifest.csv", dtype=str)
-    assert len(manifest) >= 8 and (out / "ingest" / "problems.csv").exists()
+    manifest = pd.read_csv(out / "ingest" / "manifest.csv", dtype={"sample_id": str})
+    truth = _labelled_truth(pipeline["raw"])
+    assert manifest["class"].value_counts().to_dict() == truth["class"].value_counts().to_dict()
+    assert (manifest["label"] == (manifest["class"] == "RVF").astype(int)).all()
     assert read_json(out / "store" / "store.json")["flow"]["samples"] == len(manifest)
-    assert (out / "run" / "model.pt").exists()
-    predictions = pd.read_csv(out / "predictions" / "predictions.csv", dtype=str)
-    assert len(predictions) == len(manifest) and (predictions["n_clips"] == "2").all()
-    assert len(pd.read_csv(out / "saliency" / "saliency.csv")) == 4
-    html = (out / "predictions" / "report.html").read_text()
-    assert "per patient" in html and "Guided backpropagation" in html
-    assert "data:image/png;base64" in html
+    predictions = pd.read_csv(out / "predictions" / "predictions.csv", dtype={"sample_id": str})
+    clips = pd.read_csv(out / "predictions" / "clips.csv", dtype={"sample_id": str})
+    means = clips.groupby("sample_id")["probability"].mean()
+    np.testing.assert_allclose(predictions.set_index("sample_id")["probability"],
+                               means[predictions["sample_id"]], rtol=1e-6)
+    assert (clips.groupby("sample_id").size() == 2).all()  # TINY: data.clips=2
+    labels = manifest.set_index("sample_id")["label"][predictions["sample_id"]]
+    metrics = read_json(out / "evaluation" / "metrics.json")
+    expected = _auc(labels.reset_index(drop=True), predictions["probability"])
+    assert metrics["pipeline"] == "rvf" and metrics["auc"] == pytest.approx(expected)
+    ranked = (predictions["probability"] - 0.5).abs().sort_values(ascending=False,
+                                                                  kind="mergesort")
+    saliency = pd.read_csv(out / "saliency" / "saliency.csv", dtype={"sample_id": str})
+    assert saliency["sample_id"].drop_duplicates().tolist() == \
+        predictions.loc[ranked.index[:2], "sample_id"].tolist()
+    html = (out / "evaluation" / "report.html").read_text()
+    assert f"{expected:.3f}" in html and "Guided backpropagation" in html
+    assert html.count("data:image/png;base64") >= 1 + len(saliency)  # ROC + every strip
 
 
 def test_flow_force_recomputes_and_plain_rerun_keeps(pipeline: dict[str, Path]) -> None:
@@ -91,7 +122,7 @@ def test_no_planted_phi_in_any_output_file(pipeline: dict[str, Path]) -> None:
     planted = json.loads((pipeline["raw"] / "phi_planted.json").read_text())
     assert _hits([pipeline["raw"]], planted["values"])  # the raw data holds them
     outputs = [pipeline["out"] / name for name in
-               ("ingest", "store", "run", "predictions", "saliency")]
+               ("ingest", "store", "run", "predictions", "evaluation", "saliency")]
     kinds = {p.suffix for root in outputs for p in _files(root)}
     assert {".csv", ".json", ".npy", ".dcm", ".pt", ".ckpt", ".png", ".avi", ".html"} <= kinds
     assert _hits(outputs, planted["values"]) == []

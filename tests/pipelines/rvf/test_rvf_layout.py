@@ -13,8 +13,8 @@ import pytest
 from cinelab.data.manifest import read_manifest, validate_manifest
 from cinelab.errors import InputError
 from cinelab.pipelines.rvf.layout import class_order, ingest_rvf, read_rvf_cohort
-from cinelab.prep.deid import IdMap, default_idmap_path
 from cinelab.pipelines.rvf.synth import synth_rvf_cohort
+from cinelab.prep.deid import IdMap, default_idmap_path
 
 
 @pytest.fixture(scope="module")

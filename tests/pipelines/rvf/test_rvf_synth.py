@@ -13,8 +13,8 @@ import pydicom
 import pytest
 
 from cinelab.io.dicom import read_ultrasound
-from cinelab.prep.flow import compute_flow
 from cinelab.pipelines.rvf.synth import MOTIONS, rvf_phantom_video, synth_rvf_cohort
+from cinelab.prep.flow import compute_flow
 
 TAPSE_NORMAL_MIN = 0.4  # fraction of the cohort's median normal TAPSE an RVF wall stays under
 

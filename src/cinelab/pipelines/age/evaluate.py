@@ -289,7 +289,7 @@ def ensemble_cv(cv_dir: str | Path, out: str | Path | None = None,
     metrics = score_predictions(table, arms, n_boot)
     metrics["headline"]["rmse_uncalibrated"] = {
         a: regression_metrics(table["age"], table[f"{RAW_PREFIX}{a}"])["rmse"] for a in arms}
-    metrics.update(variant=chosen, method=method, arms=arms, cv=str(cv_dir),
+    metrics.update(pipeline="age", variant=chosen, method=method, arms=arms, cv=str(cv_dir),
                    calibrate=calibrate, calibration={
                        k: {a: {"slope": b, "intercept": c} for a, (b, c) in v.items()}
                        for k, v in folds.lines.items()},

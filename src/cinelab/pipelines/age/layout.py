@@ -11,9 +11,9 @@ images (then the highest SeriesNumber) is kept and the others are reported.
 
 Each kept series becomes one manifest row: sample_id ``<subject>_<view>``, patient_id the
 subject, modality "cine", path a series list ``series/<sample_id>.csv`` (file, instance,
-trigger_time: what `cinelab.pipelines.age.prepare` reads), the target (``age``) and the covariates of the
-ages CSV. Subjects missing a view keep their other view; subjects without an age are kept
-unlabelled and reported; ages for subjects without any series are reported.
+trigger_time: what `cinelab.pipelines.age.prepare` reads), the target (``age``) and the
+covariates of the ages CSV. Subjects missing a view keep their other view; subjects without
+an age are kept unlabelled and reported; ages for subjects without any series are reported.
 Without an ages table (prediction on new scans) every subject is kept unlabelled.
 
 As a registered layout (`LAYOUT`: `is_lax_cohort`, `read_lax_layout`): a cohort root that holds

@@ -31,12 +31,11 @@ import pandas as pd
 from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError, Problem
 from cinelab.formats.ingest import load_ingested
-from cinelab.infer.contract import write_contract
-from cinelab.infer.contract import run_record
+from cinelab.infer.contract import run_record, write_contract
 from cinelab.infer.ensemble import weighted_average
 from cinelab.infer.video_regress import predict_store
 from cinelab.pipelines.age.evaluate import ENSEMBLE_DIR
-from cinelab.pipelines.age.layout import AGES_FILE, dicom_root, ingest_lax
+from cinelab.pipelines.age.layout import AGES_FILE, DEFAULT_VIEWS, dicom_root, ingest_lax
 from cinelab.pipelines.registry import Options
 from cinelab.prep.prepare import PrepSpec, prepare
 from cinelab.train.checkpoint import load_checkpoint, read_checkpoint
@@ -101,8 +100,7 @@ def input_store(source: Path, out: Path, size: int, channels: int,
         ages = options.labels or (source / AGES_FILE if (source / AGES_FILE).is_file()
                                   else None)
         ingested = ingest_lax(dicom_root(source), ages, out / "ingest",
-                              views=options.get("views", "3ch,4ch").split(","),
-                              target=TARGET)
+                              views=option_views(options), target=TARGET)
     if ingested.manifest.empty:
         raise InputError(source, "series", "long-axis cine series (3ch/4ch)", "none",
                          "check the SeriesDescriptions or give a mapping")
@@ -110,6 +108,13 @@ def input_store(source: Path, out: Path, size: int, channels: int,
     summary = prepare(ingested.manifest, out / "store", spec,
                       workers=options.get("workers", 1))
     return PreparedStore(out / "store"), [*ingested.problems, *summary.problems], ages
+
+
+def option_views(options: Options) -> list[str]:
+    """The views to read (option "views": "3ch,4ch" or a list)."""
+    views = options.get("views", ",".join(DEFAULT_VIEWS))
+    return [v.strip() for v in views.split(",") if v.strip()] if isinstance(views, str) \
+        else [str(v) for v in views]
 
 
 def _samples(store: PreparedStore, split: str | None) -> pd.DataFrame:
@@ -196,13 +201,18 @@ def predict_cv(folder: Path, store: PreparedStore, samples: pd.DataFrame,
         for arm in arms:
             views[arm].append(matrix[arm].to_numpy())
     table = pd.DataFrame({"sample_id": subjects, "patient_id": subjects,
-                          TARGET: np.nanmean(np.vstack(folds), axis=0)})
+                          TARGET: _nanmean(folds)})
     for arm in arms if by is not None else []:
-        table[f"{TARGET}_{arm}"] = np.nanmean(np.vstack(views[arm]), axis=0)
+        table[f"{TARGET}_{arm}"] = _nanmean(views[arm])
     return table, {"model_kind": "cv ensemble", "cv": str(folder), "views": arms,
                    "outer_folds": sorted(per_fold), "tta": tta,
                    "calibrated": bool(ensemble.get("calibrate", False)),
                    "recipe": settings.get("recipe", {}).get("name")}
+
+
+def _nanmean(rows: list[np.ndarray]) -> np.ndarray:
+    """Column means over the finite values (NaN where a column has none)."""
+    return pd.DataFrame(np.vstack(rows)).mean(axis=0, skipna=True).to_numpy()
 
 
 def _line(ensemble: dict[str, Any], k: int, arm: str) -> tuple[float, float]:

@@ -13,9 +13,9 @@ for _layout in CMR_LAYOUTS:
     register_layout(_layout)
 
 #: demo: `cinelab demo cmr` trains cmr-seg-cpu at 64 px on a synthetic ACDC-like cohort
-DEMO_SET = ("data.size=64", "data.augment.crop=null", "data.batch_size=8",
+DEMO_SET = ("data.size=64", "data.augment={}", "data.batch_size=8",
             "model.kwargs.channels=[16, 32, 64]", "model.kwargs.strides=[2, 2]",
-            "trainer.val_every=5")
+            "trainer.val_every=10")
 
 CMR = register_pipeline(Pipeline(
     name="cmr",
@@ -28,7 +28,7 @@ CMR = register_pipeline(Pipeline(
     report=pipeline.report,
     run=pipeline.run,
     synth=pipeline.synth,
-    demo_options=Options(recipe="cmr-seg-cpu", max_epochs=40, n=12, seed=0,
+    demo_options=Options(recipe="cmr-seg-cpu", max_epochs=20, n=10, seed=0,
                          extra={"set": list(DEMO_SET)}),
     targets=(Target("lv_dice", ">=", 0.85), Target("lv_volume_error", "<=", 0.10)),
     commands=commands.register,

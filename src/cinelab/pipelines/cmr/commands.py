@@ -15,7 +15,9 @@ import typer
 from cinelab.cliutil import console, friendly, print_problems
 from cinelab.data.manifest import read_manifest
 from cinelab.errors import CinelabError, InputError, Problem
+from cinelab.infer.contract import read_predictions
 from cinelab.measure.volumes import parse_label_map
+from cinelab.pipelines.cmr import pipeline as cmr_pipeline
 from cinelab.pipelines.cmr.dsb import convert_dsb
 from cinelab.pipelines.cmr.evaluate import evaluate_cmr
 from cinelab.pipelines.cmr.measure import (
@@ -30,8 +32,9 @@ from cinelab.pipelines.cmr.pseudo import is_volume_table, pseudo_labels, thresho
 from cinelab.pipelines.cmr.pseudo_pairs import export_pseudo_pairs
 from cinelab.pipelines.cmr.report import build_cmr_report
 from cinelab.pipelines.cmr.synth import synth_cmr_cohort
+from cinelab.pipelines.registry import Options
+from cinelab.train.curve import CURVE_FILE, data_requirement_curve
 from cinelab.train.recipe import load_recipe
-from cinelab.train.transfer import CURVE_FILE, data_requirement_curve
 from cinelab.utils import write_csv
 
 CMR_APP = "cmr"
@@ -242,10 +245,12 @@ def predict(
     largest_component: Annotated[bool, typer.Option(help="Keep each label's largest 3D "
                                                          "region.")] = True,
 ) -> None:
-    """Label every stack or cine, then LV/RV volumes, EF and mass per patient or cine."""
+    """Label every stack or cine (predictions.csv, problems.csv, run.json: the contract), then
+    LV/RV volumes, EF and mass per patient or cine."""
+    options = Options(split=split, extra={"native": native, "format": fmt,
+                                          "largest_component": largest_component})
     with console.status("predicting masks"):
-        index = predict_cmr(checkpoint, source, out, fmt=fmt, native=native, split=split,
-                            largest_component=largest_component)
+        index = read_predictions(cmr_pipeline.predict(checkpoint, source, out, options))
     table, per_frame, problems = measure_mask_set(out)
     write_csv(table, out / "volumes.csv")
     write_csv(per_frame, out / "frame_volumes.csv")

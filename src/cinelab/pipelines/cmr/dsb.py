@@ -275,6 +275,8 @@ def _volume_table(path: Path) -> pd.DataFrame:
     if {"Id", "Systole", "Diastole"} <= set(df.columns):
         return df[["Id", "Systole", "Diastole"]].astype({"Id": str})
     if {"Id", "Volume"} <= set(df.columns):
+        if df.empty:
+            return pd.DataFrame(columns=["Id", *SOLUTION_PHASES])
         parts = df["Id"].str.rsplit("_", n=1, expand=True)
         long = pd.DataFrame({"Id": parts[0], "phase": parts[1], "Volume": df["Volume"]})
         long = long[long["phase"].isin(SOLUTION_PHASES)]

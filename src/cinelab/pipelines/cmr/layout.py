@@ -15,6 +15,8 @@ import pandas as pd
 
 from cinelab.data.manifest import read_manifest
 from cinelab.errors import InputError
+from cinelab.pipelines.cmr.acdc import find_acdc_patients, read_acdc, read_acdc_h5
+from cinelab.pipelines.cmr.pngmasks import read_png_masks
 from cinelab.utils import resolve_beside
 
 MANIFEST_FILE = "manifest.csv"
@@ -25,9 +27,6 @@ TRAIN, TEST = "train", "test"
 def read_cmr_folder(folder: str | Path) -> pd.DataFrame:
     """Manifest of a CMR source: ACDC NIfTI (Info.cfg), ACDC HDF5, a folder with
     manifest.csv (DSB conversion, pseudo-label subset), PNG image/mask folders, or a CSV."""
-    from cinelab.pipelines.cmr.acdc import find_acdc_patients, read_acdc, read_acdc_h5
-    from cinelab.pipelines.cmr.pngmasks import read_png_masks
-
     folder = Path(folder)
     if folder.is_file() and folder.suffix.lower() == ".csv":
         return resolve_paths(read_manifest(folder), folder.parent)

@@ -1,13 +1,14 @@
 """The cmr pipeline's generic verbs: predict (the contract), evaluate, report, run, synth.
 
 A row of the cmr predictions.csv is one labelled sample: a short-axis stack (ACDC: one ED
-or ES frame of a patient; PNG pairs: one slice) or one 4D cine (DSB). Beside the ids it holds
-``phase``, ``lv_volume``/``myo_volume``/``rv_volume`` (that sample's structures; a cine's at
-its ED frame) and the standard columns ``edv``, ``esv``, ``ef``, ``lv_mass``, ``rv_edv``,
-``rv_esv``, ``rv_ef`` of the sample's measurement unit: the patient's stacks together (ED and
-ES by LV volume; repeated on each of its rows, empty when the patient has a single stack) or
-the cine itself. Volumes are mL when the source keeps its spacing (``volume_unit``), else
-voxel counts. Labels lie in ``masks/`` (``mask_path``), on each source's own grid by default.
+or ES frame of a patient; PNG pairs: one slice) or one 4D cine (DSB). Beside the ids it
+holds ``phase``, ``image_id`` (= sample_id, for `cmr measure`), ``mask_path`` (the labels
+in masks/, on each source's own grid by default), ``lv_volume``/``myo_volume``/``rv_volume``
+(that sample's structures; a cine's at its ED frame) and the standard columns ``edv``,
+``esv``, ``ef``, ``lv_mass``, ``rv_edv``, ``rv_esv``, ``rv_ef`` of the sample's measurement
+unit: the patient's stacks together (ED and ES by LV volume; repeated on each of its rows,
+empty when the patient has a single stack) or the cine itself. Volumes are mL when the
+source keeps its spacing (``volume_unit``), else voxel counts.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ DEFAULT_RECIPE = "cmr-seg-cpu"
 DEFAULT_TEST_FRACTION = 0.25
 MODEL_NAME = "model"
 STAGES = ("ingest", "store", "train", "predict", "evaluate")
-SYNTH_SIZE = (80, 72)  # rows, columns of the synthetic demo cohort
+SYNTH_SIZE = (64, 56)  # rows, columns (about 2.2 mm pixels: the heart fills the centre)
 SYNTH_FRAMES = 8
 STANDARD = {"EDV": "edv", "ESV": "esv", "EF": "ef", "LVM": "lv_mass", "RV_EDV": "rv_edv",
             "RV_ESV": "rv_esv", "RV_EF": "rv_ef", "units": "volume_unit"}
@@ -55,7 +56,9 @@ DICE_KEYS = {"LV": "lv_dice", "MYO": "myo_dice", "RV": "rv_dice"}
 
 def predict(model: Path, source: Path, out: Path, options: Options) -> Path:
     """Label every sample of `source` (a prepared store or a raw CMR folder) with `model`;
-    write masks/ and the contract (predictions.csv, problems.csv, run.json) into `out`."""
+    write masks/ and the contract (predictions.csv, problems.csv, run.json) into `out`.
+    Options: split (of a store), device, batch_size; extra ``native`` (labels on the source
+    grids, default true), ``format`` (nifti or npz), ``largest_component`` (default true)."""
     started = time.time()
     loaded = load_checkpoint(model)
     out = Path(out)
@@ -84,8 +87,7 @@ def contract_table(index: pd.DataFrame, out: Path) -> tuple[pd.DataFrame, list]:
         cine = row.get("kind") == KIND_CINE
         unit = str(row["sample_id"] if cine else row["patient_id"])
         rows.append(_unit_values(units, unit, _measurable(index, row, cine)))
-    table = pd.concat([index.drop(columns="image_id").reset_index(drop=True),
-                       pd.DataFrame(rows)], axis=1)
+    table = pd.concat([index.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
     return _with_sample_volumes(table, per_frame), problems
 
 
@@ -174,7 +176,10 @@ def run(data: Path, out: Path, options: Options) -> dict[str, Any]:
     """The whole chain on an ACDC-like folder (or any CMR source with masks): ingest with
     patient splits, prepare at the recipe's size, train, predict the test split on the
     source grids, evaluate against the truth labels, report. Each finished stage is kept
-    (done.json) and skipped when run again."""
+    (done.json) and skipped when run again. Options: recipe (default cmr-seg-cpu),
+    max_epochs, seed, device, split (predicted, default test); extra ``set`` (recipe
+    overrides), ``test_fraction`` (patients without a split, default 0.25), ``crop``,
+    ``workers``."""
     data, out = Path(data), Path(out)
     recipe = load_recipe(options.recipe or DEFAULT_RECIPE, list(options.get("set", []) or []))
     store = _store(data, out, recipe, options)

@@ -27,8 +27,16 @@ from torch import nn
 from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError
 from cinelab.io.nifti import write_volume
-from cinelab.pipelines.cmr.prepare import KIND_CINE, ML_PER_MM3, cine_frames, restore_labels
+from cinelab.pipelines.cmr.layout import read_cmr_folder
+from cinelab.pipelines.cmr.prepare import (
+    KIND_CINE,
+    ML_PER_MM3,
+    cine_frames,
+    prepare_cmr,
+    restore_labels,
+)
 from cinelab.train.checkpoint import InputSpec, LoadedCheckpoint, load_checkpoint
+from cinelab.train.tasks.image_segmentation import DEFAULT_CLASSES, class_labels
 from cinelab.utils import atomic_path, write_csv
 
 DEFAULT_BATCH = 16
@@ -92,8 +100,6 @@ def _as_zhwc(slices: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 def to_store_labels(indices: np.ndarray, classes: Mapping[str, Any]) -> np.ndarray:
     """Class indices -> store label values (class k -> the k-th class's first label)."""
-    from cinelab.train.tasks.image_segmentation import class_labels
-
     table = class_labels(classes)
     if int(indices.max(initial=0)) >= len(table):
         raise InputError(None, "classes", f"a mapping for {int(indices.max()) + 1} classes "
@@ -103,8 +109,6 @@ def to_store_labels(indices: np.ndarray, classes: Mapping[str, Any]) -> np.ndarr
 
 def checkpoint_classes(loaded: LoadedCheckpoint) -> dict[str, Any]:
     """The class mapping (name -> store label) a checkpoint was trained with."""
-    from cinelab.train.tasks.image_segmentation import DEFAULT_CLASSES
-
     classes = loaded.info.get("extra", {}).get("classes") or \
         loaded.recipe.get("data", {}).get("classes")
     return dict(classes or DEFAULT_CLASSES)
@@ -161,9 +165,6 @@ def _as_store(source: str | Path | PreparedStore, loaded: LoadedCheckpoint,
 
 def _prepare_folder(folder: Path, spec: InputSpec, crop: str, out: Path) -> PreparedStore:
     """Read a raw CMR folder (layout detected) and prepare it at the checkpoint's size."""
-    from cinelab.pipelines.cmr.layout import read_cmr_folder
-    from cinelab.pipelines.cmr.prepare import prepare_cmr
-
     manifest = read_cmr_folder(folder)
     summary = prepare_cmr(manifest, out, size=spec.size, channels=spec.channels, crop=crop,
                           workers=1)

@@ -40,6 +40,8 @@ from cinelab.errors import InputError, Problem
 from cinelab.io.image import read_image
 from cinelab.io.nifti import is_nifti, read_volume
 from cinelab.pipelines.cmr.acdc import load_acdc_h5
+from cinelab.pipelines.cmr.layout import assign_splits, read_cmr_folder
+from cinelab.prep.prepare import PrepSpec, prepare
 
 PERCENTILES = (1.0, 99.0)  # intensity range mapped to 0-255, per volume
 CROP_WHOLE = ("none", "auto", "never", "")
@@ -327,8 +329,6 @@ def prepare_cmr(manifest: pd.DataFrame, out: str | Path, size: int = 128, channe
                 crop: str = "none", workers: int | None = None, force: bool = False) -> Any:
     """`cmr_manifest` + `prep.prepare.prepare` at `size` px, `channels` and `crop` (see
     `crop_box`); returns the prepare summary."""
-    from cinelab.prep.prepare import PrepSpec, prepare  # prepare imports this module
-
     spec = PrepSpec(size=size, channels=channels, crop=crop, blank=False)
     return prepare(cmr_manifest(manifest), out, spec, workers=workers, force=force)
 
@@ -339,8 +339,6 @@ def prepare_cmr_folder(source: str | Path, out: str | Path, size: int = 128,
     """Any CMR source (`formats.cmr_folder.read_cmr_folder`: ACDC, HDF5, DSB conversion,
     PNG pairs, pseudo-label subset, manifest CSV) into a store, rows without a split given
     one by patient (`assign_splits`); returns the prepare summary."""
-    from cinelab.pipelines.cmr.layout import assign_splits, read_cmr_folder
-
     manifest = assign_splits(read_cmr_folder(source), test_fraction, seed)
     return prepare_cmr(manifest, out, size=size, channels=channels, crop=crop,
                        workers=workers, force=force)

@@ -22,6 +22,7 @@ from cinelab.data.manifest import normalise_split, read_manifest
 from cinelab.evaluate.classification import read_labels
 from cinelab.formats.ingest import Ingested, Layout
 from cinelab.pipelines.cxr.layout import (
+    CXR_SUFFIXES,
     LABEL_FOLDERS,
     CxrCohort,
     read_cxr_folders,
@@ -40,11 +41,14 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 def _is_label_folder(folder: Path) -> bool:
-    return folder.name.lower() in LABEL_FOLDERS
+    """A Positive/Negative folder holding at least one chest X-ray image file."""
+    return folder.name.lower() in LABEL_FOLDERS and \
+        any(p.suffix.lower() in CXR_SUFFIXES for p in folder.rglob("*"))
 
 
 def is_cxr_tree(root: Path) -> bool:
-    """A DeepCOVID-XR tree: Positive/Negative folders at the top or under split folders."""
+    """A DeepCOVID-XR tree: Positive/Negative folders of images at the top or under split
+    folders."""
     dirs = _subdirs(Path(root))
     if any(_is_label_folder(d) for d in dirs):
         return True
@@ -80,12 +84,15 @@ LAYOUTS = (
 )
 
 
-def load_cxr_cohort(source: str | Path, labels: str | Path | None = None) -> CxrCohort:
-    """A CxrCohort from a folder tree, a label CSV (images under `source`), an ingest
-    folder or a manifest file."""
+def load_cxr_cohort(source: str | Path, labels: str | Path | None = None,
+                    label_column: str = "auto",
+                    positive: tuple[str, ...] | list[str] | None = None) -> CxrCohort:
+    """A CxrCohort from a folder tree, a label CSV (images under `source`; text labels are
+    1 when one of `positive`), an ingest folder or a manifest file."""
     source = Path(source)
     if labels is not None:
-        return read_cxr_labels(labels, image_dir=source)
+        return read_cxr_labels(labels, image_dir=source, label_column=label_column,
+                               positive=positive or None)
     if source.is_file() or (source / MANIFEST).is_file():
         path = source if source.is_file() else source / MANIFEST
         return CxrCohort(read_manifest(path), [], path.parent)

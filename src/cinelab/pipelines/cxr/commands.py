@@ -9,175 +9,42 @@
     cinelab cxr gradcam ENS RAW/Test --out CAMS --limit 6
     cinelab cxr report EVAL --ensemble ENS --gradcam CAMS --out report.html
     cinelab cxr run RAW --out OUT                   (all of the above on a folder tree)
+
+The generic verbs do the same through the pipeline registry: `cinelab predict ENS INPUT`,
+`cinelab evaluate PRED`, `cinelab explain ENS INPUT` (= `cxr gradcam`), `cinelab report EVAL`,
+`cinelab run cxr RAW` (= `cxr run`); the cxr aliases stay for one release.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from cinelab.cliutil import console, friendly, print_problems
-from cinelab.errors import CinelabError, InputError
-
-DEFAULT_RECIPE = "cxr-ensemble-cpu"
-DEFAULT_TTA = 8
-DEFAULT_GRADCAMS = 6
-LUNG_DIR = "lung"
-LUNG_MODEL = Path(LUNG_DIR) / "run" / "model.pt"  # where prepare --train-lung leaves it
-TEST_SPLIT, VAL_SPLIT = "test", "val"
+from cinelab.errors import CinelabError
+from cinelab.pipelines.cxr.cohort import load_cxr_cohort
+from cinelab.pipelines.cxr.ensemble import train_ensemble
+from cinelab.pipelines.cxr.evaluate import evaluate
+from cinelab.pipelines.cxr.gradcam import DEFAULT_GRADCAMS, write_gradcams
+from cinelab.pipelines.cxr.predict import list_inputs, predict_cxr
+from cinelab.pipelines.cxr.run import (
+    DEFAULT_RECIPE,
+    DEFAULT_TTA,
+    CxrPaths,
+    CxrSettings,
+    default_lung_model,
+    prepare_stores,
+    run_cxr,
+)
+from cinelab.pipelines.registry import Options
+from cinelab.report.classification import build_classification_report
+from cinelab.train.recipe import load_recipe
 
 cxr_app = typer.Typer(no_args_is_help=True, help="Chest X-ray ensemble (DeepCOVID-XR): lung "
                       "crop stores, ensemble training, prediction with TTA, evaluation, "
                       "Grad-CAM, report.")
-
-
-@dataclass
-class CxrPaths:
-    """Where `run_cxr` writes each step (under one output folder)."""
-
-    out: Path
-
-    @property
-    def stores(self) -> Path:
-        return self.out / "stores"
-
-    @property
-    def ensemble(self) -> Path:
-        return self.out / "ensemble"
-
-    @property
-    def predictions(self) -> Path:
-        return self.out / "predictions"
-
-    @property
-    def val_predictions(self) -> Path:
-        return self.out / "predictions-val"
-
-    @property
-    def evaluation(self) -> Path:
-        return self.out / "evaluation"
-
-    @property
-    def gradcam(self) -> Path:
-        return self.out / "gradcam"
-
-    @property
-    def report(self) -> Path:
-        return self.out / "report.html"
-
-
-# --------------------------------------------------------------------------- API glue
-
-
-def load_cxr_cohort(source: str | Path, labels: str | Path | None = None) -> Any:
-    """A CxrCohort from a folder tree, a label CSV (images under `source`) or a manifest."""
-    from cinelab.pipelines.cxr.layout import CxrCohort, read_cxr_folders, read_cxr_labels
-
-    source = Path(source)
-    if labels is not None:
-        return read_cxr_labels(labels, image_dir=source)
-    if source.is_file() or (source / "manifest.csv").is_file():
-        from cinelab.data.manifest import read_manifest
-
-        path = source if source.is_file() else source / "manifest.csv"
-        return CxrCohort(read_manifest(path), [], path.parent)
-    return read_cxr_folders(source)
-
-
-def prepare_stores(cohort: Any, out: str | Path, recipe: str = DEFAULT_RECIPE,
-                   lung_model: str | Path | None = None, train_lung: bool = False,
-                   workers: int | None = None, overrides: list[str] | None = None) -> Any:
-    """Lung masks for rows without one (a given or freshly trained U-Net), then every
-    (crop, size) store the recipe's members need."""
-    from cinelab.pipelines.cxr.prepare import predict_lung_masks, stores_for_recipe, train_lung_unet
-    from cinelab.train.recipe import load_recipe
-
-    out = Path(out)
-    manifest = cohort.manifest
-    if train_lung and lung_model is None:
-        lung_model = train_lung_unet(manifest, out / LUNG_DIR, workers=workers)
-    if lung_model is not None:
-        manifest, problems = predict_lung_masks(manifest, lung_model, out / LUNG_DIR / "masks")
-        print_problems(problems)
-    return stores_for_recipe(load_recipe(recipe, overrides or []), manifest, out,
-                             workers=workers)
-
-
-def default_lung_model(stores: Path) -> Path | None:
-    """The U-Net `prepare --train-lung` trained beside the stores, if any."""
-    path = Path(stores) / LUNG_MODEL
-    return path if path.is_file() else None
-
-
-def split_files(cohort: Any, split: str = TEST_SPLIT) -> tuple[list[Path], list[str]]:
-    """(paths, sample ids) of one split of a cohort manifest."""
-    m = cohort.manifest
-    rows = m[m["split"].astype(str) == split]
-    if rows.empty:
-        raise InputError(None, "split", f"rows with split '{split}'",
-                         f"splits {sorted(m['split'].astype(str).unique())}")
-    return [Path(p) for p in rows["path"]], rows["sample_id"].astype(str).tolist()
-
-
-def most_positive(predictions: Any, limit: int = DEFAULT_GRADCAMS) -> list[Path]:
-    """Files of the `limit` highest ensemble probabilities (Grad-CAM examples)."""
-    top = predictions.sort_values("probability", ascending=False).head(limit)
-    return [Path(p) for p in top["file"]]
-
-
-def write_gradcams(ensemble: Any, files: list[Path], out: str | Path,
-                   member: str | None = None, limit: int = DEFAULT_GRADCAMS) -> list[Path]:
-    """Grad-CAM overlays (PNG) of the first `limit` readable files; bad files skipped."""
-    from cinelab.errors import Problem
-    from cinelab.pipelines.cxr.predict import cxr_gradcam, load_cxr_ensemble
-
-    ens = load_cxr_ensemble(ensemble) if not hasattr(ensemble, "members") else ensemble
-    written, problems = [], []
-    for path in files:
-        if len(written) >= limit:
-            break
-        target = Path(out) / f"{Path(path).stem}{'-' + member if member else ''}.png"
-        try:
-            cxr_gradcam(ens, path, target, member=member)
-            written.append(target)
-        except Exception as exc:  # one bad file is reported and skipped
-            problems.append(Problem.from_exception(path, "gradcam", exc))
-    print_problems(problems)
-    return written
-
-
-def run_cxr(raw: str | Path, out: str | Path, recipe: str = DEFAULT_RECIPE,
-            tta: int = DEFAULT_TTA, processes: int = 1, max_epochs: int | None = None,
-            train_lung: bool = False, overrides: list[str] | None = None) -> CxrPaths:
-    """Folder tree -> stores -> ensemble -> validation and test predictions (TTA) ->
-    evaluation at the threshold tuned on the validation predictions (same TTA), Grad-CAM
-    and report; training resumes (finished members are reused)."""
-    from cinelab.evaluate.classification import evaluate_classification
-    from cinelab.pipelines.cxr.predict import load_cxr_ensemble, predict_cxr
-    from cinelab.report.classification import build_classification_report
-    from cinelab.pipelines.cxr.ensemble import train_ensemble
-    from cinelab.train.recipe import load_recipe
-
-    paths = CxrPaths(Path(out))
-    cohort = load_cxr_cohort(raw)
-    prepare_stores(cohort, paths.stores, recipe, train_lung=train_lung, overrides=overrides)
-    train_ensemble(load_recipe(recipe, overrides or []), paths.stores, paths.ensemble,
-                   processes=processes, max_epochs=max_epochs,
-                   lung_model=default_lung_model(paths.stores))
-    ens = load_cxr_ensemble(paths.ensemble)
-    val_files, val_ids = split_files(cohort, VAL_SPLIT)
-    predict_cxr(ens, val_files, paths.val_predictions, tta=tta, ids=val_ids)
-    files, ids = split_files(cohort)
-    test = predict_cxr(ens, files, paths.predictions, tta=tta, ids=ids).table
-    evaluate_classification(paths.predictions / "predictions.csv", paths.evaluation,
-                            labels=cohort.manifest,
-                            tune_on=paths.val_predictions / "predictions.csv")
-    write_gradcams(ens, most_positive(test), paths.gradcam)
-    build_classification_report(paths.evaluation, paths.report, paths.ensemble, paths.gradcam)
-    return paths
 
 
 # --------------------------------------------------------------------------- commands
@@ -192,6 +59,11 @@ def prepare_cmd(
     = DEFAULT_RECIPE,
     labels: Annotated[Path | None, typer.Option(help="Label CSV (images under SOURCE).")]
     = None,
+    label_column: Annotated[str, typer.Option(help="The label CSV's label column.")]
+    = "auto",
+    positive: Annotated[list[str] | None, typer.Option(help="Text label value meaning "
+                                                       "positive, e.g. COVID-19 "
+                                                       "(repeatable).")] = None,
     lung_model: Annotated[Path | None, typer.Option(help="Lung U-Net for images without "
                                                     "a mask file.")] = None,
     train_lung: Annotated[bool, typer.Option(help="Train the lung U-Net on the images "
@@ -201,10 +73,13 @@ def prepare_cmd(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Recipe override.")] = None,
 ) -> None:
     """Every prepared store the ensemble needs: lung crop and whole image at each size."""
-    cohort = load_cxr_cohort(source, labels)
+    cohort = load_cxr_cohort(source, labels, label_column, positive)
     print_problems(cohort.problems)
-    stores = prepare_stores(cohort, out, recipe, lung_model, train_lung, workers, set_)
-    print_problems(stores.problems)
+    if cohort.manifest.empty:
+        raise CinelabError(f"{labels or source}: no usable image (see the problems above)")
+    stores, mask_problems = prepare_stores(cohort, out, recipe, lung_model, train_lung,
+                                           workers, set_)
+    print_problems(mask_problems + stores.problems)
     for (crop, size), path in stores.stores.items():
         console.print(f"{crop} {size} px -> {path}")
     if len(stores.crops):
@@ -230,9 +105,6 @@ def train_ensemble_cmd(
     = None,
 ) -> None:
     """Train every member (finished ones are skipped), then fit the ensemble weights."""
-    from cinelab.pipelines.cxr.ensemble import train_ensemble
-    from cinelab.train.recipe import load_recipe
-
     run = train_ensemble(load_recipe(recipe, set_ or []), stores, out, processes=processes,
                          members=member or None, method=method, max_epochs=max_epochs,
                          lung_model=lung_model or default_lung_model(stores))
@@ -263,8 +135,6 @@ def predict_cmd(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
 ) -> None:
     """Ensemble probability for every image (all preprocessing included); no prompts."""
-    from cinelab.pipelines.cxr.predict import predict_cxr
-
     result = predict_cxr(ensemble, source, out, tta=tta, seed=seed, threshold=threshold,
                          mask_source=masks, batch_size=batch_size, device=device)
     print_problems(result.problems)
@@ -287,16 +157,12 @@ def evaluate_cmd(
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
 ) -> None:
     """Confusion matrix, ROC/AUC, sensitivity, specificity, accuracy with bootstrap CIs."""
-    from cinelab.evaluate.classification import evaluate_classification
-
-    if predictions.is_dir():
-        predictions = predictions / "predictions.csv"
-    ev = evaluate_classification(predictions, out, labels=labels, threshold=threshold,
-                                 tune_on=tune_on, n_boot=n_boot)
-    r = ev.report
-    console.print(f"n={r['n']}: AUC {r['auc']['value']:.3f}, sensitivity "
-                  f"{r['sensitivity']['value']:.3f}, specificity {r['specificity']['value']:.3f}"
-                  f", accuracy {r['accuracy']['value']:.3f} at {r['threshold']:.3f} -> {out}")
+    m = evaluate(predictions.parent if predictions.is_file() else predictions, out,
+                 Options(labels=labels, extra={"threshold": threshold, "tune_on": tune_on,
+                                               "n_boot": n_boot}))
+    console.print(f"n={m['n']}: AUC {m['auc']:.3f}, sensitivity {m['sensitivity']:.3f}, "
+                  f"specificity {m['specificity']:.3f}, accuracy {m['accuracy']:.3f} at "
+                  f"{m['threshold']:.3f} -> {out}")
 
 
 @cxr_app.command("gradcam")
@@ -309,11 +175,11 @@ def gradcam_cmd(
                                                "ensemble).")] = None,
     limit: Annotated[int, typer.Option(help="At most this many images.")] = DEFAULT_GRADCAMS,
 ) -> None:
-    """Grad-CAM of a member or of the weighted ensemble, over the original image."""
-    from cinelab.pipelines.cxr.predict import list_inputs
-
+    """Grad-CAM of a member or of the weighted ensemble, over the original image (alias of
+    `cinelab explain ENSEMBLE SOURCE`)."""
     _, files, _ = list_inputs(source)
-    written = write_gradcams(ensemble, files, out, member, limit)
+    written, problems = write_gradcams(ensemble, files, out, member, limit)
+    print_problems(problems)
     console.print(f"{len(written)} Grad-CAM overlays -> {out}")
 
 
@@ -326,8 +192,6 @@ def report_cmd(
     gradcam: Annotated[Path | None, typer.Option(help="Folder of Grad-CAM PNGs.")] = None,
 ) -> None:
     """A self-contained HTML page: metrics, members, ROC, confusion, Grad-CAM."""
-    from cinelab.report.classification import build_classification_report
-
     console.print(f"report -> {build_classification_report(evaluation, out, ensemble, gradcam)}")
 
 
@@ -347,9 +211,12 @@ def run_cmd(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Recipe override.")] = None,
 ) -> None:
     """The whole chain on a folder tree: stores, ensemble, test predictions, evaluation,
-    Grad-CAM and report (resumable: finished steps are reused)."""
-    paths = run_cxr(raw, out, recipe, tta, processes, max_epochs, train_lung, set_)
-    console.print(f"report -> {paths.report}")
+    Grad-CAM and report (resumable: finished steps are reused; alias of `cinelab run cxr`)."""
+    settings = CxrSettings(recipe, tta, processes, max_epochs, train_lung, tuple(set_ or ()))
+    m = run_cxr(raw, out, settings)
+    console.print(f"test AUC {m['auc']:.3f} ({m['auc_ci_low']:.3f}-{m['auc_ci_high']:.3f}), "
+                  f"sensitivity {m['sensitivity']:.3f}, specificity {m['specificity']:.3f}")
+    console.print(f"report -> {CxrPaths(Path(out)).report}")
 
 
 def register(apps: dict[str, typer.Typer]) -> None:

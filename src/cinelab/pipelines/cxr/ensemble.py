@@ -14,11 +14,12 @@ Layout of `out_dir`::
     ensemble.json                                    weights (infer.ensemble) + threshold
     lung/model.pt                                    the lung U-Net used for crops (optional)
 
-A member is *finished* when its model.pt and metrics.json exist (fit writes both atomically,
-metrics last) and is never trained again; an interrupted member resumes from its Lightning
-``last.ckpt``. Members can train in separate processes (`processes` > 1: a spawn-based
-process pool, one member per task; with several GPUs member k uses GPU k mod n), or one at a
-time from the command line (``cinelab cxr train-ensemble RECIPE --member NAME``).
+A member is *finished* by the one resume rule (`cinelab.utils.is_done`: its done.json lists
+model.pt and metrics.json with their sizes, written after its fit) and is never trained
+again; an interrupted member resumes from its Lightning ``last.ckpt``. Members can train
+in separate processes (`processes` > 1: a spawn-based process pool, one member per task;
+with several GPUs member k uses GPU k mod n), or one at a time from the command line
+(``cinelab cxr train-ensemble RECIPE --member NAME``).
 """
 
 from __future__ import annotations
@@ -45,8 +46,11 @@ from cinelab.infer.ensemble import (
     fit_ensemble_weights,
     save_ensemble_weights,
 )
+from cinelab.pipelines.cxr.predict import load_member, predict_arrays
+from cinelab.pipelines.cxr.prepare import store_name
+from cinelab.train.fit import fit
 from cinelab.train.recipe import Recipe, ensemble_members, load_recipe
-from cinelab.utils import atomic_path, file_hash, write_csv
+from cinelab.utils import atomic_path, file_hash, is_done, mark_done, write_csv
 
 MEMBERS_DIR = "members"
 MODEL_FILE = "model.pt"
@@ -100,9 +104,8 @@ def member_dir(out_dir: str | Path, name: str) -> Path:
 
 
 def is_finished(directory: str | Path) -> bool:
-    """True when a member's fit completed (model.pt and metrics.json both written)."""
-    d = Path(directory)
-    return (d / MODEL_FILE).is_file() and (d / METRICS_FILE).is_file()
+    """True when a member's fit completed (the one resume rule, `cinelab.utils.is_done`)."""
+    return is_done(directory)
 
 
 def resolve_stores(stores: Mapping[StoreKey, str | Path] | str | Path,
@@ -118,16 +121,6 @@ def resolve_stores(stores: Mapping[StoreKey, str | Path] | str | Path,
                          f"{sorted(set(keys))}", f"none for {sorted(set(missing))}",
                          "run `cinelab cxr prepare` with the recipe's sizes")
     return found
-
-
-def store_name(crop: str, size: int) -> str:
-    """The folder name of the (crop, size) store (as `cinelab.pipelines.cxr.prepare` writes it)."""
-    try:
-        from cinelab.pipelines.cxr.prepare import store_name as shared_name
-
-        return shared_name(crop, size)
-    except ImportError:
-        return f"{crop}-{int(size)}"
 
 
 def plan_members(recipe: Recipe, stores: Mapping[StoreKey, str | Path] | str | Path,
@@ -156,12 +149,11 @@ def train_member(member: Member, progress: bool = False, devices: Any = None,
     """Fit one member unless finished; True when it trained now."""
     if is_finished(member.out_dir):
         return False
-    from cinelab.train.fit import fit
-
     if threads:
         torch.set_num_threads(threads)
     fit(member.recipe, member.store, member.out_dir, resume=True, devices=devices,
         max_epochs=max_epochs, progress=progress)
+    mark_done(member.out_dir, (MODEL_FILE, METRICS_FILE), member=member.name)
     return True
 
 
@@ -207,8 +199,6 @@ def member_val_predictions(member: Member, seed: int | None = None,
     cache = member.out_dir / VAL_PREDICTIONS
     if cache.is_file() and cache.stat().st_mtime >= (member.out_dir / MODEL_FILE).stat().st_mtime:
         return pd.read_csv(cache, dtype={"sample_id": str})
-    from cinelab.pipelines.cxr.predict import load_member, predict_arrays
-
     store = PreparedStore(member.store)
     seed = member.recipe.trainer.seed if seed is None else seed
     _, val_ids = train_val_ids(store, seed)

@@ -49,10 +49,13 @@ def member_table(folder: str | Path | pd.DataFrame) -> pd.DataFrame:
 
 
 def resolve_labels(predictions: Path, labels: str | Path | None) -> pd.DataFrame:
-    """The label table: the one given, else the labelled folder tree predict read."""
+    """The label table: the one given, else the one recorded at predict, else the labelled
+    folder tree (or ingest folder) predict read."""
+    run = read_run(predictions)
+    labels = labels if labels is not None else run.get("labels")
     if labels is not None:
         return cxr_label_table(labels)
-    recorded = read_run(predictions).get("input")
+    recorded = run.get("input")
     if recorded and Path(recorded).is_dir() and (is_cxr_tree(Path(recorded)) or
                                                  (Path(recorded) / "manifest.csv").is_file()):
         return cxr_label_table(recorded)

@@ -1,5 +1,6 @@
 """Chest X-ray ensemble prediction on raw files: read, lung crop, sizes, members x TTA,
-weighted ensemble probability, CSV; and the ensemble's Grad-CAM on one radiograph.
+weighted ensemble probability, the prediction contract (Grad-CAM lives in
+`cinelab.pipelines.cxr.gradcam`).
 
 An ensemble folder is what `cinelab.pipelines.cxr.ensemble.train_ensemble` writes: ``ensemble.json``
 (weights, members with their crop and size, the validation-tuned threshold), the members'
@@ -35,18 +36,18 @@ import torch
 
 from cinelab.data.transforms import Normalize
 from cinelab.errors import InputError, Problem
-from cinelab.explain.saliency import ensemble_cam, grad_cam, write_cam_png
 from cinelab.infer.contract import PREDICTIONS_FILE, PROBLEMS_FILE, run_record, write_contract
 from cinelab.infer.ensemble import EnsembleWeights, load_ensemble_weights
 from cinelab.infer.tta import augment_from_recipe, tta_predict, tta_views
 from cinelab.io.cxr_dicom import read_cxr
-from cinelab.pipelines.cxr.cohort import load_cxr_cohort
+from cinelab.pipelines.cxr.cohort import MANIFEST, load_cxr_cohort
 from cinelab.pipelines.cxr.crop import (
+    NO_CROP_MODES,
+    VARIANTS,
     CxrVariants,
     cxr_variants,
     read_lung_mask,
     resize_lanczos,
-    restore_map,
 )
 from cinelab.pipelines.cxr.layout import find_mask, list_images, unique_ids
 from cinelab.pipelines.registry import Options
@@ -105,8 +106,16 @@ class CxrPredictions:
 
 
 def load_member(path: str | Path) -> LoadedCheckpoint:
-    """A member checkpoint, model in eval mode on the CPU."""
-    return load_checkpoint(path)
+    """A member checkpoint, model in eval mode on the CPU; a multi-label model (e.g. the
+    14-finding NIH pretraining) is refused rather than read as its first finding."""
+    loaded = load_checkpoint(path)
+    kwargs = (loaded.recipe.get("model") or {}).get("kwargs") or {}
+    outputs = int(kwargs.get("num_outputs", 1))
+    if outputs not in (1, 2):
+        raise InputError(path, "model.kwargs.num_outputs", "a binary member (1 or 2 outputs)",
+                         f"{outputs} outputs", "fine-tune it on the binary task first "
+                         "(model.pretrained=<this checkpoint>)")
+    return loaded
 
 
 def load_cxr_ensemble(root: str | Path) -> CxrEnsemble:
@@ -127,6 +136,33 @@ def load_cxr_ensemble(root: str | Path) -> CxrEnsemble:
     threshold = weights.details.get("threshold")
     return CxrEnsemble(root, members, weights,
                        DEFAULT_THRESHOLD if threshold is None else float(threshold), lung)
+
+
+def is_cxr_ensemble(model: str | Path) -> bool:
+    """An ensemble folder written by `train_ensemble` (or its ensemble.json)."""
+    path = Path(model)
+    file = path / ENSEMBLE_FILE if path.is_dir() else path
+    return file.name == ENSEMBLE_FILE and file.is_file() and \
+        "member_info" in file.read_text(errors="replace")
+
+
+def load_cxr_model(model: str | Path) -> CxrEnsemble:
+    """An ensemble folder (or its ensemble.json), or one image_classification checkpoint
+    as a one-member ensemble (its crop from the recipe, size from its input spec)."""
+    path = Path(model)
+    if not path.exists():
+        raise InputError(path, "model", "an ensemble folder (with ensemble.json) or an "
+                         "image_classification checkpoint", "no such file or folder")
+    if path.is_dir() or path.name == ENSEMBLE_FILE:
+        return load_cxr_ensemble(path if path.is_dir() else path.parent)
+    loaded = load_member(path)
+    raw = str((loaded.recipe.get("data") or {}).get("crop") or "")
+    crop = raw if raw in VARIANTS else "uncrop" if raw in ("", *NO_CROP_MODES) else "crop"
+    name = f"{(loaded.recipe.get('model') or {}).get('name', 'model')}-{loaded.input_spec.size}"
+    weights = EnsembleWeights(np.ones(1), "single", "binary", [name], {})
+    threshold = (loaded.info.get("extra") or {}).get("threshold")
+    return CxrEnsemble(path.parent, [CxrMember(name, crop, int(loaded.input_spec.size), loaded)],
+                       weights, DEFAULT_THRESHOLD if threshold is None else float(threshold))
 
 
 def to_batch(images: np.ndarray, channels: int) -> torch.Tensor:
@@ -207,13 +243,6 @@ def prepare_image(ensemble: CxrEnsemble, path: str | Path,
     return image, cxr_variants(image, mask, ensemble.sizes)
 
 
-def variant_transform(variants: CxrVariants, crop: str, size: int) -> dict[str, Any]:
-    """The transform dict `restore_map` needs for one variant."""
-    box = variants.box if crop == "crop" else None
-    return {"box": None if box is None else list(box), "size": size, "fit": "stretch",
-            "original_shape": list(variants.original_shape)}
-
-
 # --------------------------------------------------------------------------- prediction
 
 
@@ -284,7 +313,7 @@ def predict_cxr(ensemble: CxrEnsemble | str | Path,
     `out_dir` when given (`record`: extra run.json fields, e.g. the cohort and split the
     files came from). No prompts; bad files never stop the run."""
     started = time.time()
-    ens = ensemble if isinstance(ensemble, CxrEnsemble) else load_cxr_ensemble(ensemble)
+    ens = ensemble if isinstance(ensemble, CxrEnsemble) else load_cxr_model(ensemble)
     if threshold is not None:
         ens.threshold = float(threshold)
     tta_views(tta, seed)  # checks n before any work
@@ -333,57 +362,43 @@ def write_predictions(result: CxrPredictions, out_dir: str | Path, ens: CxrEnsem
 
 
 def predict(model: Path, source: Path, out: Path, options: Options) -> Path:
-    """The pipeline's predict: an ensemble folder on a radiograph, a folder of them, or one
-    split (``options.split``) of a cohort (folder tree, ingest folder or manifest).
-    Options: tta, threshold, masks (auto|unet|files|none)."""
-    ids = patients = None
-    files: str | Path | list[Path] = source
-    record: dict[str, Any] = {"split": options.split}
-    if options.split:
-        cohort = load_cxr_cohort(source, options.labels)
-        files, ids, patients = split_files(cohort, options.split)
-    predict_cxr(model, files, out, tta=int(options.get("tta", 1)), seed=options.seed,
-                batch_size=options.batch_size, threshold=options.get("threshold"),
+    """The pipeline's predict: an ensemble folder (or one member checkpoint) on a
+    radiograph, a folder of them, or a cohort (folder tree with ``options.split``, ingest
+    folder, prepared store or manifest: its rows, or those of ``options.split``).
+    Options: tta, threshold, masks (auto|unet|files|none); ``labels`` is recorded for
+    evaluate (and read as the label CSV of the images when a split is asked for)."""
+    source = Path(source)
+    files, ids, patients = input_files(source, options)
+    record = {"input": str(source), "split": options.split,
+              "labels": None if options.labels is None else str(options.labels)}
+    predict_cxr(load_cxr_model(model), files, out, tta=int(options.get("tta", 1)),
+                seed=options.seed, batch_size=options.batch_size,
+                threshold=options.get("threshold"),
                 mask_source=str(options.get("masks", "auto")), device=options.device,
-                ids=ids, patient_ids=patients, record={"input": str(source), **record})
+                ids=ids, patient_ids=patients, record=record)
     return Path(out)
 
 
-def split_files(cohort: Any, split: str) -> tuple[list[Path], list[str], list[str | None]]:
-    """(paths, sample ids, patient ids) of one split of a cohort manifest."""
+def input_files(source: Path, options: Options
+                ) -> tuple[Path | list[Path], list[str] | None, list[str | None] | None]:
+    """(files, sample ids, patient ids) to predict: a cohort's rows (those of
+    ``options.split``) when `source` is a cohort or a split is asked for, else `source`
+    itself (a file or a folder of images; ids from the file names)."""
+    source = Path(source)
+    if options.split or source.suffix.lower() == ".csv" or (source / MANIFEST).is_file():
+        cohort = load_cxr_cohort(source, options.labels if options.split else None)
+        return split_files(cohort, options.split)
+    return source, None, None
+
+
+def split_files(cohort: Any, split: str | None
+                ) -> tuple[list[Path], list[str], list[str | None]]:
+    """(paths, sample ids, patient ids) of one split of a cohort manifest (None: all rows)."""
     m = cohort.manifest
-    rows = m[m["split"].astype(str) == split]
+    rows = m if split is None else m[m["split"].astype(str) == split]
     if rows.empty:
         raise InputError(None, "split", f"rows with split '{split}'",
                          f"splits {sorted(m['split'].astype(str).unique())}")
     patients = rows["patient_id"] if "patient_id" in rows.columns else rows["sample_id"]
     return ([Path(p) for p in rows["path"]], rows["sample_id"].astype(str).tolist(),
             [None if pd.isna(p) else str(p) for p in patients])
-
-
-# --------------------------------------------------------------------------- Grad-CAM
-
-
-def cxr_gradcam(ensemble: CxrEnsemble | str | Path, path: str | Path,
-                out_png: str | Path | None = None, member: str | None = None,
-                mask_source: str = "auto", alpha: float = 0.4) -> np.ndarray:
-    """Grad-CAM of one member (by name) or of the weighted ensemble on the original image
-    (H, W) float32; also written as an overlay PNG when `out_png` is given."""
-    ens = ensemble if isinstance(ensemble, CxrEnsemble) else load_cxr_ensemble(ensemble)
-    chosen = ens.members if member is None else [m for m in ens.members if m.name == member]
-    if not chosen:
-        raise InputError(None, "member", f"one of {[m.name for m in ens.members]}",
-                         repr(member))
-    image, variants = prepare_image(ens, path, mask_source)
-    maps = []
-    for m in chosen:
-        spec = m.loaded.input_spec
-        x = Normalize(spec.mean, spec.std)(to_batch(variants.images[(m.crop, m.size)][None],
-                                                    spec.channels))
-        cam = grad_cam(m.loaded.model, x)[0]
-        maps.append(restore_map(cam, variant_transform(variants, m.crop, m.size)))
-    weights = [ens.weights.weights[ens.members.index(m)] for m in chosen]
-    cam = ensemble_cam(maps, weights)
-    if out_png is not None:
-        write_cam_png(out_png, image, cam, alpha)
-    return cam

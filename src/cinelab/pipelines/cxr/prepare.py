@@ -33,8 +33,14 @@ import pandas as pd
 
 from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError, Problem
+from cinelab.evaluate.metrics import dice
+from cinelab.io.cxr_dicom import read_cxr
 from cinelab.pipelines.cxr.crop import DEFAULT_SIZES, VARIANTS, fit_mask, read_lung_mask
+from cinelab.pipelines.cxr.predict import lung_mask
 from cinelab.prep.prepare import PrepareSummary, PrepSpec, prepare
+from cinelab.train.checkpoint import load_checkpoint
+from cinelab.train.fit import fit
+from cinelab.train.recipe import Recipe, apply_overrides, ensemble_members, load_recipe
 from cinelab.utils import read_json, write_csv, write_json
 
 CROPS_CSV = "crops.csv"
@@ -96,8 +102,6 @@ def stores_for_recipe(recipe: Any, manifest: pd.DataFrame, out: str | Path,
                       **kwargs: Any) -> CxrStores:
     """The stores an ensemble recipe's members need: its sizes and crops, and the channels
     of its model (``model.kwargs.in_channels``, default 3)."""
-    from cinelab.train.recipe import ensemble_members
-
     members = [r for _, r in ensemble_members(recipe)] or [recipe]
     sizes = sorted({int(r.data.size) for r in members})
     crops = [c for c in VARIANTS if c in {r.data.crop or "uncrop" for r in members}]
@@ -168,9 +172,6 @@ def train_lung_unet(manifest: pd.DataFrame, out_dir: str | Path,
                     **fit_kwargs: Any) -> Path:
     """Fit the lung U-Net (task image_segmentation) on the manifest rows with lung masks;
     returns its model.pt. The training store is out_dir/store (uncropped, with masks)."""
-    from cinelab.train.fit import fit
-    from cinelab.train.recipe import Recipe, apply_overrides, load_recipe
-
     recipe = apply_overrides(recipe, overrides) if isinstance(recipe, Recipe) \
         else load_recipe(recipe, overrides)
     rows = masked_rows(manifest)
@@ -197,10 +198,6 @@ def predict_lung_masks(manifest: pd.DataFrame, checkpoint: str | Path, out_dir: 
     """Predict lung masks (PNG, 0/255) for rows without one (or all rows); returns the
     manifest with ``mask_path``/``mask_source`` filled and the problems (unreadable images
     keep no mask; `prepare` reports them again)."""
-    from cinelab.io.cxr_dicom import read_cxr
-    from cinelab.pipelines.cxr.predict import lung_mask
-    from cinelab.train.checkpoint import load_checkpoint
-
     lung = load_checkpoint(checkpoint)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -226,11 +223,6 @@ def predict_lung_masks(manifest: pd.DataFrame, checkpoint: str | Path, out_dir: 
 
 def lung_dice(checkpoint: str | Path, manifest: pd.DataFrame) -> pd.DataFrame:
     """sample_id, dice of the U-Net's mask against each row's mask file (full resolution)."""
-    from cinelab.evaluate.metrics import dice
-    from cinelab.io.cxr_dicom import read_cxr
-    from cinelab.pipelines.cxr.predict import lung_mask
-    from cinelab.train.checkpoint import load_checkpoint
-
     lung = load_checkpoint(checkpoint)
     rows = []
     for row in masked_rows(manifest).to_dict("records"):

@@ -25,8 +25,9 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from cinelab.errors import InputError
 from cinelab.pipelines.cxr.nih import NIH_FINDINGS, findings_text, patient_split
-from cinelab.utils import write_csv, write_json
+from cinelab.utils import read_json, write_csv, write_json
 
 LAYOUTS = ("folders", "nih")
 SPLIT_FOLDERS = {"train": "Train", "val": "Validation", "test": "Test"}
@@ -44,6 +45,7 @@ ROTATION_DEG, SCALE, SHIFT = 4.0, (0.92, 1.04), (0.04, 0.03)
 GAMMA, GAIN, OFFSET, NOISE = (0.75, 1.35), (0.85, 1.1), (-0.05, 0.08), (0.008, 0.025)
 MASK_DIR = "masks"
 HEART_TILT_DEG = -22
+PIPELINE_SIZE = 128  # px of `synth_cohort` (the demo recipes work at 96 px and below)
 
 
 @dataclass(frozen=True)
@@ -379,7 +381,7 @@ def synth_cxr_cohort(out: str | Path, n: int = 200, seed: int = 0, size: int = 2
     """Write n synthetic radiographs (+ lung masks) in the DeepCOVID-XR folder tree with a
     labels.csv, or in the NIH ChestX-ray14 layout; deterministic for a seed."""
     if layout not in LAYOUTS:
-        raise ValueError(f"layout: expected one of {LAYOUTS}, found {layout!r}")
+        raise InputError(None, "layout", f"one of {LAYOUTS}", repr(layout))
     out = Path(out)
     records = _records(n, seed, layout, positive_fraction)
     for rec in records:
@@ -392,8 +394,8 @@ def synth_cxr_cohort(out: str | Path, n: int = 200, seed: int = 0, size: int = 2
         cv2.imwrite(str(path.parent / MASK_DIR / path.name), mask.astype(np.uint8) * 255,
                     [cv2.IMWRITE_PNG_COMPRESSION, 1])
     _write_tables(out, records, layout)
-    write_json(out / "synth.json", {"generator": "cinelab.pipelines.cxr.synth", "n": n, "seed": seed,
-                                    "size": size, "layout": layout,
+    write_json(out / "synth.json", {"generator": "cinelab.pipelines.cxr.synth", "n": n,
+                                    "seed": seed, "size": size, "layout": layout,
                                     "positive_fraction": positive_fraction})
     return out
 
@@ -445,3 +447,13 @@ def _write_tables(out: Path, records: list[dict], layout: str) -> None:
     for name, wanted in (("test_list.txt", True), ("train_val_list.txt", False)):
         names = [Path(r["rel"]).name for r in records if (r["split"] == "test") == wanted]
         (out / name).write_text("".join(f"{x}\n" for x in names))
+
+
+def synth_cohort(out: str | Path, n: int = 200, seed: int = 0) -> Path:
+    """The pipeline's synthetic cohort: the DeepCOVID-XR folder tree at `PIPELINE_SIZE` px
+    (kept when the same cohort is already there)."""
+    info = Path(out) / "synth.json"
+    wanted = {"n": n, "seed": seed, "size": PIPELINE_SIZE, "layout": "folders"}
+    if info.is_file() and {k: read_json(info).get(k) for k in wanted} == wanted:
+        return Path(out)
+    return synth_cxr_cohort(out, n=n, seed=seed, size=PIPELINE_SIZE)

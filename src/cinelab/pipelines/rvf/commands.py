@@ -5,101 +5,44 @@
     cinelab rvf prepare INGEST --out STORE --size 64        (frames + optical flow)
     cinelab rvf flow STORE --method farneback --force       (flow only)
     cinelab rvf train rvf-twostream-cpu --data STORE --out RUN
-    cinelab rvf predict RUN/model.pt STORE --out PRED --split test
-    cinelab rvf saliency RUN/model.pt STORE --out SAL --predictions PRED
-    cinelab rvf report PRED --saliency SAL --run RUN
-    cinelab rvf run RAW --classes ... --splits ... --out OUT  (all of the above)
+    cinelab rvf predict RUN/model.pt STORE --out PRED --split test   (= cinelab predict)
+    cinelab rvf evaluate PRED --out EVAL                             (= cinelab evaluate)
+    cinelab rvf saliency RUN/model.pt STORE --out SAL --predictions PRED (= cinelab explain)
+    cinelab rvf report EVAL --saliency SAL --run RUN                 (= cinelab report)
+    cinelab rvf run RAW --out OUT  (all of the above; = cinelab run rvf RAW --out OUT)
+
+The logic lives in the API modules (layout, prepare, predict, evaluate, explain, report, run);
+these verbs only parse options and print. predict/evaluate/saliency/report/run stay here as
+aliases of the generic verbs for one release.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from cinelab.cliutil import console, friendly, print_problems
 from cinelab.errors import CinelabError
+from cinelab.infer.contract import read_predictions
+from cinelab.pipelines.registry import Options
+from cinelab.pipelines.rvf.evaluate import evaluate_rvf
+from cinelab.pipelines.rvf.explain import explain_rvf
+from cinelab.pipelines.rvf.layout import ingest_rvf
+from cinelab.pipelines.rvf.predict import predict_rvf
+from cinelab.pipelines.rvf.prepare import DEFAULT_SIZE, prepare_rvf
+from cinelab.pipelines.rvf.report import rvf_report
+from cinelab.pipelines.rvf.run import DEFAULT_RECIPE, run_rvf
+from cinelab.pipelines.rvf.synth import synth_rvf_cohort
+from cinelab.prep.flow import prepare_flow
+from cinelab.train.fit import fit
+from cinelab.train.recipe import load_recipe
 
-DEFAULT_RECIPE = "rvf-twostream-cpu"
-DEFAULT_SIZE = 64
-GREYSCALE = 1
+__all__ = ["prepare_rvf", "register", "rvf_app"]
 
 rvf_app = typer.Typer(no_args_is_help=True, help="RV failure from echo: ingest, flow, "
                       "two-stream training, clip-averaged prediction, saliency, report.")
-
-
-@dataclass
-class RvfPaths:
-    """Where `run_rvf` writes each step (under one output folder)."""
-
-    out: Path
-
-    @property
-    def ingest(self) -> Path:
-        return self.out / "ingest"
-
-    @property
-    def store(self) -> Path:
-        return self.out / "store"
-
-    @property
-    def run(self) -> Path:
-        return self.out / "run"
-
-    @property
-    def predictions(self) -> Path:
-        return self.out / "predictions"
-
-    @property
-    def saliency(self) -> Path:
-        return self.out / "saliency"
-
-
-def prepare_rvf(ingest_dir: str | Path, out: str | Path, size: int = DEFAULT_SIZE,
-                method: str = "farneback", workers: int | None = None, force: bool = False,
-                raft_weights: str | None = None, device: str = "cpu") -> tuple[Any, Any]:
-    """Greyscale prepared store of an ingest folder, then its optical flow."""
-    from cinelab.formats.ingest import load_ingested
-    from cinelab.prep.flow import prepare_flow
-    from cinelab.prep.prepare import PrepSpec, prepare
-
-    cohort = load_ingested(ingest_dir)
-    summary = prepare(cohort.manifest, out, PrepSpec(size=size, channels=GREYSCALE),
-                      workers=workers, force=force)
-    if summary.usable == 0:
-        raise CinelabError(f"{ingest_dir}: nothing usable was prepared")
-    flow = prepare_flow(out, method, workers=workers, force=force, raft_weights=raft_weights,
-                        device=device)
-    return summary, flow
-
-
-def run_rvf(dicom_root: Path, classes: Path, splits: Path, out: Path,
-            recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None,
-            size: int | None = None, workers: int | None = None, top: int = 4,
-            split: str = "test") -> Path:
-    """Ingest -> prepare + flow -> train -> predict -> saliency -> report; the report path.
-
-    The store's frame size defaults to the recipe's data.size."""
-    from cinelab.explain.guided import explain_videos
-    from cinelab.infer.video_classify import predict_classification
-    from cinelab.pipelines.rvf.layout import ingest_rvf
-    from cinelab.pipelines.rvf.report import rvf_report
-    from cinelab.train.fit import fit
-    from cinelab.train.recipe import load_recipe
-
-    paths, loaded = RvfPaths(out), load_recipe(recipe, overrides or [])
-    _, problems = ingest_rvf(dicom_root, classes, splits, paths.ingest)
-    print_problems(problems)
-    data_size = loaded.data.size if isinstance(loaded.data.size, int) else loaded.data.size[0]
-    prepare_rvf(paths.ingest, paths.store, size or data_size, workers=workers)
-    result = fit(loaded, paths.store, paths.run, resume=True, progress=False)
-    predict_classification(result.best_checkpoint, paths.store, paths.predictions,
-                           split=split)
-    explain_videos(result.best_checkpoint, paths.store, paths.saliency, top=top,
-                   predictions=paths.predictions)
-    return rvf_report(paths.predictions, saliency_dir=paths.saliency, run_dir=paths.run)
 
 
 def synth_rvf(
@@ -111,8 +54,6 @@ def synth_rvf(
     positive_fraction: Annotated[float, typer.Option(help="Share of RVF patients.")] = 0.4,
 ) -> None:
     """Synthetic RV-failure echo DICOMs (class in the RV free-wall motion) with planted PHI."""
-    from cinelab.pipelines.rvf.synth import synth_rvf_cohort
-
     with console.status(f"synthesising {n} RVF patients"):
         root = synth_rvf_cohort(out, n=n, seed=seed, size=size, frames=frames,
                                 positive_fraction=positive_fraction)
@@ -131,8 +72,6 @@ def ingest_cmd(
     positive_class: Annotated[str | None, typer.Option(help="Class that is label 1.")] = None,
 ) -> None:
     """Pseudonymised ingest: manifest + de-identified DICOM copies + problems.csv."""
-    from cinelab.pipelines.rvf.layout import ingest_rvf
-
     manifest, problems = ingest_rvf(dicom_root, classes, splits, out, idmap,
                                     positive_class=positive_class)
     print_problems(problems)
@@ -178,8 +117,6 @@ def flow_cmd(
     device: Annotated[str, typer.Option(help="Device for RAFT.")] = "cpu",
 ) -> None:
     """Optical flow beside the frames of a prepared store (resumable)."""
-    from cinelab.prep.flow import prepare_flow
-
     summary = prepare_flow(store, method, workers=workers, force=force,
                            raft_weights=raft_weights, device=device)
     print_problems(summary.problems)
@@ -201,9 +138,6 @@ def train_cmd(
     accelerator: Annotated[str | None, typer.Option(help="cpu, gpu, auto.")] = None,
 ) -> None:
     """Train a video classification recipe (two-stream by default)."""
-    from cinelab.train.fit import fit
-    from cinelab.train.recipe import load_recipe
-
     result = fit(load_recipe(recipe, set_ or []), data, out, resume=resume,
                  max_epochs=max_epochs, accelerator=accelerator)
     console.print(f"model -> {result.best_checkpoint}; best {result.metrics.get('monitor')} "
@@ -214,28 +148,46 @@ def train_cmd(
 @friendly
 def predict_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="model.pt of `cinelab rvf train`.")],
-    store: Annotated[Path, typer.Argument(help="Prepared store with flow.")],
-    out: Annotated[Path, typer.Option(help="Folder for predictions and metrics.")],
+    store: Annotated[Path, typer.Argument(help="Prepared store with flow (or an ingest "
+                                                "folder, or a raw RVF cohort).")],
+    out: Annotated[Path, typer.Option(help="Folder for the predictions (the contract).")],
     split: Annotated[str | None, typer.Option(help="Only this split.")] = None,
     clips: Annotated[int | None, typer.Option(help="Random clips per video (recipe's).")]
     = None,
     seed: Annotated[int, typer.Option(help="Seed of the clip draws.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Clips per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+    threshold: Annotated[float | None, typer.Option(help="Decision threshold "
+                                                    "(default: the checkpoint's, or 0.5).")]
+    = None,
+) -> None:
+    """Probability per video (mean over random clips) and per patient: predictions.csv,
+    problems.csv, run.json (alias of `cinelab predict`)."""
+    extra = {k: v for k, v in {"clips": clips, "threshold": threshold}.items() if v is not None}
+    predict_rvf(checkpoint, store, out, Options(split=split, seed=seed, batch_size=batch_size,
+                                                device=device, extra=extra))
+    table = read_predictions(out)
+    console.print(f"{len(table)} videos, {int(table['prediction'].sum())} predicted positive "
+                  f"-> {out}")
+
+
+@rvf_app.command("evaluate")
+@friendly
+def evaluate_cmd(
+    predictions: Annotated[Path, typer.Argument(help="Folder of `cinelab rvf predict`.")],
+    out: Annotated[Path, typer.Option(help="Folder for metrics, tables and ROC.")],
+    labels: Annotated[Path | None, typer.Option(help="Labels (default: the store's).")]
+    = None,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 1000,
 ) -> None:
-    """Probability per video (mean over random clips) and per patient; metrics; ROC."""
-    from cinelab.infer.video_classify import predict_classification
-
-    result = predict_classification(checkpoint, store, out, split=split, n_clips=clips,
-                                    seed=seed, batch_size=batch_size, device=device,
-                                    n_boot=n_boot)
+    """AUC, sensitivity, specificity (bootstrap CIs) per video and per patient."""
+    metrics = evaluate_rvf(predictions, out, Options(labels=labels, extra={"n_boot": n_boot}))
     for level in ("video", "patient"):
-        auc = result.metrics.get(level, {}).get("auc")
+        auc = metrics.get(level, {}).get("auc")
         if auc:
             console.print(f"{level} AUC {auc['value']:.3f} "
                           f"[{auc['ci_low']:.3f}, {auc['ci_high']:.3f}]")
-    console.print(f"predictions -> {out}")
+    console.print(f"metrics -> {out}")
 
 
 @rvf_app.command("saliency")
@@ -252,48 +204,54 @@ def saliency_cmd(
     split: Annotated[str | None, typer.Option(help="Split to rank without predictions.")]
     = None,
 ) -> None:
-    """Guided backpropagation on both streams: AVI overlays and PNG strips."""
-    from cinelab.explain.guided import explain_videos
-
-    index = explain_videos(checkpoint, store, out, sample_ids=ids, top=top,
-                           predictions=predictions, split=split)
-    console.print(f"{index['sample_id'].nunique()} videos explained -> {out}")
+    """Guided backpropagation on both streams: AVI overlays and PNG strips
+    (alias of `cinelab explain`)."""
+    extra = {"ids": ids, "top": top, "predictions": predictions}
+    explain_rvf(checkpoint, store, out, Options(split=split, extra=extra))
+    console.print(f"saliency -> {out}")
 
 
 @rvf_app.command("report")
 @friendly
 def report_cmd(
-    predictions: Annotated[Path, typer.Argument(help="Folder of `cinelab rvf predict`.")],
+    evaluation: Annotated[Path, typer.Argument(help="Folder of `cinelab rvf evaluate`.")],
     saliency: Annotated[Path | None, typer.Option(help="Folder of `cinelab rvf saliency`.")]
     = None,
     run: Annotated[Path | None, typer.Option(help="Training run folder.")] = None,
-    out: Annotated[Path | None, typer.Option(help="HTML file (default in predictions).")]
+    out: Annotated[Path | None, typer.Option(help="HTML file (default in the evaluation).")]
     = None,
 ) -> None:
-    """One self-contained HTML report: metrics, ROC, patients, saliency strips."""
-    from cinelab.pipelines.rvf.report import rvf_report
-
-    console.print(f"report -> {rvf_report(predictions, out, saliency, run)}")
+    """One self-contained HTML report: metrics, ROC, streams, patients, saliency strips."""
+    console.print(f"report -> {rvf_report(evaluation, out, saliency, run)}")
 
 
 @rvf_app.command("run")
 @friendly
 def run_cmd(
     dicom_root: Annotated[Path, typer.Argument(help="Folder of echo DICOMs.")],
-    classes: Annotated[Path, typer.Option(help="CSV: study id -> class.")],
-    splits: Annotated[Path, typer.Option(help="CSV: study id -> train/val/test.")],
     out: Annotated[Path, typer.Option(help="Folder for every step's output.")],
+    classes: Annotated[Path | None, typer.Option(help="CSV: study id -> class "
+                                                 "(default: the folder's).")] = None,
+    splits: Annotated[Path | None, typer.Option(help="CSV: study id -> train/val/test "
+                                                "(default: the folder's).")] = None,
     recipe: Annotated[str, typer.Option(help="Recipe name or YAML path.")] = DEFAULT_RECIPE,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override: optim.lr=3e-4")]
     = None,
+    max_epochs: Annotated[int | None, typer.Option(help="Override trainer.max_epochs.")] = None,
     size: Annotated[int | None, typer.Option(help="Frame size (default: the recipe's).")]
     = None,
     workers: Annotated[int | None, typer.Option(help="Processes for prepare/flow.")] = None,
     top: Annotated[int, typer.Option(help="Most confident test videos to explain.")] = 4,
 ) -> None:
-    """The whole pipeline: ingest, prepare + flow, train, predict test, saliency, report."""
-    report = run_rvf(dicom_root, classes, splits, out, recipe, set_ or [], size, workers, top)
-    console.print(f"report -> {report}")
+    """The whole pipeline, resumable: ingest, prepare + flow, train, threshold on val,
+    predict test, evaluate, saliency, report (alias of `cinelab run rvf`)."""
+    extra = {k: v for k, v in {"classes": classes, "splits": splits, "set": set_ or [],
+                               "size": size, "workers": workers, "top": top}.items()
+             if v is not None}
+    metrics = run_rvf(dicom_root, out, Options(recipe=recipe, max_epochs=max_epochs,
+                                               extra=extra))
+    console.print(f"test AUC {metrics['auc']:.3f} [{metrics['auc_ci_low']:.3f}, "
+                  f"{metrics['auc_ci_high']:.3f}]; report -> {metrics['report']}")
 
 
 def register(apps: dict[str, typer.Typer]) -> None:

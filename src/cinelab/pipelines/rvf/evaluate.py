@@ -106,6 +106,7 @@ def evaluate_rvf(pred_dir: Path, out: Path, options: Options) -> dict[str, Any]:
     write_csv(patients, out / PATIENTS_FILE)
     _roc(video.per_sample, patients, out / ROC_FILE)
     metrics = {"pipeline": PIPELINE, **headline(video.report), "threshold": threshold,
+               "threshold_source": read_run(pred_dir).get("threshold_source", "recorded"),
                "n": video.report["n"], "patient_auc": patient.get("auc", {}).get("value"),
                "predictions": str(pred_dir), "video": video.report, "patient": patient,
                "streams": video.members.to_dict("records")}

@@ -92,6 +92,28 @@ def read_rvf_cohort(
     return manifest, problems
 
 
+def read_unlabelled(dicom_root: str | Path, idmap_path: str | Path | None = None
+                    ) -> tuple[pd.DataFrame, list[Problem]]:
+    """Pseudonymised manifest of every echo DICOM under `dicom_root` with no labels (videos
+    to predict): as `read_rvf_cohort`, without the class and split CSVs."""
+    root = Path(dicom_root).resolve()
+    videos, read_problems = read_dicom_folder(root)
+    idmap = IdMap.open(idmap_path or default_idmap_path(root))
+    ids = _Ids(root, idmap)
+    problems = [ids.redact(p) for p in read_problems if p.column != "PatientID"]
+    no_pid = {p.file for p in read_problems if p.column == "PatientID"}
+    problems += [_no_patient_id(ids.file_key(path)) for path in videos["path"]
+                 if path in no_pid]
+    rows = _number_videos([_video_row(r, ids) for r in videos.to_dict("records")
+                           if r["path"] not in no_pid], ids)
+    idmap.save()
+    manifest = _manifest([dict(r, **{"class": "", "label": np.nan, "split": ""})
+                          for r in rows], labelled=False)
+    manifest.attrs.update(class_names=[], pseudonymised=True, dicom_root=str(root),
+                          idmap_path=str(idmap.path))
+    return manifest, problems
+
+
 class _Ids:
     """Study ids -> patient ids, raw paths -> keys; redacts problems (pseudonymised or not)."""
 
@@ -266,13 +288,13 @@ def _no_patient_id(key: str) -> Problem:
                    column="PatientID", expected="a study id", found="missing or empty")
 
 
-def _manifest(rows: list[dict]) -> pd.DataFrame:
+def _manifest(rows: list[dict], labelled: bool = True) -> pd.DataFrame:
     """new_manifest without the internal study id (an empty one with all columns)."""
     if not rows:
         columns = ["sample_id", "patient_id", "path", "modality", "view", "split", "fold"]
         return pd.DataFrame(columns=columns + list(COLUMNS))
     manifest = new_manifest([{k: v for k, v in r.items() if k != "study"} for r in rows])
-    manifest["label"] = manifest["label"].astype(int)
+    manifest["label"] = manifest["label"].astype(int if labelled else float)
     return manifest
 
 
@@ -372,7 +394,7 @@ def _find_table(root: Path, names: tuple[str, ...], value_columns: tuple[str, ..
     return min(found)[1] if found else None
 
 
-def _has_dicom(root: Path) -> bool:
+def has_dicom(root: Path) -> bool:
     return any(p.is_file() and is_dicom_path(p) for p in root.rglob("*"))
 
 
@@ -380,7 +402,7 @@ def is_rvf_cohort(root: Path) -> bool:
     """A folder of echo DICOMs with a class CSV (id + class columns) at its top level."""
     root = Path(root)
     return root.is_dir() and _find_table(root, CLASS_FILES, CLASS_COLUMNS) is not None \
-        and _has_dicom(root)
+        and has_dicom(root)
 
 
 def rvf_tables(root: Path, options: Mapping[str, Any]) -> tuple[Path, Path]:
@@ -400,16 +422,15 @@ def rvf_tables(root: Path, options: Mapping[str, Any]) -> tuple[Path, Path]:
 
 
 def read_rvf_layout(root: Path, options: Mapping[str, Any]) -> Ingested:
-    """The `rvf` layout reader. With options["out"] the ingest is written there, with
-    de-identified DICOM copies (manifest paths point to them); otherwise the manifest is
-    pseudonymised but its paths are the raw files."""
+    """The `rvf` layout reader: pseudonymised ingest written to options["out"] (the ingest
+    folder), with de-identified DICOM copies that the manifest points to. Without "out" it
+    refuses: a manifest of raw paths would carry folder names that may name the patient."""
+    if not options.get("out"):
+        raise InputError(root, "out", "the ingest folder for the de-identified DICOM copies",
+                         "none given", fix="pass --option out=<the --out folder>")
     classes, splits = rvf_tables(root, options)
-    positive = options.get("positive_class")
-    if options.get("out"):
-        manifest, problems = ingest_rvf(root, classes, splits, options["out"],
-                                        positive_class=positive)
-    else:
-        manifest, problems = read_rvf_cohort(root, classes, splits, positive_class=positive)
+    manifest, problems = ingest_rvf(root, classes, splits, options["out"],
+                                    positive_class=options.get("positive_class"))
     return Ingested(manifest, LAYOUT_NAME, None, problems)
 
 

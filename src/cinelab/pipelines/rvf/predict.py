@@ -12,7 +12,7 @@ too (``p_grey``, ``p_flow``). Files in `out`:
   run.json         the contract's run record + store, split, clips, seed, threshold
 
 The threshold is, in order: options "threshold", the checkpoint's recorded one
-(``extra.threshold``), 0.5.
+(``extra.threshold``), 0.5; run.json records which (``threshold_source``).
 """
 
 from __future__ import annotations
@@ -117,18 +117,21 @@ def predict_store(loaded: LoadedCheckpoint, store: PreparedStore, ids: Sequence[
     return pd.DataFrame(videos), pd.concat(clips, ignore_index=True)
 
 
-def model_threshold(loaded: LoadedCheckpoint, options: Options) -> float:
-    """options "threshold", else the checkpoint's recorded threshold, else 0.5."""
-    value = options.get("threshold")
+def model_threshold(loaded: LoadedCheckpoint, options: Options) -> tuple[float, str]:
+    """(threshold, its source): options "threshold" (source: options "threshold_source" or
+    "given"), else the checkpoint's recorded threshold, else 0.5."""
+    value, source = options.get("threshold"), options.get("threshold_source", "given")
     if value is None:
-        value = (loaded.info.get("extra") or {}).get("threshold", DEFAULT_THRESHOLD)
+        extra = loaded.info.get("extra") or {}
+        value, source = (DEFAULT_THRESHOLD, "default") if extra.get("threshold") is None \
+            else (extra["threshold"], extra.get("threshold_source", "checkpoint"))
     try:
         value = float(value)
     except (TypeError, ValueError):
         value = float("nan")
     if not 0.0 <= value <= 1.0:
         raise InputError(None, "threshold", "a probability between 0 and 1", repr(value))
-    return value
+    return value, str(source)
 
 
 def patient_probabilities(videos: pd.DataFrame) -> pd.DataFrame:
@@ -153,7 +156,7 @@ def predict_rvf(model: Path, input_path: Path, out: Path, options: Options) -> P
     clips = options.get("clips") or recipe_clips(loaded)
     videos, clip_table = predict_store(loaded, store, ids, clips, options.seed,
                                        options.batch_size, options.device)
-    threshold = model_threshold(loaded, options)
+    threshold, source = model_threshold(loaded, options)
     videos.insert(4, "prediction", (videos[SCORE] >= threshold).astype(int))
     videos.insert(5, "threshold", threshold)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,6 +164,7 @@ def predict_rvf(model: Path, input_path: Path, out: Path, options: Options) -> P
     write_csv(clip_table, out / CLIPS_FILE)
     run = run_record(PIPELINE, TASK, ckpt, input_path, started, store=str(store.root),
                      split=options.split, clips=clips, seed=options.seed, threshold=threshold,
+                     threshold_source=source,
                      recipe=loaded.recipe.get("name"), input_spec=_spec(loaded.input_spec),
                      class_names=(loaded.info.get("extra") or {}).get("class_names"))
     return write_contract(out, videos, read_problems(store.root), run)

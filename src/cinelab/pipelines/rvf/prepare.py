@@ -1,8 +1,9 @@
 """RVF prepare: greyscale frames (sector crop, resize) into a prepared store, then optical flow.
 
 `store_for` turns whatever a user hands to predict/explain (a prepared store, an ingest
-folder, or a raw RVF cohort folder) into a prepared store with flow, preparing under `work`
-what is missing (resumable: prepare and flow keep complete samples).
+folder, a raw RVF cohort folder, or a plain folder of echo DICOMs to score) into a prepared
+store with flow, preparing under `work` what is missing (resumable: prepare and flow keep
+complete samples). Raw DICOMs are always ingested pseudonymised, with de-identified copies.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from typing import Any
 
 from cinelab.errors import CinelabError, InputError
 from cinelab.formats.ingest import load_ingested
-from cinelab.pipelines.rvf.layout import ingest_rvf, is_rvf_cohort, rvf_tables
+from cinelab.pipelines.rvf.layout import (
+    has_dicom,
+    ingest_rvf,
+    is_rvf_cohort,
+    read_unlabelled,
+    rvf_tables,
+    write_rvf_ingest,
+)
 from cinelab.prep.flow import FlowSummary, prepare_flow
 from cinelab.prep.prepare import PrepareSummary, PrepSpec, prepare
 
@@ -51,8 +59,13 @@ def store_for(source: str | Path, work: str | Path, size: int,
     if source.is_dir() and is_rvf_cohort(source):
         classes, splits = rvf_tables(source, options)
         ingest_rvf(source, classes, splits, work / "ingest")
-        prepare_rvf(work / "ingest", work / "store", size, workers=workers)
-        return work / "store"
-    raise InputError(source, "input", "a prepared store (store.json), an ingest folder "
-                     "(manifest.csv) or an RVF cohort (DICOMs + class CSV + split CSV)",
-                     "none of these", fix="run `cinelab rvf prepare` first")
+    elif source.is_dir() and has_dicom(source):
+        manifest, problems = read_unlabelled(source)
+        write_rvf_ingest(manifest, problems, work / "ingest")
+    else:
+        raise InputError(source, "input", "a prepared store (store.json), an ingest folder "
+                         "(manifest.csv), an RVF cohort (DICOMs + class CSV + split CSV) or "
+                         "a folder of echo DICOMs", "none of these",
+                         fix="run `cinelab rvf prepare` first")
+    prepare_rvf(work / "ingest", work / "store", size, workers=workers)
+    return work / "store"

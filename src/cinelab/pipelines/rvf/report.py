@@ -18,7 +18,7 @@ from cinelab.errors import InputError
 from cinelab.evaluate.classification import ENSEMBLE_NAME, MEMBERS_CSV
 from cinelab.infer.contract import read_run
 from cinelab.pipelines.rvf.evaluate import METRICS_FILE, PATIENTS_FILE, ROC_FILE
-from cinelab.report.html import HtmlReport
+from cinelab.report.html import HtmlReport, format_value
 from cinelab.utils import read_json
 
 REPORT_FILE = "report.html"
@@ -86,7 +86,8 @@ def rvf_report(eval_dir: str | Path, out: str | Path | None = None,
     run = read_run(metrics["predictions"]) if metrics.get("predictions") else {}
     page = HtmlReport(title, f"split: {run.get('split') or 'all'}; {run.get('clips')} clips "
                              f"averaged per video (seed {run.get('seed')}); threshold "
-                             f"{metrics.get('threshold')}")
+                             f"{format_value(metrics.get('threshold'))} "
+                             f"({metrics.get('threshold_source', 'recorded')})")
     _metrics_section(page, metrics)
     if (eval_dir / ROC_FILE).exists():
         page.image(eval_dir / ROC_FILE, "ROC curves (videos, patients)")

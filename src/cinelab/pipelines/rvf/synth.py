@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import skimage.draw
 
+from cinelab.errors import InputError
 from cinelab.synth import echo_phantom as ph
 from cinelab.synth.dicom import write_ultrasound_dicom
 from cinelab.synth.echo import (
@@ -83,7 +84,7 @@ def _free_wall(rng: np.random.Generator, rv: ph.Ventricle, motion: str
     Draws the same numbers whatever the motion, so one seed gives one heart in every class.
     """
     if motion not in ("normal", *MOTIONS):
-        raise ValueError(f"motion: expected normal or one of {MOTIONS}, found {motion!r}")
+        raise InputError(None, "motion", f"normal or one of {MOTIONS}", repr(motion))
     shorten, narrow = rng.uniform(*FREE_SHORTEN_RANGE), rng.uniform(*FREE_NARROW_RANGE)
     draws = {"reduced": (0.0, rng.uniform(*REDUCED_FACTOR), 0.0),
              "delayed": (rng.uniform(*DELAY_S), rng.uniform(*DELAYED_FACTOR), 0.0),

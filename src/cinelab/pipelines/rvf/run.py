@@ -1,0 +1,171 @@
+"""The whole RVF chain under one folder, resumable step by step (`utils.is_done`):
+
+    OUT/ingest        pseudonymised manifest + de-identified DICOM copies + problems
+    OUT/store         greyscale frames + optical flow (prepared store)
+    OUT/run           training run (model.pt, metrics.json, checkpoints); model.pt records
+                      the decision threshold chosen on validation (Youden's J)
+    OUT/predictions_val  validation predictions, to choose that threshold
+    OUT/predictions   predictions of the evaluated split (the contract)
+    OUT/evaluation    metrics.json (per video and patient, CIs), ROC, tables, report.html
+    OUT/saliency      guided-backprop videos and strips of the most confident videos
+
+Options (`Options`): recipe, max_epochs, split (default test), device, batch_size, seed,
+labels (the class CSV); extra: classes, splits (CSV paths, default the cohort's own), set
+(recipe overrides), size (frame size, default the recipe's), workers, top (videos to
+explain), threshold (a number, or "youden" on validation: the default), n_boot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from cinelab.data.manifest import read_manifest
+from cinelab.errors import InputError
+from cinelab.evaluate.classification import SCORE_COLUMN, TRUTH_COLUMN, join_labels
+from cinelab.evaluate.metrics import youden_threshold
+from cinelab.infer.contract import PREDICTIONS_FILE, PROBLEMS_FILE, RUN_FILE, read_predictions
+from cinelab.pipelines.registry import Options
+from cinelab.pipelines.rvf.evaluate import METRICS_FILE, evaluate_rvf
+from cinelab.pipelines.rvf.explain import explain_rvf
+from cinelab.pipelines.rvf.layout import ingest_rvf, is_rvf_cohort, rvf_tables
+from cinelab.pipelines.rvf.predict import MODEL_FILE, predict_rvf
+from cinelab.pipelines.rvf.prepare import prepare_rvf
+from cinelab.pipelines.rvf.report import rvf_report
+from cinelab.train.checkpoint import load_checkpoint, save_checkpoint
+from cinelab.train.fit import fit
+from cinelab.train.recipe import Recipe, load_recipe
+from cinelab.utils import is_done, mark_done, read_json
+
+DEFAULT_RECIPE = "rvf-twostream-cpu"
+DEFAULT_SPLIT = "test"
+DEFAULT_TOP = 4
+DEFAULT_THRESHOLD = 0.5
+YOUDEN = "youden"
+CONTRACT_FILES = (PREDICTIONS_FILE, PROBLEMS_FILE, RUN_FILE)
+
+
+@dataclass
+class RvfPaths:
+    """Where `run_rvf` writes each step (under one output folder)."""
+
+    out: Path
+
+    def __getattr__(self, name: str) -> Path:
+        if name in ("ingest", "store", "run", "predictions", "predictions_val", "evaluation",
+                    "saliency"):
+            return self.out / name
+        raise AttributeError(name)
+
+
+def recipe_of(options: Options) -> Recipe:
+    """The recipe named by the options, with their overrides and max_epochs."""
+    overrides = list(options.get("set") or [])
+    if options.max_epochs is not None:
+        overrides.append(f"trainer.max_epochs={int(options.max_epochs)}")
+    return load_recipe(options.recipe or DEFAULT_RECIPE, overrides)
+
+
+def _size(recipe: Recipe, options: Options) -> int:
+    size = options.get("size") or recipe.data.size
+    return int(size if isinstance(size, int) else size[0])
+
+
+def ingest_step(data: Path, paths: RvfPaths, options: Options) -> Path:
+    """Ingest the raw cohort (or take an ingest folder as it is)."""
+    if (data / "manifest.csv").is_file() and not is_rvf_cohort(data):
+        return data
+    if not is_done(paths.ingest):
+        tables = dict(options.extra)
+        if options.labels is not None:
+            tables.setdefault("classes", options.labels)
+        classes, splits = rvf_tables(data, tables)
+        manifest, _ = ingest_rvf(data, classes, splits, paths.ingest,
+                                 positive_class=options.get("positive_class"))
+        if manifest.empty:
+            raise InputError(data, "videos", "at least one labelled video", "none",
+                             fix="check PatientID against the class CSV ids")
+        mark_done(paths.ingest, ["manifest.csv", "problems.csv"])
+    return paths.ingest
+
+
+def prepare_step(ingest: Path, paths: RvfPaths, size: int, options: Options) -> Path:
+    if not is_done(paths.store):
+        prepare_rvf(ingest, paths.store, size, workers=options.get("workers"))
+        mark_done(paths.store, ["store.json", "manifest.csv"], size=size)
+    return paths.store
+
+
+def train_step(recipe: Recipe, paths: RvfPaths, options: Options) -> Path:
+    if not is_done(paths.run):
+        accelerator = options.get("accelerator") or \
+            ("gpu" if str(options.device).startswith("cuda") else None)
+        fit(recipe, paths.store, paths.run, resume=True, progress=False,
+            accelerator=accelerator)
+        mark_done(paths.run, [MODEL_FILE])
+    return paths.run / MODEL_FILE
+
+
+def youden_on_val(model: Path, paths: RvfPaths, options: Options) -> tuple[float, str]:
+    """(threshold, source): Youden's J on the validation predictions (0.5 when validation
+    lacks a class)."""
+    store_ids = read_manifest(paths.store / "manifest.csv")
+    fallback = DEFAULT_THRESHOLD, "default (validation lacks a class)"
+    if not (store_ids["split"] == "val").any():
+        return fallback
+    if not is_done(paths.predictions_val):
+        predict_rvf(model, paths.store, paths.predictions_val,
+                    _with(options, split="val", threshold=DEFAULT_THRESHOLD))
+        mark_done(paths.predictions_val, CONTRACT_FILES)
+    table = join_labels(read_predictions(paths.predictions_val), store_ids).dropna(
+        subset=[TRUTH_COLUMN, SCORE_COLUMN])
+    if table[TRUTH_COLUMN].nunique() < 2:
+        return fallback
+    return float(youden_threshold(table[TRUTH_COLUMN], table[SCORE_COLUMN])), \
+        "Youden's J on the validation videos"
+
+
+def threshold_step(model: Path, paths: RvfPaths, options: Options) -> None:
+    """Record the decision threshold in the checkpoint (extra.threshold, threshold_source):
+    a number given as option "threshold", else Youden's J on validation (kept once there),
+    so that `cinelab predict` on this model uses it."""
+    given = options.get("threshold", YOUDEN)
+    loaded = load_checkpoint(model)
+    extra = dict(loaded.info.get("extra") or {})
+    if given == YOUDEN and "threshold" in extra:
+        return
+    value, source = (float(given), "given") if given != YOUDEN \
+        else youden_on_val(model, paths, options)
+    extra.update(threshold=value, threshold_source=source)
+    save_checkpoint(model, loaded.model, loaded.recipe, loaded.input_spec, extra)
+    mark_done(paths.run, [MODEL_FILE])
+
+
+def _with(options: Options, split: str | None = None, **extra: Any) -> Options:
+    return replace(options, split=split, extra={**options.extra, **extra})
+
+
+def run_rvf(data: Path, out: Path, options: Options | None = None) -> dict[str, Any]:
+    """Ingest -> prepare + flow -> train -> threshold on val -> predict -> evaluate ->
+    saliency -> report; the evaluation's metrics (+ "report": the HTML path)."""
+    options, data, paths = options or Options(), Path(data), RvfPaths(Path(out))
+    recipe = recipe_of(options)
+    ingest = ingest_step(data, paths, options)
+    prepare_step(ingest, paths, _size(recipe, options), options)
+    model = train_step(recipe, paths, options)
+    split = options.split or DEFAULT_SPLIT
+    if not is_done(paths.predictions):
+        threshold_step(model, paths, options)
+        predict_rvf(model, paths.store, paths.predictions,
+                    _with(options, split=split, threshold=None))
+        mark_done(paths.predictions, CONTRACT_FILES)
+    if not is_done(paths.evaluation):
+        evaluate_rvf(paths.predictions, paths.evaluation, replace(options, labels=None))
+        mark_done(paths.evaluation, [METRICS_FILE])
+    if not is_done(paths.saliency) and int(options.get("top", DEFAULT_TOP)) > 0:
+        explain_rvf(model, paths.store, paths.saliency,
+                    _with(options, split=split, predictions=str(paths.predictions)))
+        mark_done(paths.saliency, ["saliency.csv"])
+    report = rvf_report(paths.evaluation, saliency_dir=paths.saliency, run_dir=paths.run)
+    return {**read_json(paths.evaluation / METRICS_FILE), "report": str(report)}
