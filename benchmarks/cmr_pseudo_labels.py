@@ -25,13 +25,18 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from cinelab.pipelines.cmr.evaluate import evaluate_cmr
 from cinelab.pipelines.cmr.dsb import convert_dsb
-from cinelab.pipelines.cmr.pseudo import THRESHOLD_EPS, pseudo_labels, subset_name, threshold_summary
-from cinelab.pipelines.cmr.pseudo_pairs import export_pseudo_pairs
-from cinelab.pipelines.cmr.predict import predict_cmr
+from cinelab.pipelines.cmr.evaluate import evaluate_cmr
 from cinelab.pipelines.cmr.measure import mask_index
+from cinelab.pipelines.cmr.predict import predict_cmr
 from cinelab.pipelines.cmr.prepare import prepare_cmr_folder
+from cinelab.pipelines.cmr.pseudo import (
+    THRESHOLD_EPS,
+    pseudo_labels,
+    subset_name,
+    threshold_summary,
+)
+from cinelab.pipelines.cmr.pseudo_pairs import export_pseudo_pairs
 from cinelab.pipelines.cmr.synth import synth_cmr_cohort
 from cinelab.train.fit import MODEL_FILE, fit
 from cinelab.train.recipe import load_recipe

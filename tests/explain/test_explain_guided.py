@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cinelab.pipelines.rvf.commands import prepare_rvf
+from cinelab.pipelines.rvf.prepare import prepare_rvf
 from cinelab.data.store import PreparedStore
 from cinelab.data.streams import stream_normalisation
 from cinelab.explain.guided import (

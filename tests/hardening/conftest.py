@@ -1,19 +1,28 @@
-"""Fixtures for the hardening tests: the malformed-input corpus, generated per session."""
+"""Fixtures for the hardening tests: the malformed-input corpus, generated per session.
+
+Test modules elsewhere do `from conftest import real_path`; with pytest's prepend import mode
+the name `conftest` may resolve to this module once it is loaded, so the root conftest's
+helpers are re-exported here (loaded from its file, unchanged).
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from corpus import DICOM_LIMIT, Outcome, build_corpus, real_truncation_cases, run_case
 
-sys.path.insert(0, str(Path(__file__).parent))
+from cinelab.io.dicom import MAX_BYTES_ENV
 
-from corpus import DICOM_LIMIT, Outcome, build_corpus, real_truncation_cases, run_case  # noqa: E402
-
-from cinelab.io.dicom import MAX_BYTES_ENV  # noqa: E402
+_spec = importlib.util.spec_from_file_location(
+    "cinelab_tests_root_conftest", Path(__file__).resolve().parents[1] / "conftest.py")
+assert _spec is not None and _spec.loader is not None
+_root = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_root)
+ROOT, REAL, real_path = _root.ROOT, _root.REAL, _root.real_path
 
 
 @pytest.fixture(scope="session")

@@ -302,3 +302,41 @@ def test_importing_cinelab_and_plotting_writes_nothing_under_home(tmp_path: Path
     assert done.returncode == 0, done.stderr[-2000:]
     assert str(home) not in done.stdout
     assert list(home.rglob("*")) == []
+
+
+# -- damaged weight and checkpoint files -------------------------------------------------------
+
+
+def test_damaged_weight_files_are_unreadable_file_errors(tmp_path: Path) -> None:
+    import io
+    import random
+
+    import torch
+
+    from cinelab.errors import UnreadableFileError
+    from cinelab.models.weights import load_weights_file
+    from cinelab.train.fit import load_lightning_checkpoint
+
+    buf = io.BytesIO()
+    torch.save({"state_dict": {"a": torch.randn(10, 10), "b": torch.arange(5)}, "epoch": 3},
+               buf)
+    data = buf.getvalue()
+    rng = random.Random(0)
+    path = tmp_path / "w.pt"
+    outcomes = set()
+    for i in range(120):
+        damaged = bytearray(data)
+        if i % 2:
+            damaged = damaged[: rng.randrange(len(damaged))]  # truncated
+        else:
+            for _ in range(rng.randint(1, 5)):  # bytes flipped
+                damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        path.write_bytes(bytes(damaged))
+        for load in (load_weights_file, load_lightning_checkpoint):
+            try:
+                load(path)
+                outcomes.add("loaded")
+            except UnreadableFileError as exc:
+                assert exc.path == str(path) and "\n" not in str(exc)
+                outcomes.add("refused")
+    assert "refused" in outcomes  # anything else (another exception) fails the test

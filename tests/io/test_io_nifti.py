@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -13,6 +15,7 @@ from cinelab.io.nifti import (
     nifti_affine,
     read_nifti,
     read_volume,
+    stored_zooms,
     write_nifti,
     write_volume,
 )
@@ -97,13 +100,7 @@ def test_is_nifti() -> None:
 # --- validation: finite values, spacing, labels, declared size --------------------------
 
 
-def test_validation_on_read(tmp_path):
-    import struct
-
-    import nibabel as nib
-
-    from cinelab.io.nifti import read_nifti, read_volume, stored_zooms
-
+def test_validation_on_read(tmp_path: Path) -> None:
     a = np.zeros((4, 4, 2), np.float32)
     a[1, 1, 1] = np.nan
     write_nifti(tmp_path / "nan.nii.gz", a, (1.0, 1.0, 2.0))
@@ -127,11 +124,7 @@ def test_validation_on_read(tmp_path):
         read_nifti(path)
 
 
-def test_declared_size_refused_before_loading(tmp_path):
-    import nibabel as nib
-
-    from cinelab.io.nifti import read_nifti
-
+def test_declared_size_refused_before_loading(tmp_path: Path) -> None:
     image = nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4))
     image.header.set_data_shape((2048, 2048, 2048))
     path = tmp_path / "huge.nii"

@@ -9,14 +9,7 @@ import pandas as pd
 import pytest
 
 from cinelab.errors import InputError
-from cinelab.pipelines.cmr.acdc import find_acdc_patients, load_acdc_patient
 from cinelab.io.nifti import write_volume
-from cinelab.pipelines.cmr.measure import (
-    ef_difference_table,
-    mask_index,
-    measure_mask_set,
-    paired_measures,
-)
 from cinelab.measure.volumes import (
     ACDC_LABELS,
     LabelMap,
@@ -26,6 +19,13 @@ from cinelab.measure.volumes import (
     parse_label_map,
     pixel_counts,
     voxel_ml,
+)
+from cinelab.pipelines.cmr.acdc import find_acdc_patients, load_acdc_patient
+from cinelab.pipelines.cmr.measure import (
+    ef_difference_table,
+    mask_index,
+    measure_mask_set,
+    paired_measures,
 )
 from cinelab.pipelines.cmr.synth import synth_cmr_cohort
 from cinelab.synth.cmr_phantom import Grid, random_heart, render_stack, voxel_volumes_ml

@@ -160,11 +160,18 @@ def kill_after_first_checkpoint(store: Path, out: Path, tmp_path: Path) -> None:
     assert "PAUSED" in log.read_text(), log.read_text()[-3000:]
 
 
+@pytest.fixture(scope="module")
+def whole_run(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted run of EPOCHS epochs (read only: tests copy it before changing it)."""
+    out = tmp_path_factory.mktemp("whole") / "run"
+    run_fit(store, out)
+    return out
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(
-        store: Path, tmp_path: Path) -> None:
-    run_fit(store, tmp_path / "whole")
-    whole = final_state(tmp_path / "whole")
+        store: Path, whole_run: Path, tmp_path: Path) -> None:
+    whole = final_state(whole_run)
     killed = tmp_path / "killed"
     kill_after_first_checkpoint(store, killed, tmp_path)
     assert final_state(killed)["epoch"] == 0 and not (killed / "model.pt").exists()
@@ -172,6 +179,8 @@ def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(
     resumed = final_state(killed)
     assert (resumed["epoch"], resumed["global_step"]) == (whole["epoch"], whole["global_step"])
     assert max_diff(training_state(resumed), training_state(whole)) == 0.0
+    assert resumed["lr_schedulers"] == whole["lr_schedulers"]
+    assert resumed["loops"] == whole["loops"]
     assert max_diff(resumed["callbacks"]["RngStateCallback"],
                     whole["callbacks"]["RngStateCallback"]) == 0.0
 
@@ -181,25 +190,23 @@ class StopAfterFirstEpoch(Callback):
         trainer.should_stop = True
 
 
-def test_stop_then_resume_in_process_is_bit_identical(store: Path, tmp_path: Path) -> None:
-    run_fit(store, tmp_path / "whole")
+def test_stop_then_resume_in_process_is_bit_identical(store: Path, whole_run: Path,
+                                                      tmp_path: Path) -> None:
     run_fit(store, tmp_path / "parts", callbacks=[StopAfterFirstEpoch()])  # same schedule
     assert final_state(tmp_path / "parts")["epoch"] == 0
     torch.manual_seed(12345)  # whatever happened in between must not matter
     run_fit(store, tmp_path / "parts", resume=True)
-    diff = max_diff(training_state(final_state(tmp_path / "parts")),
-                    training_state(final_state(tmp_path / "whole")))
-    assert diff == 0.0
+    parts, whole = final_state(tmp_path / "parts"), final_state(whole_run)
+    assert max_diff(training_state(parts), training_state(whole)) == 0.0
+    assert parts["lr_schedulers"] == whole["lr_schedulers"]
 
 
 # -- damaged checkpoints -----------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def finished_run(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("run") / "run"
-    run_fit(store, out, max_epochs=2)
-    return out
+def finished_run(whole_run: Path) -> Path:
+    return whole_run
 
 
 def copy_run(run: Path, dest: Path) -> Path:
@@ -218,8 +225,8 @@ def test_truncated_last_checkpoint_falls_back_to_the_newest_loadable_one(
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     assert resume_checkpoint(out) == ckpts / "best.ckpt"
     assert "resuming from" in capsys.readouterr().err
-    run_fit(store, out, resume=True, max_epochs=3)
-    assert final_state(out)["epoch"] == 2  # trained on, and last.ckpt is whole again
+    run_fit(store, out, resume=True, max_epochs=EPOCHS + 1)
+    assert final_state(out)["epoch"] == EPOCHS  # trained on, and last.ckpt is whole again
 
 
 def test_no_usable_checkpoint_is_one_input_error(finished_run: Path, tmp_path: Path) -> None:

@@ -24,7 +24,8 @@ def ingest_cmd(
                                                           "(repeatable).")] = None,
 ) -> None:
     """Read a cohort layout into a validated manifest and a problems report."""
-    result = ingest(root, layout=layout, labels=labels, options=parse_options(option))
+    options = {"out": out, **parse_options(option)}  # layouts that de-identify write beside it
+    result = ingest(root, layout=layout, labels=labels, options=options)
     write_ingested(result, out)
     print_problems(result.problems)
     console.print(f"{result.layout}: {len(result.manifest)} samples, "

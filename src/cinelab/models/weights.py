@@ -124,7 +124,9 @@ def load_weights_file(path: str | Path, map_location: str | torch.device = "cpu"
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(file, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, IndexError,
+            TypeError, AttributeError, UnicodeDecodeError, OverflowError, MemoryError) as exc:
+        # a damaged file makes the weights-only unpickler fail in many ways
         raise UnreadableFileError(
             file, "weights", "a torch.save file of tensors (state_dict or checkpoint dict)",
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",

@@ -33,6 +33,7 @@ from cinelab.prep.runner import run_tasks
 from cinelab.utils import file_hash, read_json, versions, write_csv, write_json
 
 PREP_VERSION = 1
+SKIPPED = "skipped"  # result key: the sample was complete already
 DICOM_SUFFIXES = (".dcm", ".dicom", "")
 
 
@@ -163,15 +164,14 @@ def prepare(
         task = _task(row, out, spec, summary)
         if task is None:
             continue
-        if not force and is_complete(out, str(row["sample_id"]),
-                                     {"source_hash": task["hash"], "spec": spec.to_dict()},
-                                     verify=True):
-            summary.skipped += 1
-            continue
+        if not force:  # the worker skips it when complete and its checksums still match
+            task["expect"] = {"source_hash": task["hash"], "spec": spec.to_dict()}
         tasks.append(task)
     fault: Problem | None = None
     for result in run_tasks(_dispatch, tasks, workers=workers, scheduler=scheduler):
-        if "problem" in result:
+        if result.get(SKIPPED):
+            summary.skipped += 1
+        elif "problem" in result:
             problem = Problem(**result["problem"])
             if problem.stage == OUTPUT_STAGE:
                 fault = fault or problem
@@ -243,6 +243,10 @@ def _task(row: dict[str, Any], out: Path, spec: PrepSpec,
 
 
 def _dispatch(task: dict[str, Any]) -> dict[str, Any]:
+    """Skip a complete sample (its checksums recomputed here, in the worker), else prepare."""
+    sid = str(task["row"]["sample_id"])
+    if "expect" in task and is_complete(task["root"], sid, task["expect"], verify=True):
+        return {"sample_id": sid, SKIPPED: True}
     return PREPARERS.get(task["modality"])(task)
 
 

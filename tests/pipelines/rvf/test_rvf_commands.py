@@ -133,3 +133,22 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     result = runner.invoke(app, ["rvf", "predict", str(tmp_path / "none.pt"), str(tmp_path),
                                  "--out", str(tmp_path / "p")])
     assert result.exit_code == 2 and "error:" in result.output
+
+
+def test_generic_verbs_dispatch_to_rvf(pipeline: dict[str, Path], tmp_path: Path) -> None:
+    """`cinelab predict/evaluate/report/explain` find the rvf pipeline from the checkpoint
+    and the contract, and give what the `cinelab rvf` verbs gave."""
+    out = pipeline["out"]
+    _ok(["predict", out / "run" / "model.pt", out / "store", "--out", tmp_path / "p"])
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "p" / "predictions.csv"),
+                                  pd.read_csv(out / "predictions" / "predictions.csv"))
+    _ok(["evaluate", tmp_path / "p", "--out", tmp_path / "e"])
+    assert read_json(tmp_path / "e" / "metrics.json")["auc"] == \
+        pytest.approx(read_json(out / "evaluation" / "metrics.json")["auc"])
+    _ok(["report", tmp_path / "e"])
+    assert "Streams" in (tmp_path / "e" / "report.html").read_text()
+    _ok(["explain", out / "run", out / "store", "--out", tmp_path / "s", "--option", "top=1",
+         "--option", f"predictions={tmp_path / 'p'}"])
+    first = pd.read_csv(out / "saliency" / "saliency.csv", dtype={"sample_id": str})
+    again = pd.read_csv(tmp_path / "s" / "saliency.csv", dtype={"sample_id": str})
+    assert again["sample_id"].unique().tolist() == [first["sample_id"].iloc[0]]

@@ -21,7 +21,8 @@ register_layout(Layout(LAYOUT, is_lax_cohort, read_lax_layout,
                        "dicom/) + ages.csv (subject, age)",
                        label_ranges={"age": AGE_RANGE}))
 
-#: The demo: 48 subjects, 3 x 2 nested folds per view, 32 px cines, 12 epochs.
+#: The demo: 48 subjects, 3 x 2 nested folds per view, 32 px cines, cmr-age-cpu (20 epochs,
+#: batches of 4); measured: RMSE 6.65 vs 11.33 for the training mean, ratio 0.59.
 DEMO_OPTIONS = Options(n=48, seed=0, recipe="cmr-age-cpu",
                        extra={"outer": 3, "inner": 2, "tta": 1, "size": 32, "n_boot": 200})
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cinelab.cliutil import console, friendly, print_problems
-from cinelab.errors import CinelabError
+from cinelab.errors import InputError
 from cinelab.pipelines.age.evaluate import ensemble_cv
 from cinelab.pipelines.age.layout import ingest_lax
 from cinelab.pipelines.age.report import build_age_report
@@ -34,8 +34,8 @@ def synth_cmr_lax(
 ) -> None:
     """Synthetic long-axis cine MRI (3ch/4ch DICOM series) whose anatomy ages, + ages.csv."""
     if target != "age":
-        raise CinelabError(f"--target: expected 'age' (the only target of long-axis "
-                           f"cohorts), found {target!r}")
+        raise InputError(None, "--target", "'age' (the only target of long-axis cohorts)",
+                         repr(target))
     with console.status(f"synthesising {n} subjects"):
         cohort = synth_cmr_lax_cohort(out, n=n, seed=seed, views=_views(views), size=size)
     console.print(f"wrote {n} subjects to {cohort.dicom_root}, ages to {out / 'ages.csv'}")
@@ -63,7 +63,8 @@ def age_ingest(
     console.print(f"{len(result.manifest)} series {counts}, {len(result.problems)} "
                   f"problem(s) -> {out}")
     if result.manifest.empty:
-        raise CinelabError(f"{root}: no series of the views {views}")
+        raise InputError(root, "series", f"series of the views {views}", "no series",
+                         "check the SeriesDescriptions or give --mapping")
     if store is not None:
         summary = prepare(result.manifest, store, PrepSpec(size=size, channels=1, crop=crop),
                           workers=workers)

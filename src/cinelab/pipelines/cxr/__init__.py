@@ -22,8 +22,12 @@ register_preparer(MODALITY, prepare_cxr_sample)
 for _layout in LAYOUTS:
     register_layout(_layout)
 
-#: `cinelab demo cxr`: 300 synthetic radiographs, the CPU ensemble (3 members, 96 px).
-DEMO_OPTIONS = Options(n=300, seed=0, recipe="cxr-ensemble-cpu", extra={"tta": 4})
+#: `cinelab demo cxr` (and the learning test): 200 synthetic radiographs, two resnet10t
+#: members (lung crop, whole image) at 64 px, batches of 8, 6 epochs on the CPU.
+DEMO_OPTIONS = Options(n=200, seed=0, recipe="cxr-ensemble-cpu", max_epochs=6, extra={
+    "tta": 1, "n_boot": 200, "set": [
+        "ensemble.members=[{model: resnet10t, size: 64, crop: crop}, "
+        "{model: resnet10t, size: 64, crop: uncrop}]", "data.batch_size=8"]})
 
 PIPELINE = register_pipeline(Pipeline(
     name="cxr",

@@ -2,9 +2,10 @@
 
 Two-stream (greyscale + optical flow) 3D CNN video classifier, probabilities averaged over
 random clips per video and over videos per patient. Modules: layout (DICOM folder + class
-CSV + split CSV, registered as layout "rvf"), prepare (frames + flow), predict (the
-contract), evaluate, explain (guided backprop), report, run (the whole chain, resumable),
-synth (synthetic cohorts with known class and planted PHI), commands (`cinelab rvf ...`).
+CSV + split CSV -> pseudonymised manifest), discover (the registered layout "rvf"),
+prepare (frames + flow), predict (the contract), evaluate, explain (guided backprop),
+report, run (the whole chain, resumable), synth (synthetic cohorts with known class and
+planted PHI), commands (`cinelab rvf ...`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from pathlib import Path
 
 from cinelab.pipelines.registry import Options, Pipeline, Target, register_pipeline
 from cinelab.pipelines.rvf.commands import register
+from cinelab.pipelines.rvf.discover import LAYOUT_NAME
 from cinelab.pipelines.rvf.evaluate import evaluate_rvf
 from cinelab.pipelines.rvf.explain import explain_rvf
-from cinelab.pipelines.rvf.layout import LAYOUT_NAME
 from cinelab.pipelines.rvf.predict import MODEL_FILE, TASK, predict_rvf
 from cinelab.pipelines.rvf.report import report_rvf
 from cinelab.pipelines.rvf.run import DEFAULT_RECIPE, run_rvf

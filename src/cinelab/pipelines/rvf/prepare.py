@@ -14,14 +14,8 @@ from typing import Any
 
 from cinelab.errors import CinelabError, InputError
 from cinelab.formats.ingest import load_ingested
-from cinelab.pipelines.rvf.layout import (
-    has_dicom,
-    ingest_rvf,
-    is_rvf_cohort,
-    read_unlabelled,
-    rvf_tables,
-    write_rvf_ingest,
-)
+from cinelab.pipelines.rvf.discover import has_dicom, is_rvf_cohort, rvf_tables
+from cinelab.pipelines.rvf.layout import ingest_rvf, read_unlabelled, write_rvf_ingest
 from cinelab.prep.flow import FlowSummary, prepare_flow
 from cinelab.prep.prepare import PrepareSummary, PrepSpec, prepare
 

@@ -27,9 +27,10 @@ from cinelab.evaluate.classification import SCORE_COLUMN, TRUTH_COLUMN, join_lab
 from cinelab.evaluate.metrics import youden_threshold
 from cinelab.infer.contract import PREDICTIONS_FILE, PROBLEMS_FILE, RUN_FILE, read_predictions
 from cinelab.pipelines.registry import Options
+from cinelab.pipelines.rvf.discover import is_rvf_cohort, rvf_tables
 from cinelab.pipelines.rvf.evaluate import METRICS_FILE, evaluate_rvf
 from cinelab.pipelines.rvf.explain import explain_rvf
-from cinelab.pipelines.rvf.layout import ingest_rvf, is_rvf_cohort, rvf_tables
+from cinelab.pipelines.rvf.layout import ingest_rvf
 from cinelab.pipelines.rvf.predict import MODEL_FILE, predict_rvf
 from cinelab.pipelines.rvf.prepare import prepare_rvf
 from cinelab.pipelines.rvf.report import rvf_report
@@ -46,22 +47,29 @@ YOUDEN = "youden"
 CONTRACT_FILES = (PREDICTIONS_FILE, PROBLEMS_FILE, RUN_FILE)
 
 
-@dataclass
+def _step(name: str) -> property:
+    return property(lambda self: self.out / name, doc=f"OUT/{name}")
+
+
+@dataclass(frozen=True)
 class RvfPaths:
     """Where `run_rvf` writes each step (under one output folder)."""
 
     out: Path
-
-    def __getattr__(self, name: str) -> Path:
-        if name in ("ingest", "store", "run", "predictions", "predictions_val", "evaluation",
-                    "saliency"):
-            return self.out / name
-        raise AttributeError(name)
+    ingest = _step("ingest")
+    store = _step("store")
+    run = _step("run")
+    predictions = _step("predictions")
+    predictions_val = _step("predictions_val")
+    evaluation = _step("evaluation")
+    saliency = _step("saliency")
 
 
 def recipe_of(options: Options) -> Recipe:
     """The recipe named by the options, with their overrides and max_epochs."""
     overrides = list(options.get("set") or [])
+    if options.get("size"):
+        overrides.append(f"data.size={int(options.get('size'))}")
     if options.max_epochs is not None:
         overrides.append(f"trainer.max_epochs={int(options.max_epochs)}")
     return load_recipe(options.recipe or DEFAULT_RECIPE, overrides)
