@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cinelab.errors import OutsideOutputError
+from cinelab.errors import InputError, OutsideOutputError
 
 
 def _default_file_mode() -> int:
@@ -96,12 +97,25 @@ def _jsonable(obj: Any) -> Any:
 
 
 def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes (hex, first 16 characters)."""
+    """sha256 of a file's bytes (hex, first 16 characters); InputError for anything but a
+    regular file (a device, FIFO or socket would block or never end)."""
+    check_regular_file(path)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()[:16]
+
+
+def check_regular_file(path: str | Path) -> None:
+    """InputError unless `path` is a regular file (checked without opening it); a missing
+    file raises FileNotFoundError as open() would."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a device" if stat.S_ISCHR(mode)
+                or stat.S_ISBLK(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a special file")
+        raise InputError(path, "file", "a regular file", kind, "point it at a real file")
 
 
 def versions() -> dict[str, str]:

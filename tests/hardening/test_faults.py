@@ -340,3 +340,17 @@ def test_damaged_weight_files_are_unreadable_file_errors(tmp_path: Path) -> None
                 assert exc.path == str(path) and "\n" not in str(exc)
                 outcomes.add("refused")
     assert "refused" in outcomes  # anything else (another exception) fails the test
+
+
+def test_a_device_or_fifo_in_the_manifest_is_a_problem_not_a_hang(
+        cohort: Path, tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.avi"
+    os.mkfifo(fifo)
+    rows = manifest(cohort).to_dict("records")[:2]
+    rows += [dict(rows[0], sample_id="zero", path="/dev/zero"),
+             dict(rows[0], sample_id="fifo", path=str(fifo)),
+             dict(rows[0], sample_id="dir", path=str(tmp_path))]
+    summary = prepare(new_manifest(rows), tmp_path / "store", SPEC, workers=1)
+    assert (summary.prepared, summary.failed) == (2, 3)
+    assert [(p.file, p.found) for p in summary.problems] == [
+        ("/dev/zero", "a device"), (str(fifo), "a FIFO"), (str(tmp_path), "a folder")]

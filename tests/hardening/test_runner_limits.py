@@ -59,3 +59,16 @@ def test_limits_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(TIMEOUT_ENV, "soon")
     with pytest.raises(Exception, match=TIMEOUT_ENV):
         TaskLimits.from_env()
+
+
+def test_dask_path_turns_a_raising_task_into_a_problem_row() -> None:
+    distributed = pytest.importorskip("distributed")
+    items = [{"row": {"sample_id": s, "path": f"/d/{s}"}, "kind": k}
+             for s, k in (("a", "ok"), ("b", "raise"))]
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        results = {r["sample_id"]: r for r in run_tasks(behave, items, scheduler=client)}
+    assert "meta" in results["a"]
+    assert results["b"]["problem"]["column"] == "worker error"
+    assert results["b"]["problem"]["found"] == "ValueError: boom"

@@ -345,3 +345,37 @@ def test_binary_best_params_and_recipe_are_input_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError) as info:
         load_recipe(path)
     assert (info.value.field, info.value.expected) == ("recipe", "a UTF-8 YAML text file")
+
+
+# -- disk full while training ------------------------------------------------------------------
+
+
+def test_disk_full_while_training_is_one_line_and_the_rerun_matches(
+        store: Path, whole_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    import errno
+
+    import lightning.fabric.plugins.io.torch_io as torch_io
+
+    from cinelab.cliutil import friendly
+
+    real, saves = torch_io._atomic_save, []
+
+    def save(checkpoint: dict, path: str) -> None:
+        saves.append(path)
+        if len(saves) > 2:  # epoch 0's best and last fit, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real(checkpoint, path)
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(torch_io, "_atomic_save", save)
+        with pytest.raises(SystemExit) as info:
+            friendly(run_fit)(store, out)
+    assert info.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"error: {saves[-1]}: cannot write (no space left on the device)" in err
+    assert final_state(out)["epoch"] == 0  # the last checkpoint written is whole
+    run_fit(store, out, resume=True)
+    resumed, whole = final_state(out), final_state(whole_run)
+    assert max_diff(training_state(resumed), training_state(whole)) == 0.0

@@ -104,7 +104,7 @@ def is_complete(root: str | Path, sample_id: str, expect: dict[str, Any] | None 
             return False
         if verify and not _checksums_match(files, meta):
             return False
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, InputError):
         return False
     return all(meta.get(k) == v for k, v in (expect or {}).items())
 

@@ -229,7 +229,7 @@ def check_deflate(path: str | Path, max_bytes: int | None = None) -> None:
         with open(path, "rb") as fp:
             fp.seek(offset)
             while chunk := fp.read(INFLATE_CHUNK):
-                while chunk:
+                while chunk and not inflater.eof:  # bytes after the stream's end: padding
                     total += len(inflater.decompress(chunk, INFLATE_CHUNK))
                     chunk = inflater.unconsumed_tail
                     if total > limit:
@@ -317,6 +317,8 @@ def _check_native_length(path: Path, ds: Dataset, header: PixelHeader) -> None:
     if photometric == "YBR_FULL_422" and header.samples == 3:
         frame = frame * 2 // 3  # two luma + two chroma samples per pair of pixels
     expected = frame * header.frames
+    if header.bits_allocated == 1:  # bit-packed frames follow each other without padding
+        expected = -(-header.rows * header.columns * header.samples * header.frames // 8)
     element = ds["PixelData"]
     found = len(element.value) if element.value is not None else 0
     if found < expected or found >= expected + max(frame, 2):

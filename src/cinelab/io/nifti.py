@@ -107,6 +107,7 @@ def read_nifti(path: str | Path, dtype: np.dtype | type | None = None, *,
     zooms = tuple(float(z) for z in image.header.get_zooms()[: array.ndim])
     if check:
         raw = stored_zooms(path)  # nibabel replaces a zero pixdim by 1 when loading
+        raw = None if raw is None else tuple(abs(v) for v in raw)  # as nibabel reads signs
         spatial = min(array.ndim, 3)
         check_spacing(raw[:spatial] if raw is not None else zooms[:spatial], path,
                       "pixdim (voxel size)")

@@ -51,7 +51,7 @@ def read_table(
     dtype: Any = None,
     *,
     text_columns: Collection[str] = (),
-    sep: str = ",",
+    sep: str | None = ",",
     **kwargs: Any,
 ) -> pd.DataFrame:
     """A CSV (or `sep`-separated) table as a DataFrame, or InputError(file, field, ...).
@@ -62,7 +62,7 @@ def read_table(
     """
     path = Path(path)
     text, encoding, notes = read_text(path)
-    header = _check_rows(path, text, sep)
+    header = _check_rows(path, text, sep) if isinstance(sep, str) and len(sep) == 1 else []
     dtypes = _dtypes(header, dtype, text_columns)
     kwargs.setdefault("index_col", False)  # trailing separators never shift the columns
     try:

@@ -233,8 +233,8 @@ def _task(row: dict[str, Any], out: Path, spec: PrepSpec,
         summary.failed += 1
         return None
     try:
-        digest = file_hash(path)
-    except OSError as exc:
+        digest = file_hash(path)  # refuses devices, FIFOs and sockets before opening them
+    except (OSError, CinelabError) as exc:
         summary.problems.append(Problem.from_exception(path, "prepare", exc))
         summary.failed += 1
         return None

@@ -300,8 +300,11 @@ def fit(recipe: Recipe | str | Path, store: PreparedStore | str | Path, out_dir:
     """Train `recipe` on `store`; write checkpoints, logs, model.pt, metrics.json under out_dir.
 
     Arguments left as None come from the recipe's trainer/data sections. With `resume`,
-    training continues from out_dir/checkpoints/last.ckpt when it exists (and starts afresh
-    when it does not); without it, an out_dir holding a previous run is refused.
+    training continues from out_dir/checkpoints/last.ckpt when it exists (from the newest
+    loadable checkpoint when last.ckpt is damaged; InputError when none is usable; afresh
+    when there is none), bit-identical to an uninterrupted run on CPU (weights, optimiser,
+    scheduler, loops and RNG states restored); without it, an out_dir holding a previous run
+    is refused.
     `progress=False` hides the progress bar and model summary (e.g. inside another display);
     `callbacks` are extra Lightning callbacks (early stopping, timing, ...).
     """

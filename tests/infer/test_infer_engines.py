@@ -1,0 +1,178 @@
+"""Execution engines and export: ONNX Runtime and TorchScript equal eager for every task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cinelab.cli import app
+from cinelab.errors import InputError
+from cinelab.infer.engines import (
+    DEFAULT_OPSET,
+    SIDECAR_FORMAT,
+    TOLERANCE,
+    export_checkpoint,
+    input_shape,
+    load_engine,
+    output_difference,
+    read_sidecar,
+    sidecar_path,
+)
+from cinelab.models import create_model
+from cinelab.train.checkpoint import InputSpec, load_checkpoint, save_checkpoint
+from cinelab.utils import file_hash
+
+runner = CliRunner()
+
+# task -> (model name, kwargs, input spec): one tiny model per task and model family
+CASES = {
+    "segmentation": ("unet_small", {"out_channels": 2}, InputSpec("segmentation", 32)),
+    "video_regression": ("tiny_video", {}, InputSpec("video_regression", 32, frames=4,
+                                                     period=2)),
+    "regression": ("resnet3d_10", {}, InputSpec("regression", 32, frames=4)),
+    "cine_regression": ("tiny_video", {"in_channels": 1}, InputSpec("cine_regression", 32,
+                                                                    channels=1, frames=4,
+                                                                    mean=[0.0], std=[1.0])),
+    "video_classification": ("two_stream", {"fusion": "mean_prob"},
+                             InputSpec("video_classification", 32, frames=4)),
+    "image_classification": ("resnet10t", {"num_outputs": 3},
+                             InputSpec("image_classification", 32)),
+    "image_segmentation": ("unet_small", {"in_channels": 1, "out_channels": 4},
+                           InputSpec("image_segmentation", 32, channels=1, mean=[0.0],
+                                     std=[1.0])),
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tiny random-weight checkpoint per task."""
+    root = tmp_path_factory.mktemp("engines")
+    torch.manual_seed(0)
+    out = {}
+    for task, (name, kwargs, spec) in CASES.items():
+        model = create_model(name, **kwargs)
+        out[task] = save_checkpoint(root / f"{task}.pt", model,
+                                    {"model": {"name": name, "kwargs": kwargs}}, spec)
+    return out
+
+
+def _batch(path: Path, batch: int = 3) -> torch.Tensor:
+    shape = input_shape(load_checkpoint(path), batch)
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("task", list(CASES))
+def test_onnx_engine_equals_eager(checkpoints: dict[str, Path], task: str) -> None:
+    x = _batch(checkpoints[task])  # batch 3: export traced batch 1, so the axis is dynamic
+    eager = load_engine(checkpoints[task], "eager")(x)
+    onnx = load_engine(checkpoints[task], "onnx")
+    assert onnx.info["providers"] == ["CPUExecutionProvider"]
+    out = onnx(x)
+    assert out.shape == eager.shape and out.dtype == torch.float32
+    assert output_difference(out, eager) <= TOLERANCE
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit")
+@pytest.mark.parametrize("task", list(CASES))
+def test_torchscript_export_reloads_and_matches(checkpoints: dict[str, Path], task: str,
+                                                tmp_path: Path) -> None:
+    ckpt = checkpoints[task]
+    written = export_checkpoint(ckpt, tmp_path / "model.ts", "torchscript")
+    x = _batch(ckpt, 2)
+    reloaded = torch.jit.load(str(written))
+    with torch.no_grad():
+        assert output_difference(reloaded(x), load_engine(ckpt)(x)) <= TOLERANCE
+    side = read_sidecar(written)
+    assert side["export_format"] == "torchscript" and side["opset"] is None
+    assert side["checkpoint_sha256"] == file_hash(ckpt)
+    assert side["input_spec"] == CASES[task][2].to_dict()
+    assert side["example_shape"] == list(input_shape(load_checkpoint(ckpt)))
+
+
+def test_onnx_export_file_and_sidecar(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    ckpt = checkpoints["video_regression"]
+    written = export_checkpoint(ckpt, tmp_path / "ef.onnx", "onnx")
+    side = read_sidecar(written)
+    assert sidecar_path(written) == tmp_path / "ef.onnx.json"
+    assert side["format"] == SIDECAR_FORMAT and side["opset"] == DEFAULT_OPSET
+    assert side["dynamic_axes"] == {"input": {"0": "batch"}, "output": {"0": "batch"}}
+    assert side["example_shape"] == [1, 3, 4, 32, 32]
+    assert side["input_dims"] == ["batch", "channels", "frames", "height", "width"]
+    assert side["checkpoint_sha256"] == file_hash(ckpt) and side["model"] == "tiny_video"
+    assert side["max_relative_difference_vs_eager"] <= TOLERANCE
+    engine = load_engine(written)  # the exported file runs without the checkpoint
+    assert engine.input_spec == CASES["video_regression"][2]
+    x = _batch(ckpt, 5)
+    assert output_difference(engine(x), load_engine(ckpt)(x)) <= TOLERANCE
+
+
+def test_engine_stands_in_for_a_module(checkpoints: dict[str, Path]) -> None:
+    engine = load_engine(load_checkpoint(checkpoints["segmentation"]), "onnx")
+    assert engine.eval().to("cpu") is engine
+    assert engine.example_shape == (1, 3, 32, 32)
+    assert engine(_batch(checkpoints["segmentation"], 2)).shape == (2, 2, 32, 32)
+
+
+def test_unknown_engine_and_format(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(InputError) as err:
+        load_engine(checkpoints["segmentation"], "tensorrt")
+    assert (err.value.field, err.value.found) == ("engine", "'tensorrt'")
+    with pytest.raises(InputError) as err:
+        export_checkpoint(checkpoints["segmentation"], tmp_path / "m.x", "coreml")
+    assert (err.value.field, err.value.found) == ("format", "'coreml'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_file_without_sidecar(tmp_path: Path) -> None:
+    bare = tmp_path / "bare.onnx"
+    bare.write_bytes(b"\x08\x07")
+    with pytest.raises(InputError) as err:
+        load_engine(bare)
+    assert (err.value.field, err.value.found) == ("sidecar", "no sidecar")
+
+
+def test_export_cli_writes_files(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "seg.onnx"
+    result = runner.invoke(app, ["export", str(checkpoints["segmentation"]), "--format", "onnx",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and sidecar_path(out).is_file()
+    assert read_sidecar(out)["input_spec"]["task"] == "segmentation"
+
+
+def test_export_cli_refuses_a_non_checkpoint(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.pt"
+    torch.save({"weights": torch.zeros(2)}, notes)
+    result = runner.invoke(app, ["export", str(notes), "--format", "torchscript",
+                                 "--out", str(tmp_path / "m.ts")])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1
+    assert lines[0] == (f"error: {notes}: format: expected cinelab-checkpoint/1, found None "
+                        "(import foreign weights with `cinelab import` first)")
+    assert not (tmp_path / "m.ts").exists()
+
+
+@pytest.mark.slow
+def test_compiled_engine_equals_eager(checkpoints: dict[str, Path]) -> None:
+    x = _batch(checkpoints["video_regression"], 2)
+    eager = load_engine(checkpoints["video_regression"], "eager")(x)
+    compiled = load_engine(checkpoints["video_regression"], "compiled")
+    assert output_difference(compiled(x), eager) <= TOLERANCE
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,kwargs,spec", [
+    ("deeplabv3_resnet50", {}, InputSpec("segmentation", 64)),
+    ("r2plus1d_18", {}, InputSpec("video_regression", 64, frames=8, period=2)),
+])
+def test_paper_models_onnx_equal_eager(tmp_path: Path, name: str, kwargs: dict,
+                                       spec: InputSpec) -> None:
+    ckpt = save_checkpoint(tmp_path / "m.pt", create_model(name, **kwargs),
+                           {"model": {"name": name, "kwargs": kwargs}}, spec)
+    x = _batch(ckpt, 2)
+    eager = load_engine(ckpt, "eager")(x)
+    assert output_difference(load_engine(ckpt, "onnx")(x), eager) <= TOLERANCE
