@@ -24,9 +24,9 @@ from pathlib import Path
 
 from cinelab.pipelines.age.evaluate import ensemble_cv
 from cinelab.pipelines.age.layout import ingest_lax
-from cinelab.prep.prepare import PrepSpec, prepare
 from cinelab.pipelines.age.report import build_age_report
 from cinelab.pipelines.age.synth import synth_cmr_lax_cohort
+from cinelab.prep.prepare import PrepSpec, prepare
 from cinelab.train.cv import run_cv
 from cinelab.train.recipe import load_recipe
 

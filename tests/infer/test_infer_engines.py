@@ -9,11 +9,13 @@ import torch
 from typer.testing import CliRunner
 
 from cinelab.cli import app
+from cinelab.data.streams import model_streams
 from cinelab.errors import InputError
 from cinelab.infer.engines import (
     DEFAULT_OPSET,
     SIDECAR_FORMAT,
     TOLERANCE,
+    engine_checkpoint,
     export_checkpoint,
     input_shape,
     load_engine,
@@ -114,6 +116,20 @@ def test_engine_stands_in_for_a_module(checkpoints: dict[str, Path]) -> None:
     assert engine.eval().to("cpu") is engine
     assert engine.example_shape == (1, 3, 32, 32)
     assert engine(_batch(checkpoints["segmentation"], 2)).shape == (2, 2, 32, 32)
+
+
+def test_engine_checkpoint_keeps_the_model_for_introspection(
+        checkpoints: dict[str, Path]) -> None:
+    loaded = load_checkpoint(checkpoints["video_classification"])
+    assert engine_checkpoint(loaded, "eager") is loaded
+    swapped = engine_checkpoint(loaded, "onnx")
+    assert swapped.info["engine"] == "onnx" and swapped.input_spec == loaded.input_spec
+    assert swapped.model.module is loaded.model
+    assert swapped.model.active_streams == ("grey", "flow")  # from the eager model
+    assert model_streams(swapped.model) == model_streams(loaded.model)
+    x = _batch(checkpoints["video_classification"], 2)
+    with torch.no_grad():
+        assert output_difference(swapped.model(x), loaded.model(x)) <= TOLERANCE
 
 
 def test_unknown_engine_and_format(checkpoints: dict[str, Path], tmp_path: Path) -> None:

@@ -86,10 +86,20 @@ class Engine:
     run: Any  # callable Tensor -> Tensor
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     info: dict[str, Any] = field(default_factory=dict)
+    module: nn.Module | None = None  # the eager model, for introspection (DataParallel-style)
 
     @torch.inference_mode()
     def __call__(self, x: Tensor) -> Tensor:
         return self.run(x)
+
+    def __getattr__(self, name: str) -> Any:
+        """Attributes the engine lacks come from the eager model (e.g. ``active_streams``)."""
+        if name.startswith("__") or name in _ENGINE_FIELDS:
+            raise AttributeError(name)
+        module = self.__dict__.get("module")
+        if module is None:
+            raise AttributeError(name)
+        return getattr(module, name)
 
     def eval(self) -> Engine:
         """Itself (engines always run in inference mode)."""
@@ -98,6 +108,9 @@ class Engine:
     def to(self, device: str | torch.device) -> Engine:
         """Itself; the device was chosen at `load_engine` (inputs may come from any device)."""
         return self
+
+
+_ENGINE_FIELDS = frozenset(Engine.__dataclass_fields__)
 
 
 def _loaded(checkpoint: str | Path | LoadedCheckpoint) -> LoadedCheckpoint:
@@ -151,15 +164,29 @@ def load_engine(checkpoint_or_loaded: str | Path | LoadedCheckpoint, engine: str
     shape = tuple(int(s) for s in (example_shape or input_shape(loaded)))
     module = _TensorOutput(loaded.model).eval().to(device)
     if engine == "eager":
-        return Engine(engine, loaded.input_spec, shape, module, device)
-    if engine == "compiled":
+        return Engine(engine, loaded.input_spec, shape, module, device, module=loaded.model)
+    if engine == "compiled":  # static shapes: one compilation per batch size seen
         compiled = torch.compile(module, dynamic=False)
-        return Engine(engine, loaded.input_spec, shape, compiled, device)
+        return Engine(engine, loaded.input_spec, shape, compiled, device, module=loaded.model)
     buffer = io.BytesIO()
     _onnx_export(module.cpu(), shape, buffer, DEFAULT_OPSET)
     session = _ort_session(buffer.getvalue(), device)
     return Engine(engine, loaded.input_spec, shape, _OrtRunner(session), device,
-                  {"providers": session.get_providers()})
+                  {"providers": session.get_providers()}, module=loaded.model)
+
+
+def engine_checkpoint(loaded: LoadedCheckpoint, engine: str = "eager",
+                      device: str | torch.device = "cpu",
+                      example_shape: Sequence[int] | None = None) -> LoadedCheckpoint:
+    """The checkpoint with its model replaced by an `Engine` (``"eager"``: unchanged), so a
+    predict function written for ``loaded.model`` runs on any engine:
+    ``loaded = engine_checkpoint(loaded, options.get("engine", "eager"), options.device)``."""
+    _check_engine(engine)
+    if engine == "eager":
+        return loaded
+    runner = load_engine(loaded, engine, example_shape, device)
+    return LoadedCheckpoint(runner, loaded.recipe, loaded.input_spec,  # type: ignore[arg-type]
+                            {**loaded.info, "engine": engine})
 
 
 class _OrtRunner:
