@@ -240,3 +240,14 @@ def test_demo_learns_ef_and_lv_segmentation(tmp_path: Path) -> None:
     assert metrics["ef_mae"] <= 6.0
     assert metrics["ef_mae"] < 0.7 * metrics["ef_mae_baseline"]
     assert all(target.met(metrics) for target in ECHONET.targets)
+
+
+def test_synth_keeps_a_complete_cohort(tmp_path: Path) -> None:
+    root = ECHONET.synth(tmp_path / "data", 3, 0)
+    filelist = pd.read_csv(root / "FileList.csv")
+    assert len(filelist) == 3 and len(list((root / "Videos").glob("*.avi"))) == 3
+    stamp = (root / "FileList.csv").stat().st_mtime_ns
+    assert ECHONET.synth(root, 3, 0) == root
+    assert (root / "FileList.csv").stat().st_mtime_ns == stamp  # kept, not redrawn
+    ECHONET.synth(root, 3, 1)
+    assert not pd.read_csv(root / "FileList.csv")["EF"].equals(filelist["EF"])  # new seed

@@ -40,7 +40,7 @@ from cinelab.prep.prepare import PrepSpec, prepare
 from cinelab.synth.echo import synth_echo_cohort
 from cinelab.train.fit import fit
 from cinelab.train.recipe import Recipe, load_recipe
-from cinelab.utils import is_done, mark_done, read_json, write_csv, write_json
+from cinelab.utils import DONE_FILE, is_done, mark_done, read_json, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,15 @@ TARGETS = (Target("dice", ">=", 0.85), Target("ef_mae", "<=", 6.0),
 
 
 def synth(out: Path, n: int, seed: int) -> Path:
-    """A synthetic EchoNet-layout cohort of `n` beating-heart phantoms (known EF, tracings)."""
-    return synth_echo_cohort(Path(out), n=n, seed=seed)
+    """A synthetic EchoNet-layout cohort of `n` beating-heart phantoms (known EF, tracings);
+    kept as it is when `out` already holds the complete cohort of that size and seed."""
+    out = Path(out)
+    if is_done(out) and {k: read_json(out / DONE_FILE).get(k) for k in ("n", "seed")} == \
+            {"n": n, "seed": seed}:
+        return out
+    synth_echo_cohort(out, n=n, seed=seed)
+    mark_done(out, ["FileList.csv", "VolumeTracings.csv"], n=n, seed=seed)
+    return out
 
 
 def recipe_pair(options: Options) -> tuple[Recipe, Recipe]:
