@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from cinelab.data.store import PreparedStore
 from cinelab.formats.ingest import ingest
+from cinelab.models.registry import create_model
 from cinelab.pipelines.echonet.predict import predict
 from cinelab.prep.prepare import PrepSpec, prepare
 from cinelab.synth.echo import synth_echo_cohort
@@ -133,9 +135,6 @@ def echonet_loop_rate(store_root: Path, batches: int, workers: int = 4,
 
     sys.path.insert(0, str(Path(__file__).parent))
     from store_vs_avi import AviClips
-
-    from cinelab.data.store import PreparedStore
-    from cinelab.models.registry import create_model
 
     store = PreparedStore(store_root)
     data = AviClips(store.manifest["path"].tolist(), batches * batch_size, store.mean,

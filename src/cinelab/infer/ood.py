@@ -79,11 +79,20 @@ class MahalanobisDetector(_Thresholded):
     means: np.ndarray = field(default_factory=lambda: np.zeros((1, 1)))
     precision: np.ndarray = field(default_factory=lambda: np.eye(1))
     kind: str = "mahalanobis"
+    #: where the features come from: a module name ("" = input of the output layer) & pool
+    module: str = ""
+    pool: str = "mean"
+
+    def features(self, model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """(features, output) of `batch` taken where this detector was fitted."""
+        return penultimate_features(model, batch, self.module or None, pool=self.pool)
 
     @classmethod
-    def fit(cls, features: Any, labels: Any | None = None) -> MahalanobisDetector:
+    def fit(cls, features: Any, labels: Any | None = None, *, module: str = "",
+            pool: str = "mean") -> MahalanobisDetector:
         """Fit on training features (N, D) (feature maps are average-pooled); with `labels`,
-        one mean per class and a tied covariance, else a single Gaussian."""
+        one mean per class and a tied covariance, else a single Gaussian. `module` / `pool`
+        record where the features were taken (see `features`)."""
         x = _features(features)
         keep = np.isfinite(x).all(axis=1)
         y = None if labels is None else np.asarray(labels).reshape(-1)
@@ -100,7 +109,8 @@ class MahalanobisDetector(_Thresholded):
         centred = x - (means[0] if y is None else
                        means[np.searchsorted(np.asarray(classes), y)])
         lw = LedoitWolf(assume_centered=True).fit(centred)
-        return cls(means=means, precision=np.asarray(lw.precision_, float),
+        return cls(means=means, precision=np.asarray(lw.precision_, float), module=module,
+                   pool=pool,
                    info={"n_train": len(x), "classes": [None if c is None else
                                                          (c.item() if hasattr(c, "item") else c)
                                                          for c in classes],
@@ -120,7 +130,7 @@ class MahalanobisDetector(_Thresholded):
         """Plain dict for storage (means and precision as nested lists)."""
         return {"format": OOD_FORMAT, "kind": self.kind, "threshold": self.threshold,
                 "means": self.means.tolist(), "precision": self.precision.tolist(),
-                "info": dict(self.info)}
+                "module": self.module, "pool": self.pool, "info": dict(self.info)}
 
 
 @dataclass
@@ -157,7 +167,9 @@ def ood_from_dict(state: dict[str, Any]) -> OODDetector:
     if state.get("kind") == "mahalanobis":
         return MahalanobisDetector(threshold=float(state["threshold"]), info=info,
                                    means=np.asarray(state["means"], float),
-                                   precision=np.asarray(state["precision"], float))
+                                   precision=np.asarray(state["precision"], float),
+                                   module=str(state.get("module", "")),
+                                   pool=str(state.get("pool", "mean")))
     if state.get("kind") == "energy":
         return EnergyDetector(threshold=float(state["threshold"]), info=info,
                               temperature=float(state.get("temperature", 1.0)))
@@ -175,18 +187,64 @@ def _tensor_of(value: Any) -> torch.Tensor:
     return _tensor_of(value)
 
 
-def _pooled(t: torch.Tensor) -> torch.Tensor:
+POOLS = ("mean", "meanstd")
+
+
+def _pooled(t: torch.Tensor, pool: str = "mean") -> torch.Tensor:
+    """(N, D) features: feature maps (N, C, ...) average-pooled over space/time, and with
+    pool="meanstd" their spatial SD appended (texture the average hides)."""
     t = t.detach().float()
-    return t.flatten(2).mean(dim=2) if t.ndim > 2 else t.reshape(t.shape[0], -1)
+    if t.ndim <= 2:
+        return t.reshape(t.shape[0], -1)
+    flat = t.flatten(2)
+    if pool == "meanstd":
+        return torch.cat([flat.mean(dim=2), flat.std(dim=2, unbiased=False)], dim=1)
+    return flat.mean(dim=2)
+
+
+def last_feature_map(model: nn.Module, batch: torch.Tensor) -> str:
+    """Name of the last leaf module whose output is a feature map (N, C, H, W[, T]) larger
+    than 1 x 1 in one
+    no-grad forward of `batch`: the layer to hook with pool="meanstd" for Mahalanobis OOD
+    scores (works for CNN classifiers, video networks and segmentation encoders alike)."""
+    names = {m: n for n, m in model.named_modules()}
+    seen: list[str] = []
+
+    def hook(mod: nn.Module, _args: Any, out: Any) -> None:
+        try:
+            t = _tensor_of(out)
+        except (StopIteration, KeyError, IndexError, TypeError):
+            return
+        if isinstance(t, torch.Tensor) and t.ndim > 2 and t[0, 0].numel() > 1:
+            seen.append(names[mod])
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    if not seen:
+        raise InputError(None, "feature map", "a layer with a (N, C, H, W) output",
+                         f"none in {type(model).__name__}")
+    return seen[-1]
 
 
 @contextmanager
-def capture_features(model: nn.Module, module: nn.Module | None = None,
-                     capture: str | None = None) -> Iterator[list[torch.Tensor]]:
+def capture_features(model: nn.Module, module: nn.Module | str | None = None,
+                     capture: str | None = None, pool: str = "mean"
+                     ) -> Iterator[list[torch.Tensor]]:
     """While open, every forward of `model` appends the (N, D) features at `module` to the
     yielded list: the input of the recorded output Linear when `module` is None (the
-    penultimate features), else `module`'s output (or input with capture="input"); feature
-    maps are global-average-pooled. Use it around an existing predict loop."""
+    penultimate features), else `module`'s output (or input with capture="input"); `module`
+    may be a name (``model.get_submodule``). Feature maps are pooled (`pool`: "mean" or
+    "meanstd"). Use it around an existing predict loop."""
+    if pool not in POOLS:
+        raise InputError(None, "pool", f"one of {', '.join(POOLS)}", repr(pool))
+    if isinstance(module, str):
+        module = model.get_submodule(module) if module else None
     if module is None:
         module, capture = output_layer(model), capture or "input"
     capture = capture or "output"
@@ -195,21 +253,22 @@ def capture_features(model: nn.Module, module: nn.Module | None = None,
     found: list[torch.Tensor] = []
     if capture == "input":
         handle = module.register_forward_pre_hook(
-            lambda _m, args: found.append(_pooled(_tensor_of(args)).cpu()))
+            lambda _m, args: found.append(_pooled(_tensor_of(args), pool).cpu()))
     else:
         handle = module.register_forward_hook(
-            lambda _m, _args, out: found.append(_pooled(_tensor_of(out)).cpu()))
+            lambda _m, _args, out: found.append(_pooled(_tensor_of(out), pool).cpu()))
     try:
         yield found
     finally:
         handle.remove()
 
 
-def penultimate_features(model: nn.Module, batch: torch.Tensor, module: nn.Module | None = None,
-                         capture: str | None = None) -> tuple[torch.Tensor, Any]:
+def penultimate_features(model: nn.Module, batch: torch.Tensor,
+                         module: nn.Module | str | None = None, capture: str | None = None,
+                         pool: str = "mean") -> tuple[torch.Tensor, Any]:
     """(features (N, D) on CPU, model output) of one no-grad forward of `batch`; see
     `capture_features` for which features."""
-    with capture_features(model, module, capture) as found, torch.no_grad():
+    with capture_features(model, module, capture, pool) as found, torch.no_grad():
         output = model(batch)
     if not found:
         raise InputError(None, "feature hook", "the hooked module to run in forward",

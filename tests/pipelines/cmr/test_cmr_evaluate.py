@@ -17,7 +17,9 @@ from cinelab.pipelines.cmr.evaluate import (
     DICE_CSV,
     EF_TABLE_CSV,
     METRICS_JSON,
+    PAIRS_CSV,
     SUMMARY_CSV,
+    class_pair_counts,
     compare_mask_sets,
     confusion_counts,
     dice_summary,
@@ -140,6 +142,10 @@ def test_evaluate_cmr_outputs(tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "out" / METRICS_JSON).read_text())
     assert metrics["net"]["dice"]["MYO"]["all"] == 1.0 and metrics["obs"]["n_images"] == 6
     assert len(mask_index(tmp_path / "obs")) == 6
+    pairs = pd.read_csv(tmp_path / "out" / PAIRS_CSV)
+    assert len(pairs) == 12 and (pairs.loc[pairs["model"] == "net", "lv_my"] == 0).all()
+    assert metrics["obs"]["class_pairs"]["lv_my"] == 3  # one missed LV pixel per patient
+    assert metrics["net"]["class_pairs"]["my_my"] == 3 * 3 * 48 + 3 * (60 + 58 + 60)  # ED + ES
 
 
 def test_mismatched_sizes_are_problems_or_resized(tmp_path: Path) -> None:
@@ -151,3 +157,18 @@ def test_mismatched_sizes_are_problems_or_resized(tmp_path: Path) -> None:
         compare_mask_sets(b, t)
     _, per_volume, problems = compare_mask_sets(b, t, resize=True)
     assert not problems and (per_volume["dice"].dropna() == 1.0).all()
+
+
+def test_class_pair_table_k_by_k_on_hand_made_masks() -> None:
+    truth, other = _observers()
+    pairs = class_pair_counts(other, truth)  # rows: truth, columns: other
+    # slice 0: truth LV (1,1),(1,2): other LV, bg; MYO (2,1),(2,2): both MYO;
+    # RV (3,0),(3,1): other RV, bg; bg (2,3) -> other MYO; slice 1 LV pixel agrees
+    assert pairs == {"bg_bg": 2 * 16 - 7 - 1, "bg_lv": 0, "bg_my": 1, "bg_rv": 0,
+                     "lv_bg": 1, "lv_lv": 2, "lv_my": 0, "lv_rv": 0,
+                     "my_bg": 0, "my_lv": 0, "my_my": 2, "my_rv": 0,
+                     "rv_bg": 1, "rv_lv": 0, "rv_my": 0, "rv_rv": 1}
+    assert sum(pairs.values()) == truth.size
+    no_rv = class_pair_counts(TO_MODEL[other], truth, MODEL_LABELS, LabelMap(3, 2, None))
+    assert set(no_rv) == {f"{a}_{b}" for a in ("bg", "lv", "my") for b in ("bg", "lv", "my")}
+    assert no_rv["bg_bg"] == pairs["bg_bg"] + pairs["rv_rv"] + pairs["rv_bg"]

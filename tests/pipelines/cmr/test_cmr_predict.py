@@ -100,3 +100,42 @@ def test_predict_raw_folder_on_native_grid_as_npz(cohort):
         assert data["spacing"][1] == pytest.approx(synth.truth["pixel_spacing"].iloc[0])
     with pytest.raises(InputError, match="fmt"):
         predict_cmr(root / "model.pt", root / "store", root / "x", fmt="png")
+
+
+def _oblique(zooms):
+    """A voxel-to-world matrix rotated 30 degrees about z and 20 about x, with an offset."""
+    a, b = np.deg2rad(30), np.deg2rad(20)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    affine = np.eye(4)
+    affine[:3, :3] = rz @ rx @ np.diag(zooms[:3])
+    affine[:3, 3] = [-120.5, 33.25, 71.0]
+    return affine
+
+
+def test_native_masks_carry_the_oblique_source_affine(cohort, tmp_path):
+    import shutil
+
+    import nibabel as nib
+
+    root, synth = cohort
+    acdc = tmp_path / "acdc"
+    shutil.copytree(synth.acdc_root, acdc)
+    sources = {}
+    for path in sorted(acdc.rglob("*_frame*.nii.gz")):  # images and their _gt masks
+        image = nib.load(path)
+        data = np.asarray(image.dataobj)
+        affine = _oblique(image.header.get_zooms())
+        nib.save(nib.Nifti1Image(data, affine), path)
+        sources[path.name] = affine
+    index = predict_cmr(root / "model.pt", acdc, tmp_path / "out", native=True)
+    assert len(index) == 4
+    for _, row in index.iterrows():
+        source = nib.load(row["source"])
+        mask = nib.load(row["mask_path"])
+        assert mask.shape == source.shape
+        np.testing.assert_allclose(mask.affine, sources[source.get_filename().split("/")[-1]],
+                                   atol=1e-5)
+        np.testing.assert_allclose(mask.get_qform(), source.affine, atol=1e-4)
+        np.testing.assert_allclose(mask.header.get_zooms(), source.header.get_zooms(),
+                                   atol=1e-6)

@@ -44,6 +44,8 @@ KEY_COLUMNS = ("model", "image_id", "patient_id", "phase", "frame")
 CONFUSION_CSV, DICE_CSV, SUMMARY_CSV = "confusion.csv", "dice.csv", "dice_summary.csv"
 VOLUMES_CSV, EF_TABLE_CSV, METRICS_JSON = "volumes.csv", "ef_differences.csv", "metrics.json"
 PROBLEMS_CSV, PLOTS_DIR = "problems.csv", "plots"
+PAIRS_CSV = "confusion_pairs.csv"
+PAIR_NAMES = {"background": "bg", "LV": "lv", "MYO": "my", "RV": "rv"}
 VOLUME_VALUES = ("EDV", "ESV", "EF")
 ALL_PHASES = "all"
 STAGE = "cmr-evaluate"
@@ -81,6 +83,26 @@ def confusion_counts(pred: np.ndarray, true: np.ndarray, pred_labels: LabelMap =
     out = pd.concat(parts, ignore_index=True)
     out["dice"] = dice_from_counts(out)
     return out
+
+
+def class_pair_counts(pred: np.ndarray, true: np.ndarray, pred_labels: LabelMap = ACDC_LABELS,
+                      true_labels: LabelMap = ACDC_LABELS) -> dict[str, int]:
+    """The K x K class-pair confusion of one image or volume: `<true>_<pred>` -> pixel count
+    for every pair of classes (bg, lv, my[, rv]) the two label maps share, e.g. ``lv_my`` =
+    true LV pixels labelled myocardium. Values outside a map count as background."""
+    p, t = np.asarray(pred), np.asarray(true)
+    if p.shape != t.shape:
+        raise InputError(None, "pred/true", "masks of one shape", f"{p.shape} vs {t.shape}")
+    pv, tv = pred_labels.values(), true_labels.values()
+    names = ["background", *(s for s in STRUCTURES if s in pv and s in tv)]
+    p_idx, t_idx = np.zeros(p.shape, np.int64), np.zeros(t.shape, np.int64)
+    for k, name in enumerate(names[1:], start=1):
+        p_idx[p == pv[name]] = k
+        t_idx[t == tv[name]] = k
+    k = len(names)
+    table = np.bincount((t_idx * k + p_idx).ravel(), minlength=k * k).reshape(k, k)
+    return {f"{PAIR_NAMES[a]}_{PAIR_NAMES[b]}": int(table[i, j])
+            for i, a in enumerate(names) for j, b in enumerate(names)}
 
 
 def dice_from_counts(counts: pd.DataFrame) -> np.ndarray:
@@ -144,11 +166,20 @@ def compare_mask_sets(pred: MaskSource, truth: MaskSource, pred_labels: LabelMap
                       resize: bool = False
                       ) -> tuple[pd.DataFrame, pd.DataFrame, list[Problem]]:
     """(per-image confusion table, per-volume table with Dice and file paths, problems)."""
+    return _compare(pred, truth, pred_labels, truth_labels, model, resize)[:3]
+
+
+def _compare(pred: MaskSource, truth: MaskSource, pred_labels: LabelMap,
+             truth_labels: LabelMap, model: str, resize: bool
+             ) -> tuple[pd.DataFrame, pd.DataFrame, list[Problem], pd.DataFrame]:
+    """compare_mask_sets + the K x K class-pair counts per volume (`class_pair_counts`)."""
     pairs = pair_images(_index(pred), _index(truth))
-    slices, volumes, problems = [], [], []
+    slices, volumes, problems, pair_rows = [], [], [], []
     for _, row in pairs.iterrows():
         try:
-            counts = confusion_counts(*_load_pair(row, None, resize), pred_labels, truth_labels)
+            pred_mask, true_mask = _load_pair(row, None, resize)
+            counts = confusion_counts(pred_mask, true_mask, pred_labels, truth_labels)
+            pair_counts = class_pair_counts(pred_mask, true_mask, pred_labels, truth_labels)
         except (InputError, OSError, ValueError) as exc:
             problems.append(Problem.from_exception(row["mask_path_pred"], STAGE, exc))
             continue
@@ -156,6 +187,7 @@ def compare_mask_sets(pred: MaskSource, truth: MaskSource, pred_labels: LabelMap
         slices.append(counts.assign(**keys))
         vol = counts.groupby("class", sort=False, as_index=False)[list(COUNT_COLUMNS)].sum()
         vol["dice"] = dice_from_counts(vol)
+        pair_rows.append({**keys, **pair_counts})
         volumes.append(vol.assign(**keys, pred_path=row["mask_path_pred"],
                                   truth_path=row["mask_path_truth"],
                                   image_path=_image_path(row)))
@@ -166,7 +198,7 @@ def compare_mask_sets(pred: MaskSource, truth: MaskSource, pred_labels: LabelMap
     per_image = pd.concat(slices, ignore_index=True)
     per_volume = pd.concat(volumes, ignore_index=True)
     return (_ordered(per_image, [*KEY_COLUMNS, "slice", "class"]),
-            _ordered(per_volume, [*KEY_COLUMNS, "class"]), problems)
+            _ordered(per_volume, [*KEY_COLUMNS, "class"]), problems, pd.DataFrame(pair_rows))
 
 
 def _index(source: MaskSource) -> pd.DataFrame:
@@ -257,6 +289,7 @@ class CmrEvaluation:
     ef_table: pd.DataFrame
     plots: dict[str, Path] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    pairs: pd.DataFrame = field(default_factory=pd.DataFrame)  # K x K counts per volume
 
 
 def _labels_for(labels: LabelMap | Mapping[str, LabelMap], model: str) -> LabelMap:
@@ -272,12 +305,13 @@ def evaluate_cmr(preds: Mapping[str, MaskSource], truth: MaskSource, out: str | 
         raise InputError(None, "preds", "at least one named mask set", "none")
     out = Path(out)
     truth_index = _index(truth)
-    confusion, dice, volumes, problems = [], [], [], []
+    confusion, dice, volumes, problems, pair_tables = [], [], [], [], []
     for model, source in preds.items():
         labels = _labels_for(pred_labels, model)
         index = _index(source)
-        per_image, per_volume, found = compare_mask_sets(index, truth_index, labels,
-                                                         truth_labels, model, resize)
+        per_image, per_volume, found, pair_table = _compare(index, truth_index, labels,
+                                                            truth_labels, model, resize)
+        pair_tables.append(pair_table)
         paired, vol_problems = volume_agreement(index, truth_index, labels, truth_labels,
                                                 model, spacing)
         confusion.append(per_image)
@@ -287,7 +321,7 @@ def evaluate_cmr(preds: Mapping[str, MaskSource], truth: MaskSource, out: str | 
     result = CmrEvaluation(out, pd.concat(confusion, ignore_index=True),
                            pd.concat(dice, ignore_index=True), pd.DataFrame(),
                            pd.concat(volumes, ignore_index=True), pd.DataFrame(),
-                           problems=problems)
+                           problems=problems, pairs=pd.concat(pair_tables, ignore_index=True))
     result.summary = dice_summary(result.dice)
     result.ef_table = difference_stats(result.volumes, "EF_absdiff", by="model")
     _write(result)
@@ -305,6 +339,7 @@ def _write(result: CmrEvaluation) -> None:
     out = result.out
     write_csv(result.confusion, out / CONFUSION_CSV)
     write_csv(result.dice, out / DICE_CSV)
+    write_csv(result.pairs, out / PAIRS_CSV)
     write_csv(result.summary, out / SUMMARY_CSV)
     write_csv(result.volumes, out / VOLUMES_CSV)
     write_csv(result.ef_table, out / EF_TABLE_CSV)
@@ -325,6 +360,16 @@ def cmr_metrics(result: CmrEvaluation) -> dict[str, object]:
             "dice": dice,
             "ef_absdiff": ef[["mean", "sd", "median", "iqr"]].iloc[0].to_dict() if len(ef)
             else {},
+            "class_pairs": _pair_totals(result.pairs, model),
             "n_images": int(result.dice.loc[result.dice["model"] == model, "image_id"]
                             .nunique())}
     return metrics
+
+
+def _pair_totals(pairs: pd.DataFrame, model: object) -> dict[str, int]:
+    """The K x K class-pair counts of one model summed over its volumes."""
+    if pairs.empty:
+        return {}
+    rows = pairs[pairs["model"] == model]
+    columns = [c for c in rows.columns if c not in KEY_COLUMNS]
+    return {c: int(rows[c].sum()) for c in columns}

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
@@ -26,7 +27,7 @@ from torch import nn
 
 from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError
-from cinelab.io.nifti import write_volume
+from cinelab.io.nifti import is_nifti, write_volume
 from cinelab.pipelines.cmr.layout import read_cmr_folder
 from cinelab.pipelines.cmr.prepare import (
     KIND_CINE,
@@ -194,7 +195,11 @@ def _predict_sample(loaded: LoadedCheckpoint, store: PreparedStore, sid: str,
     if cine:
         labels = cine_frames(labels[..., None], meta)[..., 0]
         spacing = [1.0 / meta["fps"] if meta.get("fps") else UNIT_SPACING, *spacing]
-    path = _write_labels(out / MASK_DIR / f"{sid}{FORMATS[fmt]}", labels, spacing, fmt)
+    geometry = source_geometry(meta.get("source"), labels.shape) if native else None
+    if geometry is not None and all(v > 0 for v in geometry[1]):
+        spacing = geometry[1]
+    path = _write_labels(out / MASK_DIR / f"{sid}{FORMATS[fmt]}", labels, spacing, fmt,
+                         None if geometry is None else geometry[0])
     return {"sample_id": sid, **_manifest_fields(store, sid), "kind": meta.get("kind"),
             "mask_path": str(path), "shape": list(labels.shape), "native": native,
             "pixel_spacing_y": None if pixel is None else pixel[0],
@@ -212,10 +217,26 @@ def _manifest_fields(store: PreparedStore, sid: str) -> dict[str, Any]:
             ("patient_id", "phase", "group", "split") if k in m.columns}
 
 
-def _write_labels(path: Path, labels: np.ndarray, spacing: list[float], fmt: str) -> Path:
-    """NIfTI (slices-first array, spacing in the same order) or compressed npz."""
+def source_geometry(source: object, shape: tuple[int, ...]
+                    ) -> tuple[np.ndarray, list[float]] | None:
+    """(voxel-to-world affine, slices-first spacing) of a NIfTI source whose grid has
+    `shape` (slices first), so that native labels overlay their image exactly (oblique
+    orientations included); None for other sources or another grid."""
+    if not source or not is_nifti(str(source)) or not Path(str(source)).is_file():
+        return None
+    image = nib.load(str(source))
+    if tuple(image.shape) != tuple(shape)[::-1]:
+        return None
+    zooms = [float(z) for z in image.header.get_zooms()[: len(shape)]]
+    return np.asarray(image.affine, dtype=float), zooms[::-1]
+
+
+def _write_labels(path: Path, labels: np.ndarray, spacing: list[float], fmt: str,
+                  affine: np.ndarray | None = None) -> Path:
+    """NIfTI (slices-first array, spacing in the same order; `affine`: the source's
+    voxel-to-world matrix) or compressed npz."""
     if fmt == "nifti":
-        return write_volume(path, labels.astype(np.uint8), spacing)
+        return write_volume(path, labels.astype(np.uint8), spacing, affine)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
