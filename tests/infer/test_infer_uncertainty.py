@@ -91,7 +91,8 @@ def test_intervals_nan_clip_and_too_few_scores():
     lo, hi = model.apply([10.0, np.nan], coverage=0.5)
     assert lo[0] == pytest.approx(9.5) and hi[0] == pytest.approx(10.5)
     assert np.isnan(lo[1]) and np.isnan(hi[1])
-    lo, hi = model.apply([10.0], coverage=0.9)
+    with pytest.warns(UserWarning, match="too small"):  # crepes says so
+        lo, hi = model.apply([10.0], coverage=0.9)
     assert lo[0] == -math.inf and hi[0] == math.inf
     lo, hi = model.apply([99.8], coverage=0.75, clip=(0.0, 100.0))
     assert (lo[0], hi[0]) == (pytest.approx(98.8), 100.0)
@@ -143,10 +144,10 @@ def test_calibration_lowers_ece_of_overconfident_model(method):
         assert cal.temperature == pytest.approx(5.0, rel=0.15)
         # the same from logits; ranking unchanged
         from_logits = TemperatureScaler.fit(val["logits_raw"], val["labels"], logits=True)
-        assert from_logits.temperature == pytest.approx(cal.temperature, rel=1e-3)
+        # (probabilities are clipped to 1e-7 before the logit, logits are not)
+        assert from_logits.temperature == pytest.approx(cal.temperature, rel=0.05)
         p = cal.apply(test["prob_raw"])
-        assert (np.argsort(p, kind="stable") ==
-                np.argsort(test["prob_raw"], kind="stable")).mean() > 0.99
+        assert (np.diff(p[np.argsort(test["prob_raw"])]) >= 0).all()  # monotone: AUC kept
 
 
 def test_calibrator_state_round_trip_and_errors():
