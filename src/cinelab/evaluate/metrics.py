@@ -29,6 +29,11 @@ DEFAULT_ALPHA = 0.05
 BOOT_CHUNK_ELEMENTS = 4_000_000  # resampled elements held in memory at once per chunk
 METRIC_KEYS = ("value", "ci_low", "ci_high")
 BINARY_RATES = ("sensitivity", "specificity", "accuracy", "ppv", "npv")
+#: Fewest cases of each class for a bootstrap CI of a binary metric; below it the CIs are
+#: refused (NaN) and ``ci_refused`` says why (one positive gives AUC CI [1.000, 1.000]).
+MIN_CASES_PER_CLASS = 5
+#: Predictions whose spread is below this fraction of the labels' spread have collapsed.
+COLLAPSE_SPREAD_RATIO = 0.1
 
 
 # --------------------------------------------------------------------------- helpers
@@ -343,11 +348,14 @@ def binary_report(
     seed: int = 0,
     alpha: float = DEFAULT_ALPHA,
     y_pred: Any | None = None,
+    min_cases: int = MIN_CASES_PER_CLASS,
 ) -> dict[str, Any]:
     """AUC, sensitivity, specificity, accuracy, PPV, NPV (bootstrap CIs) and tn/fp/fn/tp.
 
     Predicted positive: ``score >= threshold`` (Youden's threshold when None), or the 0/1
     labels `y_pred` when given (then `threshold` is only recorded).
+    With fewer than `min_cases` positives or negatives every CI is refused (NaN), a
+    RuntimeWarning is issued and ``ci_refused`` states the counts (else it is None).
     """
     y_arr, s = _as_1d("y", y), _as_1d("score", score)
     p_arr = np.zeros(len(y_arr)) if y_pred is None else _as_1d("y_pred", y_pred)
@@ -358,14 +366,88 @@ def binary_report(
         p_arr = (s >= threshold).astype(float)
     p_arr = _binary("y_pred", p_arr)
     auc = roc_auc(y_arr, s) if len(y_arr) else float("nan")
-    cis = _binary_boot(y_arr, s, p_arr, n_boot, seed, alpha)
+    refused = class_count_refusal(y_arr, min_cases)
+    if refused is None:
+        cis = _binary_boot(y_arr, s, p_arr, n_boot, seed, alpha)
+    else:
+        warnings.warn(refused, RuntimeWarning, stacklevel=2)
+        cis = {name: (float("nan"), float("nan")) for name in ("auc", *BINARY_RATES)}
     rates = {k: float(v) for k, v in _binary_rates(y_arr, p_arr).items()}
     (tn, fp), (fn, tp) = confusion_matrix(y_arr, p_arr, labels=[0.0, 1.0]).tolist()
     out: dict[str, Any] = {"n": int(len(y_arr)), "n_pos": int(y_arr.sum()),
                            "threshold": None if threshold is None else float(threshold),
+                           "ci_refused": refused,
                            "auc": metric_entry(auc, *cis["auc"])}
     out.update({name: metric_entry(rates[name], *cis[name]) for name in BINARY_RATES})
     out.update({"tn": tn, "fp": fp, "fn": fn, "tp": tp})
+    return out
+
+
+def class_count_refusal(y: Any, min_cases: int = MIN_CASES_PER_CLASS) -> str | None:
+    """Why bootstrap CIs of a binary metric are refused (a class has fewer than `min_cases`
+    cases), else None."""
+    y = np.asarray(y, dtype=float).reshape(-1)
+    n_pos = int(np.sum(y == 1))
+    n_neg = int(len(y) - n_pos)
+    if min(n_pos, n_neg) >= int(min_cases):
+        return None
+    return (f"bootstrap CIs refused: {n_pos} positive and {n_neg} negative case(s); each "
+            f"class needs at least {int(min_cases)}")
+
+
+# --------------------------------------------------------------------------- baseline
+
+
+def _mae_gain(y: np.ndarray, pred: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """Baseline MAE minus model MAE along the last axis (> 0: the model is better)."""
+    return np.abs(y - base).mean(-1) - np.abs(y - pred).mean(-1)
+
+
+_mae_gain.batched = True  # type: ignore[attr-defined]
+
+
+def baseline_comparison(y_true: Any, y_pred: Any, baseline: Any, n_boot: int = DEFAULT_N_BOOT,
+                        seed: int = 0, alpha: float = DEFAULT_ALPHA,
+                        what: str = "the model") -> dict[str, Any]:
+    """Is the model better than a baseline (e.g. predict-the-training-mean)? The collapse
+    detector.
+
+    ``mae_gain``: baseline MAE minus model MAE with a paired bootstrap CI (> 0 is better);
+    ``spread_ratio``: SD of the predictions / SD of the labels. ``not_better`` is True when
+    the CI of the gain reaches 0 or below; ``collapsed`` when the predictions' spread is
+    below `COLLAPSE_SPREAD_RATIO` of the labels'; ``warning`` is the sentence to show (None
+    when the model is better beyond its CI). `baseline` is a number or one value per case.
+    """
+    t, p = finite_pairs(y_true=y_true, y_pred=y_pred)
+    base = np.broadcast_to(np.asarray(baseline, dtype=float), np.asarray(y_true).shape)
+    keep = np.isfinite(np.asarray(y_true, float)) & np.isfinite(np.asarray(y_pred, float))
+    b = np.asarray(base, dtype=float)[keep]
+    out: dict[str, Any] = {"n": int(len(t))}
+    if len(t) < 2:
+        out.update(mae_gain=metric_entry(float("nan"), float("nan"), float("nan")),
+                   spread_ratio=None, not_better=True, collapsed=False,
+                   warning=f"{what} cannot be compared with the baseline: "
+                           f"{len(t)} scored case(s)")
+        return out
+    gain = metric_entry(*bootstrap_ci(_mae_gain, t, p, b, n_boot=n_boot, seed=seed,
+                                      alpha=alpha))
+    sd_true = float(np.std(t))
+    spread = float(np.std(p) / sd_true) if sd_true > 0 else None
+    not_better = not gain["ci_low"] > 0
+    collapsed = spread is not None and spread < COLLAPSE_SPREAD_RATIO
+    warning = None
+    if not_better or collapsed:
+        parts = []
+        if not_better:
+            parts.append(f"{what} is not better than the predict-the-mean baseline: MAE gain "
+                         f"{gain['value']:.2f} (CI {gain['ci_low']:.2f} to "
+                         f"{gain['ci_high']:.2f}) includes 0 or less")
+        if collapsed:
+            parts.append(f"its predictions have collapsed (SD {np.std(p):.2f} vs labels' "
+                         f"{sd_true:.2f}, ratio {spread:.3f} < {COLLAPSE_SPREAD_RATIO})")
+        warning = "; ".join(parts) + " - the model may have learned nothing"
+    out.update(mae_gain=gain, spread_ratio=spread, not_better=bool(not_better),
+               collapsed=bool(collapsed), warning=warning)
     return out
 
 

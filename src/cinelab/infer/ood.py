@@ -203,33 +203,38 @@ def _pooled(t: torch.Tensor, pool: str = "mean") -> torch.Tensor:
 
 
 def last_feature_map(model: nn.Module, batch: torch.Tensor) -> str:
-    """Name of the last leaf module whose output is a feature map (N, C, H, W[, T]) larger
-    than 1 x 1 in one
-    no-grad forward of `batch`: the layer to hook with pool="meanstd" for Mahalanobis OOD
-    scores (works for CNN classifiers, video networks and segmentation encoders alike)."""
-    names = {m: n for n, m in model.named_modules()}
-    seen: list[str] = []
+    """Name of the module that last produced a feature map (N, C, H, W[, T]) larger than
+    1 x 1 in one no-grad forward of `batch`, among submodules run exactly once (a block
+    finishes after its inner layers, so this is the outermost one, e.g. ``layer4``): the
+    layer to hook with pool="meanstd" for Mahalanobis OOD scores of classifiers and video
+    networks. For segmentation networks the last map is the mask logits: name the encoder
+    instead (e.g. ``backbone``)."""
+    names = {m: n for n, m in model.named_modules() if m is not model}
+    order: list[str] = []
+    calls: dict[str, int] = {}
 
     def hook(mod: nn.Module, _args: Any, out: Any) -> None:
+        name = names[mod]
+        calls[name] = calls.get(name, 0) + 1
         try:
             t = _tensor_of(out)
         except (StopIteration, KeyError, IndexError, TypeError):
             return
         if isinstance(t, torch.Tensor) and t.ndim > 2 and t[0, 0].numel() > 1:
-            seen.append(names[mod])
+            order.append(name)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in names]
     try:
         with torch.no_grad():
             model(batch)
     finally:
         for h in handles:
             h.remove()
-    if not seen:
+    once = [n for n in order if calls[n] == 1]
+    if not once:
         raise InputError(None, "feature map", "a layer with a (N, C, H, W) output",
                          f"none in {type(model).__name__}")
-    return seen[-1]
+    return once[-1]
 
 
 @contextmanager

@@ -15,13 +15,17 @@ from cinelab.models import create_model
 from cinelab.pipelines.cmr.acdc import read_acdc
 from cinelab.pipelines.cmr.predict import (
     INDEX_FILE,
+    choose_largest_component,
     keep_largest_components,
     predict_cmr,
+    record_postprocess,
+    resolve_largest_component,
     segment_stack,
+    validate_largest_component,
 )
 from cinelab.pipelines.cmr.prepare import prepare_cmr
 from cinelab.pipelines.cmr.synth import synth_cmr_cohort
-from cinelab.train.checkpoint import InputSpec, save_checkpoint
+from cinelab.train.checkpoint import InputSpec, load_checkpoint, save_checkpoint
 
 SIZE = 32
 CLASSES = {"LV": 3, "MYO": 2, "RV": 1}
@@ -139,3 +143,44 @@ def test_native_masks_carry_the_oblique_source_affine(cohort, tmp_path):
         np.testing.assert_allclose(mask.get_qform(), source.affine, atol=1e-4)
         np.testing.assert_allclose(mask.header.get_zooms(), source.header.get_zooms(),
                                    atol=1e-6)
+
+
+def test_largest_component_is_kept_only_where_it_does_not_lower_validation_dice():
+    true = np.zeros((2, 12, 12), np.uint8)
+    true[:, 1:4, 1:4] = 3  # LV: small true region
+    true[:, 6:9, 6:9] = 2  # MYO
+    pred = true.copy()
+    pred[:, 8:12, 0:4] = 3  # a false LV blob larger than the true LV (patient065 ES)
+    pred[0, 11, 11] = 2  # a stray myocardium voxel
+    decision = choose_largest_component([(pred, true)], [1, 2, 3])
+    assert decision["labels"] == [2]  # LV: the filter would delete the true LV
+    lv = decision["dice"]["3"]
+    assert lv["raw"] == pytest.approx(2 * 18 / (18 + 32 + 18)) and lv["largest"] == 0.0
+    assert decision["dice"]["2"]["largest"] == 1.0 > decision["dice"]["2"]["raw"]
+    assert decision["dice"]["1"]["n"] == 0  # no RV anywhere: not scored, not kept
+
+
+def test_validated_post_processing_is_recorded_and_used_by_auto(cohort, tmp_path):
+    import shutil
+
+    root, synth = cohort
+    manifest, _ = read_acdc(synth.acdc_root)
+    store = tmp_path / "store"
+    prepare_cmr(manifest.assign(split="val"), store, size=SIZE, workers=1)
+    model = tmp_path / "model.pt"
+    shutil.copy(root / "model.pt", model)
+    assert resolve_largest_component(load_checkpoint(model), "auto") == []  # never blindly
+    decision = validate_largest_component(model, store, "val")
+    assert decision["samples"] == 4 and set(decision["dice"]) == {"1", "2", "3"}
+    for value, dice in decision["dice"].items():
+        assert (int(value) in decision["labels"]) == (dice["n"] > 0
+                                                      and dice["largest"] >= dice["raw"])
+    record_postprocess(model, decision)
+    loaded = load_checkpoint(model)
+    assert resolve_largest_component(loaded, "auto") == decision["labels"]
+    assert resolve_largest_component(loaded, "none") is False
+    assert resolve_largest_component(loaded, "all") is True
+    with pytest.raises(InputError, match="largest_component"):
+        resolve_largest_component(loaded, "some")
+    with pytest.raises(InputError, match="split"):
+        validate_largest_component(model, store, "train")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.ndimage import gaussian_filter1d
 
@@ -12,6 +13,9 @@ from cinelab.pipelines.echonet.beats import (
     area_ef,
     beats_from_extrema,
     detect_ed_es,
+    BeatClip,
+    beat_clip_offset,
+    place_beat_clips,
     select_beat_clips,
 )
 
@@ -118,16 +122,47 @@ def test_area_ef():
 
 
 def test_select_beat_clips_normal_and_subsampled():
+    # 8 frames every 2nd: offset 8 frames before ES, span 15, last start 200 - 15 = 185
     starts, reason = select_beat_clips(np.array([40, 80, 120]), 200, 8, 2)
-    assert reason == ""
-    assert [clip_indices(s, 8, 2, 200)[-1] for s in starts] == [40, 80, 120]
+    assert reason == "" and starts == [32, 72, 112]
+    assert [clip_indices(s, 8, 2, 200)[4] for s in starts] == [40, 80, 120]
     es = np.arange(40, 200, 20)
     starts, reason = select_beat_clips(es, 220, 8, 2, max_beats=3)
-    assert reason == "" and [s + 14 for s in starts] == [40, 120, 180]
+    assert reason == "" and [s + 8 for s in starts] == [40, 120, 180]
 
 
 def test_select_beat_clips_fallbacks():
     assert select_beat_clips(np.array([], dtype=int), 200, 8, 2) == ([], "no_beats")
     assert select_beat_clips(np.array([5]), 10, 8, 2) == ([0], "short_video")
-    starts, reason = select_beat_clips(np.array([6, 60]), 200, 8, 2)
-    assert reason == "clipped_start" and starts == [0, 46]
+    assert select_beat_clips(np.array([6, 60]), 200, 8, 2) == ([0, 52], "")
+    assert select_beat_clips(np.array([195]), 200, 8, 2) == ([], "beats_past_end")
+
+
+def test_place_beat_clips_hand_computed_echonet_example():
+    """32 frames every 2nd (EchoNet-Dynamic's model), 200 frames: offset 32, span 63,
+    last all-clips start 137. ES 20 -> 20-32 < 0 -> start 0 (clipped_start, averaged);
+    ES 70 -> 38; 120 -> 88; 170 -> 138 > 137 and 190 -> 158: past_end (not averaged)."""
+    clips = place_beat_clips(np.array([120, 20, 190, 70, 170]), 200, 32, 2)
+    assert clips == [BeatClip(20, 0, "clipped_start"), BeatClip(70, 38), BeatClip(120, 88),
+                     BeatClip(170, 138, "past_end"), BeatClip(190, 158, "past_end")]
+    assert [c.used for c in clips] == [True, True, True, False, False]
+    assert beat_clip_offset(32, 2) == 32 and beat_clip_offset(16, 4) == 32
+
+
+def test_place_beat_clips_equals_the_official_r_script():
+    """beat_by_beat_analysis.R: Frame - 32, negative -> 0, inner merge with the all-clips
+    predictions (filename, clip start, EF), mean per video."""
+    rng = np.random.default_rng(3)
+    n_total, frames, period = 180, 32, 2
+    clip_ef = pd.DataFrame({"V1": "a", "V2": np.arange(n_total - 62),
+                            "V3": rng.uniform(20, 80, n_total - 62)})
+    es = np.array([10, 31, 33, 60, 101, 150, 170])
+    size = pd.DataFrame({"Filename": "a", "Frame": es - 32})
+    size.loc[size["Frame"] < 0, "Frame"] = 0
+    merged = size.merge(clip_ef, left_on=["Filename", "Frame"], right_on=["V1", "V2"])
+    official = merged["V3"].mean()
+    clips = place_beat_clips(es, n_total, frames, period)
+    ef = dict(zip(clip_ef["V2"], clip_ef["V3"], strict=True))
+    ours = np.mean([ef[c.start] for c in clips if c.used])
+    assert ours == pytest.approx(official, abs=1e-12)
+    assert len(merged) == sum(c.used for c in clips) == 5

@@ -41,6 +41,6 @@ def test_one_clip_ends_at_each_detected_end_systole() -> None:
     area = masks.reshape(len(masks), -1).sum(1).astype(float)
     _, es = detect_ed_es(area, fps=truth.fps)
     starts, _ = select_beat_clips(es, len(frames), frames=16, period=2, max_beats=5)
-    ends = [s + 15 * 2 for s in starts]
-    full = [e for e in es if e >= 30]
-    assert all(e in ends for e in full)
+    centres = [s + 16 for s in starts]  # EchoNet: clip starts frames * period // 2 before ES
+    full = [e for e in es if 16 <= e <= len(frames) - 31 + 16]
+    assert full and all(e in centres for e in full)

@@ -227,9 +227,13 @@ def test_beats_follow_an_irregular_area_curve(max_beats: int, chosen: list[int])
     assert beats["es_frame"].tolist() == chosen and pred.fallback == ""
     assert beats["ed_frame"].tolist() == [ED_KNOTS[ES_KNOTS.index(e)] for e in chosen]
     assert beats["es_area"].tolist() == curve[chosen].tolist()
-    assert beats["ef"].tolist() == chosen  # the clip of each beat ends at its ES frame
-    assert beats["clip_start"].tolist() == [e - SPAN + 1 for e in chosen]
-    assert pred.ef_beats == pytest.approx(np.mean(chosen))
+    # EchoNet-Dynamic: the clip starts CLIP * PERIOD // 2 = 8 frames before ES (centred on
+    # it); the fake EF model returns the clip's last frame, start + SPAN - 1 = ES + 6
+    assert beats["clip_start"].tolist() == [e - 8 for e in chosen]
+    assert beats["ef"].tolist() == [e + 6 for e in chosen]
+    assert beats["flag"].tolist() == [""] * len(chosen) and beats["used"].tolist() == [1] * len(
+        chosen)
+    assert pred.ef_beats == pytest.approx(np.mean(chosen) + 6)
     assert pred.ef_all_clips == pytest.approx(np.mean(np.arange(N_BEAT_FRAMES - SPAN + 1)
                                                       + SPAN - 1))
     table = pred.frames_table("x")
@@ -241,7 +245,7 @@ def test_beats_with_strided_all_clips_and_fallbacks() -> None:
     seg, ef = _identity_spec("segmentation", None), _identity_spec("video", CLIP)
     pred = predict_video(_LastFrameIndex(), _FakeSeg(curve), _indexed_video(), 30.0, ef, seg,
                          all_clips_stride=7)
-    assert pd.DataFrame(pred.beats)["ef"].tolist() == ES_KNOTS
+    assert pd.DataFrame(pred.beats)["ef"].tolist() == [e + 6 for e in ES_KNOTS]
     flat = predict_video(_LastFrameIndex(), _FakeSeg(np.full(N_BEAT_FRAMES, 300)),
                          _indexed_video(), 30.0, ef, seg)
     assert flat.fallback == "no_beats" and flat.ef_beats == flat.ef_all_clips

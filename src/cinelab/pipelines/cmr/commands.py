@@ -242,8 +242,9 @@ def predict(
     native: Annotated[bool, typer.Option(help="Labels on each source's own grid.")] = False,
     split: Annotated[str | None, typer.Option(help="Only this split of a store.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="nifti or npz.")] = "nifti",
-    largest_component: Annotated[bool, typer.Option(help="Keep each label's largest 3D "
-                                                         "region.")] = True,
+    largest_component: Annotated[str, typer.Option(
+        help="Keep a label's largest 3D region: auto (the labels the checkpoint's validation "
+             "kept), all, none.")] = "auto",
 ) -> None:
     """Label every stack or cine (predictions.csv, problems.csv, run.json: the contract), then
     LV/RV volumes, EF and mass per patient or cine."""

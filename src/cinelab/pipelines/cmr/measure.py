@@ -37,6 +37,7 @@ from cinelab.measure.volumes import (
     UNITS_ML,
     UNITS_VOXELS,
     LabelMap,
+    ejection_fraction,
     frame_volumes,
     measures_from_volumes,
 )
@@ -60,6 +61,8 @@ NAME_PATTERN = re.compile(
     r"(?:[_-](?:gt|pred|mask|label|seg))?$", re.IGNORECASE)
 STAGE = "cmr-measure"
 NO_FRAME = -1
+FLAG_COLUMNS = ("rv_ed_frame", "rv_es_frame", "flags")  # after MEASURE_COLUMNS
+EF_RANGE = (0.0, 100.0)  # exclusive: an EF of 0 or 100 % (no cavity at ES) is impossible
 
 
 # --------------------------------------------------------------------------- mask sets
@@ -299,20 +302,77 @@ def measure_mask_set(source: str | Path | pd.DataFrame, label_map: LabelMap = AC
             units = patient_frame_volumes(group, spacing, label_map)
             for unit, volumes, physical in units:
                 measures = measures_from_volumes(volumes, UNITS_ML if physical else UNITS_VOXELS)
+                measures = checked_measures({**measures, **rv_phases(volumes)})
                 ed, es = volumes["LV_ml"].idxmax(), volumes["LV_ml"].idxmin()
                 rows.append({"patient_id": unit, "patient": patient, "n_frames": len(volumes),
                              "ed_image": volumes.at[ed, "image_id"],
                              "es_image": volumes.at[es, "image_id"], **measures})
                 frames.append(volumes.assign(patient_id=unit))
+                if measures["flags"]:
+                    problems.append(Problem(
+                        str(group["mask_path"].iloc[0]), STAGE,
+                        f"{unit}: impossible values not reported ({measures['flags']})",
+                        column="flags", expected="volumes > 0 and EF in (0, 100) %",
+                        found=str(measures["flags"])))
         except (InputError, OSError, ValueError) as exc:
             problems.append(Problem.from_exception(group["mask_path"].iloc[0], STAGE, exc))
-    columns = ["patient_id", "patient", "n_frames", "ed_image", "es_image", *MEASURE_COLUMNS]
+    columns = ["patient_id", "patient", "n_frames", "ed_image", "es_image", *MEASURE_COLUMNS,
+               *FLAG_COLUMNS]
     table = pd.DataFrame(rows, columns=columns)
     per_frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if len(per_frame):
         first = ["patient_id", "image_id", "phase", "frame"]
         per_frame = per_frame[first + [c for c in per_frame.columns if c not in first]]
     return table, per_frame, problems
+
+
+def rv_phases(volumes: pd.DataFrame) -> dict[str, object]:
+    """RV end-diastole and end-systole from the RV's own volume curve (its largest and
+    smallest frame), not the LV's: RV_EDV, RV_ESV, RV_EF, rv_ed_frame, rv_es_frame."""
+    if "RV_ml" not in volumes or not len(volumes):
+        return {"rv_ed_frame": None, "rv_es_frame": None}
+    rv = volumes["RV_ml"].to_numpy(float)
+    ed, es = int(np.nanargmax(rv)), int(np.nanargmin(rv))
+    edv, esv = float(rv[ed]), float(rv[es])
+    return {"RV_EDV": edv, "RV_ESV": esv, "RV_EF": ejection_fraction(edv, esv),
+            "rv_ed_frame": volumes["frame"].iloc[ed], "rv_es_frame": volumes["frame"].iloc[es]}
+
+
+def checked_measures(measures: dict[str, object]) -> dict[str, object]:
+    """Impossible values flagged, never reported: a negative or zero end-diastolic volume
+    (the structure is missing), a negative volume or mass, an EF outside (0, 100) %. Each
+    such value becomes NaN (and the EF/SV derived from it); `flags` names them ('' if none),
+    e.g. "EDV<=0;EF>=100"."""
+    out, flags = dict(measures), []
+    for prefix in ("", "RV_"):
+        edv, esv, ef = (out.get(f"{prefix}{k}") for k in ("EDV", "ESV", "EF"))
+        if edv is None or (isinstance(edv, float) and np.isnan(edv)):
+            continue
+        bad = []
+        if float(edv) <= 0:
+            bad.append(f"{prefix}EDV<=0")
+        if esv is not None and float(esv) < 0:
+            bad.append(f"{prefix}ESV<0")
+        if ef is not None and not np.isnan(float(ef)):
+            if float(ef) <= EF_RANGE[0]:
+                bad.append(f"{prefix}EF<=0")
+            elif float(ef) >= EF_RANGE[1]:
+                bad.append(f"{prefix}EF>=100")
+        if bad:
+            flags += bad
+            out[f"{prefix}EF"] = np.nan
+            if not prefix:
+                out["SV"] = np.nan
+            for name in ("EDV", "ESV"):
+                if any(f.startswith(f"{prefix}{name}") for f in bad):
+                    out[f"{prefix}{name}"] = np.nan
+    for name in ("myo_ml", "LVM"):
+        value = out.get(name)
+        if value is not None and not np.isnan(float(value)) and float(value) < 0:
+            flags.append(f"{name}<0")
+            out[name] = np.nan
+    out["flags"] = ";".join(flags)
+    return out
 
 
 # --------------------------------------------------------------------------- vs truth

@@ -6,8 +6,10 @@ holds ``phase``, ``image_id`` (= sample_id, for `cmr measure`), ``mask_path`` (t
 in masks/, on each source's own grid by default), ``lv_volume``/``myo_volume``/``rv_volume``
 (that sample's structures; a cine's at its ED frame) and the standard columns ``edv``,
 ``esv``, ``ef``, ``lv_mass``, ``rv_edv``, ``rv_esv``, ``rv_ef`` of the sample's measurement
-unit: the patient's stacks together (ED and ES by LV volume; repeated on each of its rows,
-empty when the patient has a single stack) or the cine itself. Volumes are mL when the
+unit: the patient's stacks together (ED and ES by LV volume, the RV's by RV volume;
+repeated on each of its rows, empty when the patient has a single stack) or the cine
+itself. Impossible values (EDV <= 0, EF outside (0, 100) %) are left empty and named in
+``volume_flags`` (and problems.csv), never reported as values. Volumes are mL when the
 source keeps its spacing (``volume_unit``), else voxel counts.
 """
 
@@ -28,7 +30,15 @@ from cinelab.infer.contract import read_predictions, read_run, run_record, write
 from cinelab.pipelines.cmr.evaluate import METRICS_JSON, evaluate_cmr
 from cinelab.pipelines.cmr.layout import assign_splits, read_cmr_folder
 from cinelab.pipelines.cmr.measure import measure_mask_set
-from cinelab.pipelines.cmr.predict import INDEX_FILE, checkpoint_classes, predict_cmr
+from cinelab.pipelines.cmr.predict import (
+    INDEX_FILE,
+    LCC_AUTO,
+    checkpoint_classes,
+    predict_cmr,
+    record_postprocess,
+    resolve_largest_component,
+    validate_largest_component,
+)
 from cinelab.pipelines.cmr.prepare import KIND_CINE, prepare_cmr
 from cinelab.pipelines.cmr.report import build_cmr_report
 from cinelab.pipelines.cmr.synth import ACDC_DIR, synth_cmr_cohort
@@ -46,7 +56,8 @@ STAGES = ("ingest", "store", "train", "predict", "evaluate")
 SYNTH_SIZE = (64, 56)  # rows, columns (about 2.2 mm pixels: the heart fills the centre)
 SYNTH_FRAMES = 8
 STANDARD = {"EDV": "edv", "ESV": "esv", "EF": "ef", "LVM": "lv_mass", "RV_EDV": "rv_edv",
-            "RV_ESV": "rv_esv", "RV_EF": "rv_ef", "units": "volume_unit"}
+            "RV_ESV": "rv_esv", "RV_EF": "rv_ef", "units": "volume_unit",
+            "flags": "volume_flags"}
 SAMPLE_VOLUMES = {"LV_ml": "lv_volume", "MYO_ml": "myo_volume", "RV_ml": "rv_volume"}
 DICE_KEYS = {"LV": "lv_dice", "MYO": "myo_dice", "RV": "rv_dice"}
 
@@ -58,7 +69,8 @@ def predict(model: Path, source: Path, out: Path, options: Options) -> Path:
     """Label every sample of `source` (a prepared store or a raw CMR folder) with `model`;
     write masks/ and the contract (predictions.csv, problems.csv, run.json) into `out`.
     Options: split (of a store), device, batch_size; extra ``native`` (labels on the source
-    grids, default true), ``format`` (nifti or npz), ``largest_component`` (default true)."""
+    grids, default true), ``format`` (nifti or npz), ``largest_component`` ("auto", the
+    default: the labels the checkpoint's validation kept; "all"; "none"; or label values)."""
     started = time.time()
     loaded = load_checkpoint(model)
     out = Path(out)
@@ -66,11 +78,13 @@ def predict(model: Path, source: Path, out: Path, options: Options) -> Path:
     index = predict_cmr(loaded, source, out, fmt=str(options.get("format", "nifti")),
                         native=native, batch_size=options.batch_size, device=options.device,
                         split=options.split,
-                        largest_component=bool(options.get("largest_component", True)))
+                        largest_component=options.get("largest_component", LCC_AUTO))
     table, problems = contract_table(index, out)
     record = run_record(PIPELINE, TASK, model, source, started,
                         recipe=loaded.recipe.get("name"), input_spec=loaded.input_spec.to_dict(),
                         classes=checkpoint_classes(loaded), native=native, split=options.split,
+                        largest_component_labels=resolve_largest_component(
+                            loaded, options.get("largest_component", LCC_AUTO)),
                         options={"device": options.device, "batch_size": options.batch_size,
                                  **options.extra})
     return write_contract(out, table, problems, record)
@@ -228,6 +242,11 @@ def _train(recipe: Recipe, store: PreparedStore, out: Path, options: Options) ->
         accelerator = "cpu" if options.device == "cpu" else None
         fit(recipe, store, out, resume=True, max_epochs=options.max_epochs,
             accelerator=accelerator, progress=False)
+        if store.split_ids("val"):  # post-processing decided on the validation fold
+            decision = validate_largest_component(model, store, "val", device=options.device
+                                                  or "cpu")
+            record_postprocess(model, decision)
+            write_json(out / "postprocess.json", json_safe(decision))
         mark_done(out, ["model.pt"])
     return model
 

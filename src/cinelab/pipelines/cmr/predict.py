@@ -14,7 +14,7 @@ class mapping (the recipe's ``data.classes``, kept in the checkpoint) is given.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,12 @@ from cinelab.pipelines.cmr.prepare import (
     prepare_cmr,
     restore_labels,
 )
-from cinelab.train.checkpoint import InputSpec, LoadedCheckpoint, load_checkpoint
+from cinelab.train.checkpoint import (
+    InputSpec,
+    LoadedCheckpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from cinelab.train.tasks.image_segmentation import DEFAULT_CLASSES, class_labels
 from cinelab.utils import atomic_path, write_csv
 
@@ -46,17 +51,22 @@ INDEX_FILE = "predictions.csv"
 STORE_DIR = "store"
 MASK_DIR = "masks"
 UNIT_SPACING = 1.0  # written into NIfTI headers when the source keeps no spacing
+POSTPROCESS_KEY = "postprocess"  # checkpoint extra: {"largest_component": {...}}
+LCC_AUTO, LCC_ALL, LCC_NONE = "auto", "all", "none"
+
+LargestComponent = bool | str | Collection[int] | None
 
 
 @torch.inference_mode()
 def segment_stack(model: nn.Module, slices: np.ndarray, spec: InputSpec,
                   classes: Mapping[str, Any] | None = None, batch_size: int = DEFAULT_BATCH,
                   device: str | torch.device = "cpu",
-                  largest_component: bool = False) -> np.ndarray:
+                  largest_component: bool | Collection[int] = False) -> np.ndarray:
     """Labels uint8 (Z, H, W) of uint8 slices (Z, H, W) or (Z, H, W, C) at the model's size:
     class indices (0 background), or store label values with `classes` (name -> label).
-    `largest_component` keeps only the largest 3D connected region of each label (the
-    slices must be one stack, not a flattened cine)."""
+    `largest_component` keeps only the largest 3D connected region of each label (True) or
+    of the given output label values (the slices must be one stack, not a flattened
+    cine)."""
     slices = _as_zhwc(np.asarray(slices), spec)
     model = model.eval().to(device)
     mean = torch.as_tensor(spec.mean, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
@@ -68,16 +78,24 @@ def segment_stack(model: nn.Module, slices: np.ndarray, spec: InputSpec,
         logits = model(x)
         logits = logits["out"] if isinstance(logits, Mapping) else logits
         out[first:first + len(batch)] = logits.argmax(1).to(torch.uint8).cpu().numpy()
-    if largest_component:
+    out = out if classes is None else to_store_labels(out, classes)
+    if largest_component is True:
         out = keep_largest_components(out)
-    return out if classes is None else to_store_labels(out, classes)
+    elif largest_component:
+        out = keep_largest_components(out, largest_component)
+    return out
 
 
-def keep_largest_components(labels: np.ndarray) -> np.ndarray:
-    """A copy of a label volume (Z, H, W) keeping, for each non-zero label, only its largest
-    connected region (face connectivity); the rest becomes background."""
+def keep_largest_components(labels: np.ndarray,
+                            only: Iterable[int] | None = None) -> np.ndarray:
+    """A copy of a label volume (Z, H, W) keeping, for each non-zero label (or each label in
+    `only`), only its largest connected region (face connectivity); the rest becomes
+    background."""
     out = np.array(labels)
-    for value in np.unique(out[out > 0]):
+    values = np.unique(out[out > 0])
+    if only is not None:
+        values = [v for v in values if int(v) in {int(o) for o in only}]
+    for value in values:
         regions, n = ndimage.label(out == value)
         if n > 1:
             sizes = np.bincount(regions.ravel())[1:]
@@ -115,18 +133,108 @@ def checkpoint_classes(loaded: LoadedCheckpoint) -> dict[str, Any]:
     return dict(classes or DEFAULT_CLASSES)
 
 
+# -- largest-component post-processing, validated ---------------------------------------------
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    den = int(a.sum()) + int(b.sum())
+    return float("nan") if den == 0 else 2.0 * int((a & b).sum()) / den
+
+
+def choose_largest_component(pairs: Iterable[tuple[np.ndarray, np.ndarray]],
+                             values: Iterable[int]) -> dict[str, Any]:
+    """nnU-Net's rule on validation volumes [(predicted labels, true labels)]: for each
+    label value, the mean Dice with and without keeping its largest connected region; it is
+    kept for the labels where it does not lower the mean Dice. Returns {"labels": [kept],
+    "dice": {label: {"raw": mean, "largest": mean, "n": volumes}}, "rule": ...}."""
+    pairs = list(pairs)
+    dice: dict[str, dict[str, float]] = {}
+    kept = []
+    for value in (int(v) for v in values):
+        raw, largest = [], []
+        for pred, true in pairs:
+            t = np.asarray(true) == value
+            raw.append(_dice(np.asarray(pred) == value, t))
+            largest.append(_dice(keep_largest_components(pred, [value]) == value, t))
+        raw_a, largest_a = np.asarray(raw, float), np.asarray(largest, float)
+        scored = ~np.isnan(raw_a)
+        mean_raw = float(raw_a[scored].mean()) if scored.any() else float("nan")
+        mean_lcc = float(np.nan_to_num(largest_a[scored]).mean()) if scored.any() \
+            else float("nan")
+        dice[str(value)] = {"raw": mean_raw, "largest": mean_lcc, "n": int(scored.sum())}
+        if scored.any() and mean_lcc >= mean_raw:
+            kept.append(value)
+    return {"labels": kept, "dice": dice,
+            "rule": "largest component kept where it does not lower the validation Dice"}
+
+
+def validate_largest_component(checkpoint: str | Path | LoadedCheckpoint,
+                               store: str | Path | PreparedStore, split: str = "val",
+                               batch_size: int = DEFAULT_BATCH,
+                               device: str = "cpu") -> dict[str, Any]:
+    """`choose_largest_component` on the labelled stacks of one split of a store (the
+    validation fold), at the store's size; adds ``split`` and ``samples``."""
+    loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else \
+        load_checkpoint(checkpoint)
+    store = store if isinstance(store, PreparedStore) else PreparedStore(store)
+    classes = checkpoint_classes(loaded)
+    ids = [sid for sid in store.split_ids(split) if store.mask(sid) is not None
+           and store.meta(sid).get("kind") != KIND_CINE]
+    if not ids:
+        raise InputError(store.root, "split", f"labelled stacks in split {split!r} to "
+                         "validate the post-processing on", "none")
+    pairs = [(segment_stack(loaded.model, store.frames(sid), loaded.input_spec, classes,
+                            batch_size, device), np.asarray(store.mask(sid)))
+             for sid in ids]
+    values = sorted({int(v) for v in class_labels(classes)[1:].ravel()})
+    return {**choose_largest_component(pairs, values), "split": split, "samples": len(ids)}
+
+
+def record_postprocess(checkpoint: str | Path, decision: Mapping[str, Any]) -> Path:
+    """Store a `validate_largest_component` decision in the checkpoint (extra.postprocess),
+    where `predict_cmr(largest_component="auto")` finds it."""
+    loaded = load_checkpoint(checkpoint)
+    extra = dict(loaded.info.get("extra") or {})
+    extra[POSTPROCESS_KEY] = {**dict(extra.get(POSTPROCESS_KEY) or {}),
+                              "largest_component": dict(decision)}
+    return save_checkpoint(checkpoint, loaded.model, loaded.recipe, loaded.input_spec, extra)
+
+
+def resolve_largest_component(loaded: LoadedCheckpoint,
+                              choice: LargestComponent) -> list[int] | bool:
+    """The label values to post-process: "auto" (default) = those the checkpoint's recorded
+    validation kept (none when it has no decision: never applied blindly); True/"all" =
+    every label; False/None/"none" = none; or an explicit collection of label values."""
+    if choice is None or choice is False or choice == LCC_NONE:
+        return False
+    if choice is True or choice == LCC_ALL:
+        return True
+    if choice == LCC_AUTO:
+        decision = ((loaded.info.get("extra") or {}).get(POSTPROCESS_KEY) or {}) \
+            .get("largest_component") or {}
+        return [int(v) for v in decision.get("labels", [])]
+    if isinstance(choice, str):
+        raise InputError(None, "largest_component", f"{LCC_AUTO}, {LCC_ALL}, {LCC_NONE} or "
+                         "label values", repr(choice))
+    return [int(v) for v in choice]
+
+
 # -- cohorts ------------------------------------------------------------------------------------
 
 
 def predict_cmr(checkpoint: str | Path | LoadedCheckpoint, source: str | Path | PreparedStore,
                 out_dir: str | Path, fmt: str = "nifti", native: bool = False,
                 batch_size: int = DEFAULT_BATCH, device: str = "cpu",
-                split: str | None = None, largest_component: bool = True) -> pd.DataFrame:
+                split: str | None = None,
+                largest_component: LargestComponent = LCC_AUTO) -> pd.DataFrame:
     """Label every sample of a store (or a raw folder, prepared first) and index the files.
 
     `native` writes labels on each source's own grid (and spacing) instead of the store's;
     `split` keeps one split of the store; `largest_component` keeps the largest region of
-    each label per volume (per time frame for cines). Returns the index (also
+    each label per volume (per time frame for cines): "auto" (default) for the labels the
+    checkpoint's recorded validation kept (`record_postprocess`; none without one), True
+    for all, False for none, or label values (`resolve_largest_component`). Returns the
+    index (also
     out_dir/predictions.csv).
     """
     if fmt not in FORMATS:
@@ -138,7 +246,7 @@ def predict_cmr(checkpoint: str | Path | LoadedCheckpoint, source: str | Path | 
     classes = checkpoint_classes(loaded)
     ids = store.split_ids(split) if split else store.ids
     options = {"fmt": fmt, "native": native, "batch_size": batch_size, "device": device,
-               "largest_component": largest_component}
+               "largest_component": resolve_largest_component(loaded, largest_component)}
     rows = [_predict_sample(loaded, store, sid, classes, out, **options) for sid in ids]
     index = pd.DataFrame(rows)
     write_csv(index, out / INDEX_FILE)
@@ -177,7 +285,8 @@ def _prepare_folder(folder: Path, spec: InputSpec, crop: str, out: Path) -> Prep
 
 def _predict_sample(loaded: LoadedCheckpoint, store: PreparedStore, sid: str,
                     classes: Mapping[str, Any], out: Path, fmt: str, native: bool,
-                    batch_size: int, device: str, largest_component: bool) -> dict[str, Any]:
+                    batch_size: int, device: str,
+                    largest_component: bool | list[int]) -> dict[str, Any]:
     meta = store.meta(sid)
     cine = meta.get("kind") == KIND_CINE
     labels = segment_stack(loaded.model, store.frames(sid), loaded.input_spec, classes,
@@ -185,7 +294,8 @@ def _predict_sample(loaded: LoadedCheckpoint, store: PreparedStore, sid: str,
     if cine and largest_component:
         t, z = meta["cine_shape"]
         volumes = labels.reshape(t, z, *labels.shape[1:])
-        labels = np.concatenate([keep_largest_components(v) for v in volumes])
+        only = None if largest_component is True else largest_component
+        labels = np.concatenate([keep_largest_components(v, only) for v in volumes])
     pixel, slice_mm = meta.get("pixel_spacing_mm"), meta.get("slice_spacing_mm")
     if native:
         labels = restore_labels(labels, meta["transform"])

@@ -70,9 +70,9 @@ def most_positive(predictions: pd.DataFrame, limit: int = DEFAULT_GRADCAMS) -> l
 
 def write_gradcams(ensemble: CxrEnsemble | str | Path, files: list[Path], out: str | Path,
                    member: str | None = None, limit: int = DEFAULT_GRADCAMS,
-                   **done: Any) -> tuple[list[Path], list[Problem]]:
+                   done: dict[str, Any] | None = None) -> tuple[list[Path], list[Problem]]:
     """Grad-CAM overlays (PNG) of the first `limit` readable files, and the problems of the
-    files skipped; problems.csv and done.json are written beside the PNGs."""
+    files skipped; problems.csv and done.json (with `done`'s fields) go beside the PNGs."""
     ens = ensemble if isinstance(ensemble, CxrEnsemble) else load_cxr_model(ensemble)
     written: list[Path] = []
     problems: list[Problem] = []
@@ -86,7 +86,7 @@ def write_gradcams(ensemble: CxrEnsemble | str | Path, files: list[Path], out: s
         except Exception as exc:  # one bad file is reported and skipped
             problems.append(Problem.from_exception(path, STAGE, exc))
     write_problems(Path(out) / PROBLEMS_CSV, problems)
-    mark_done(out, [p.name for p in written] + [PROBLEMS_CSV], **done)
+    mark_done(out, [p.name for p in written] + [PROBLEMS_CSV], **(done or {}))
     return written, problems
 
 

@@ -181,7 +181,8 @@ def run_cxr(data: str | Path, out: str | Path, settings: CxrSettings | None = No
     digest = file_hash(paths.ensemble / ENSEMBLE_FILE)
     if not _done_with(paths.gradcam, digest):
         write_gradcams(ens, most_positive(read_predictions(paths.predictions),
-                                          DEFAULT_GRADCAMS), paths.gradcam, ensemble=digest)
+                                          DEFAULT_GRADCAMS), paths.gradcam,
+                       done={"ensemble": digest})
     report(paths.evaluation, paths.report)
     return metrics
 

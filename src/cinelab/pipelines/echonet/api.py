@@ -34,8 +34,11 @@ from cinelab.utils import read_json, write_json
 PREDICTIONS, EVALUATION = "predictions", "evaluation"
 PREDICT_OPTIONS = {"seg": "segmentation checkpoint (when MODEL is the EF one alone)",
                    "overlays": "write LV-outline overlay videos (true/false)",
-                   "max_beats": "beats averaged beat by beat (default 5)",
-                   "stride": "step between all-clips start frames (default 1)"}
+                   "max_beats": "beats averaged beat by beat (default: every beat, as "
+                                "EchoNet-Dynamic)",
+                   "stride": "step between all-clips start frames (default 1)",
+                   "fps": "frame rate videos are resampled to (default auto: the EF "
+                          "checkpoint's training rate; none: never)"}
 EVALUATE_OPTIONS = {"n_boot": "bootstrap resamples for the CIs (default 1000)"}
 DEFAULT_N_BOOT = 1000
 STORE_INFO, FILELIST = "store.json", "FileList.csv"
@@ -65,7 +68,16 @@ def predict_echonet(model: Path, input: Path, out: Path, options: Options) -> Pa
                    batch_size=options.batch_size, device=options.device, overlays=overlays,
                    max_beats=options.get("max_beats", DEFAULT_MAX_BEATS),
                    all_clips_stride=options.get("stride", 1), labels=options.labels,
-                   split=options.split)
+                   split=options.split, fps=_fps_option(options.get("fps", "auto")))
+
+
+def _fps_option(value: Any) -> float | str | None:
+    """--option fps: auto, none or a number."""
+    if isinstance(value, str) and value.strip().lower() in ("auto", "none"):
+        return "auto" if value.strip().lower() == "auto" else None
+    if value is None or isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    raise InputError(None, "fps", "auto, none or a frame rate > 0", repr(value))
 
 
 def prediction_dir(path: str | Path) -> Path:

@@ -9,6 +9,15 @@ spacing, never a constant RR interval, so irregular rhythms are handled.
 
 The first and last extremum of a curve may be missed: near the ends of the video the rise
 on one side cannot be confirmed.
+
+Clip placement follows EchoNet-Dynamic's official beat-by-beat analysis exactly
+(scripts/beat_by_beat_analysis.R on segmentation.py's size.csv and video.py's all-clips
+test_predictions.csv): the clip of a beat starts `frames * period // 2` frames before its
+end-systolic frame (``Frame - 32`` for the 32-frame, period-2 model, so the clip is centred
+on ES), a negative start becomes 0 (flag ``clipped_start``, still averaged, once per beat),
+and a beat whose start is past the last all-clips start has no clip (the R script's inner
+merge drops it: flag ``past_end``, not averaged). Video EF is the mean over the averaged
+beats. `place_beat_clips` returns one `BeatClip` per ES frame with that flag.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import find_peaks, savgol_filter
 
-from cinelab.data.sampling import clip_ending_at, clip_span
+from cinelab.data.sampling import clip_span
 
 ROBUST_LOW_PERCENTILE = 5.0
 ROBUST_HIGH_PERCENTILE = 95.0
@@ -26,12 +35,16 @@ DEFAULT_PROMINENCE = 0.5
 DEFAULT_MIN_DISTANCE_S = 0.25
 DEFAULT_MIN_DISTANCE_FRAMES = 5  # used when the frame rate is unknown
 SAVGOL_POLYORDER = 2
-DEFAULT_MAX_BEATS = 5
+DEFAULT_MAX_BEATS: int | None = None  # every beat, as EchoNet-Dynamic
+
+FLAG_CLIPPED_START = "clipped_start"  # ES too early: the clip starts at frame 0 (averaged)
+FLAG_PAST_END = "past_end"  # ES too late: no full clip there (not averaged)
 
 FALLBACK_NONE = ""
 FALLBACK_NO_BEATS = "no_beats"
 FALLBACK_SHORT_VIDEO = "short_video"
-FALLBACK_CLIPPED_START = "clipped_start"
+FALLBACK_CLIPPED_START = "clipped_start"  # kept for old callers; no longer a video fallback
+FALLBACK_BEATS_PAST_END = "beats_past_end"  # every beat's clip lies past the video's end
 
 
 @dataclass(frozen=True)
@@ -113,35 +126,85 @@ def area_ef(area: np.ndarray, beat: Beat) -> float:
     return (a_ed - a_es) / a_ed * 100.0
 
 
+@dataclass(frozen=True)
+class BeatClip:
+    """The clip of one beat: its ES frame, clip start and flag ("" / clipped_start /
+    past_end); `used` says whether it is averaged into the video's beat-by-beat EF."""
+
+    es: int
+    start: int
+    flag: str = ""
+
+    @property
+    def used(self) -> bool:
+        return self.flag != FLAG_PAST_END
+
+
+def beat_clip_offset(frames: int, period: int) -> int:
+    """Frames from a clip's start to its ES frame: frames * period // 2 (EchoNet: 32)."""
+    clip_span(frames, period)  # checks frames, period
+    return int(frames) * int(period) // 2
+
+
+def place_beat_clips(
+    es_frames: np.ndarray,
+    n_total: int,
+    frames: int,
+    period: int,
+    max_beats: int | None = DEFAULT_MAX_BEATS,
+) -> list[BeatClip]:
+    """One `BeatClip` per ES frame, placed as EchoNet-Dynamic's beat_by_beat_analysis.R.
+
+    start = ES - frames * period // 2, a negative start becomes 0 (``clipped_start``); a
+    start past the last all-clips start (n_total - span) gets ``past_end`` (not averaged).
+    With `max_beats`, that many ES frames are chosen evenly across the video first.
+    """
+    if max_beats is not None and (isinstance(max_beats, bool) or int(max_beats) < 1):
+        raise ValueError(f"max_beats: expected an integer >= 1 or None, found {max_beats}")
+    offset = beat_clip_offset(frames, period)
+    es_frames = np.sort(np.asarray(es_frames, dtype=np.int64).reshape(-1))
+    if max_beats is not None and len(es_frames) > max_beats:
+        chosen = np.round(np.linspace(0, len(es_frames) - 1, int(max_beats))).astype(np.int64)
+        es_frames = es_frames[chosen]
+    last_start = max(0, int(n_total) - clip_span(frames, period))
+    clips = []
+    for e in es_frames.tolist():
+        start = e - offset
+        if start < 0:
+            clips.append(BeatClip(int(e), 0, FLAG_CLIPPED_START))
+        elif start > last_start:
+            clips.append(BeatClip(int(e), start, FLAG_PAST_END))
+        else:
+            clips.append(BeatClip(int(e), start))
+    return clips
+
+
+def beat_fallback(clips: list[BeatClip], n_total: int, frames: int, period: int) -> str:
+    """Why beat-by-beat EF is not available ("" when at least one beat is averaged)."""
+    if n_total < clip_span(frames, period):
+        return FALLBACK_SHORT_VIDEO
+    if not clips:
+        return FALLBACK_NO_BEATS
+    if not any(c.used for c in clips):
+        return FALLBACK_BEATS_PAST_END
+    return FALLBACK_NONE
+
+
 def select_beat_clips(
     es_frames: np.ndarray,
     n_total: int,
     frames: int,
     period: int,
-    max_beats: int = DEFAULT_MAX_BEATS,
+    max_beats: int | None = DEFAULT_MAX_BEATS,
 ) -> tuple[list[int], str]:
-    """Starts of clips ending at each ES frame (EchoNet-Dynamic beat-by-beat), and a fallback.
-
-    With more than `max_beats` ES frames, `max_beats` are chosen evenly across the video.
-    Fallbacks: ``""`` normal; ``"no_beats"`` no ES (the caller averages all clips);
-    ``"short_video"`` video shorter than one clip (one padded clip from 0);
-    ``"clipped_start"`` an ES too early for a full clip before it (that clip starts at 0).
-    Identical starts are kept once.
-    """
-    if max_beats < 1:
-        raise ValueError(f"max_beats: expected an integer >= 1, found {max_beats}")
-    span = clip_span(frames, period)
-    es_frames = np.sort(np.asarray(es_frames, dtype=np.int64).reshape(-1))
-    if n_total < span:
-        return [0], FALLBACK_SHORT_VIDEO
-    if len(es_frames) == 0:
-        return [], FALLBACK_NO_BEATS
-    if len(es_frames) > max_beats:
-        chosen = np.round(np.linspace(0, len(es_frames) - 1, max_beats)).astype(np.int64)
-        es_frames = es_frames[chosen]
-    starts = [clip_ending_at(int(e), frames, period, n_total) for e in es_frames]
-    clipped = any(int(e) < span - 1 for e in es_frames)
-    return sorted(set(starts)), FALLBACK_CLIPPED_START if clipped else FALLBACK_NONE
+    """Distinct starts of the averaged beat clips (`place_beat_clips`) and the fallback
+    (`beat_fallback`): ``""``, ``"no_beats"``, ``"beats_past_end"`` or ``"short_video"``
+    (then ``[0]``: one padded clip from 0)."""
+    clips = place_beat_clips(es_frames, n_total, frames, period, max_beats)
+    reason = beat_fallback(clips, n_total, frames, period)
+    if reason == FALLBACK_SHORT_VIDEO:
+        return [0], reason
+    return sorted({c.start for c in clips if c.used}), reason
 
 
 def _check_area(area: np.ndarray) -> np.ndarray:

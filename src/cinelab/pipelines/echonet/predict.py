@@ -32,17 +32,18 @@ import pandas as pd
 import torch
 from torch import nn
 
-from cinelab.data.sampling import all_clip_starts, clip_ending_at, iter_clip_batches
+from cinelab.data.sampling import all_clip_starts, iter_clip_batches
 from cinelab.errors import InputError, Problem
 from cinelab.explain.overlay import write_overlay_video
 from cinelab.infer.contract import run_record, write_contract
+from cinelab.measure.ef import disc_volume
 from cinelab.pipelines.echonet.beats import (
     DEFAULT_MAX_BEATS,
-    FALLBACK_NO_BEATS,
-    FALLBACK_SHORT_VIDEO,
+    BeatClip,
+    beat_fallback,
     beats_from_extrema,
     detect_ed_es,
-    select_beat_clips,
+    place_beat_clips,
 )
 from cinelab.pipelines.echonet.segment import LV_CLASS, lv_area, segment_video
 from cinelab.pipelines.echonet.sources import (
@@ -69,9 +70,12 @@ __all__ = ["VideoPrediction", "predict", "predict_ef_clips", "predict_video",
 FALLBACK_NO_SEGMENTATION = "no_segmentation"
 FALLBACK_NO_EF_MODEL = "no_ef_model"
 PREDICTION_COLUMNS = ["sample_id", "ef", "ef_all_clips", "ef_one_clip", "n_beats",
-                      "fallback", "n_frames", "fps"]
+                      "n_beats_clipped", "n_beats_past_end", "fallback", "edv", "esv",
+                      "n_frames", "fps", "source_fps"]
 BEAT_COLUMNS = ["sample_id", "beat", "ed_frame", "es_frame", "ed_area", "es_area", "ef",
-                "clip_start"]
+                "clip_start", "flag", "used", "edv", "esv"]
+CLIP_COLUMNS = ["sample_id", "clip_start", "ef"]
+N_DISCS = 20  # method of discs (Simpson), as the EchoNet tracings
 FRAME_COLUMNS = ["sample_id", "frame", "lv_area", "is_ed", "is_es"]
 PROBLEM_COLUMNS = list(Problem.__dataclass_fields__)
 PARTS_DIR, MASKS_DIR, OVERLAYS_DIR = "parts", "masks", "overlays"
@@ -97,17 +101,32 @@ class VideoPrediction:
     ed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     es: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     masks: np.ndarray | None = None
+    spacing: tuple[float, float] | None = None  # (dy, dx) mm of the masks' pixels
+    source_fps: float | None = None  # before resampling to the EF model's frame rate
 
     @property
     def n_beats(self) -> int:
-        """Beats in the beat table (those averaged into ef_beats when there is an EF model)."""
-        return len(self.beats)
+        """Beats averaged into ef_beats (rows of the beat table with used = 1)."""
+        return sum(1 for b in self.beats if b.get("used", 1))
+
+    def _count(self, flag: str) -> int:
+        return sum(1 for b in self.beats if b.get("flag") == flag)
 
     def summary(self) -> dict[str, Any]:
         """The predictions.csv row (without sample_id and labels)."""
+        edv, esv = _video_volumes(self.beats)
         return {"ef": self.ef_beats, "ef_all_clips": self.ef_all_clips,
                 "ef_one_clip": self.ef_one_clip, "n_beats": self.n_beats,
-                "fallback": self.fallback, "n_frames": self.n_frames, "fps": self.fps}
+                "n_beats_clipped": self._count("clipped_start"),
+                "n_beats_past_end": self._count("past_end"),
+                "fallback": self.fallback, "edv": edv, "esv": esv,
+                "n_frames": self.n_frames, "fps": self.fps,
+                "source_fps": self.source_fps if self.source_fps is not None else self.fps}
+
+    def clips_table(self, sample_id: str = "") -> pd.DataFrame:
+        """CLIP_COLUMNS rows: EF of every all-clips start (EchoNet's clip-spread analysis)."""
+        return pd.DataFrame({"sample_id": sample_id, "clip_start": self.clip_starts.astype(int),
+                             "ef": self.clip_ef}, columns=CLIP_COLUMNS)
 
     def frames_table(self, sample_id: str = "") -> pd.DataFrame:
         """FRAME_COLUMNS rows, one per frame (is_ed/is_es 0/1); empty without segmentation."""
@@ -147,18 +166,20 @@ def predict_video(
     max_beats: int = DEFAULT_MAX_BEATS,
     all_clips_stride: int = 1,
     lv_class: int = LV_CLASS,
+    spacing: tuple[float, float] | None = None,
 ) -> VideoPrediction:
     """One clip, all clips and beat-by-beat EF, LV masks, area curve and ED/ES frames.
 
     `frames` is uint8 (T, H, W, C); it is resized for a model whose size/channels differ.
     Either model may be None (not both): without segmentation there are no beats
     (fallback "no_segmentation"); without an EF model there is no EF ("no_ef_model").
+    `spacing` (dy, dx) in mm of the segmentation model's pixels gives EDV/ESV in mL.
     """
     if ef_model is None and seg_model is None:
         raise ValueError("predict_video: expected an EF model, a segmentation model or both")
     if (ef_model is not None and ef_spec is None) or (seg_model is not None and seg_spec is None):
         raise ValueError("predict_video: expected an InputSpec for each model given, found None")
-    pred = VideoPrediction(n_frames=len(frames), fps=fps)
+    pred = VideoPrediction(n_frames=len(frames), fps=fps, spacing=spacing)
     if seg_model is not None:
         seg_frames = conform(frames, seg_spec.size, seg_spec.channels)
         pred.masks = segment_video(seg_model, seg_frames, seg_spec, batch_size, device, lv_class)
@@ -166,7 +187,7 @@ def predict_video(
         pred.ed, pred.es = detect_ed_es(pred.area, fps)
     if ef_model is None:
         pred.fallback = FALLBACK_NO_EF_MODEL
-        pred.beats = _beat_rows(pred, [(int(e), -1) for e in pred.es], {})
+        pred.beats = _beat_rows(pred, [BeatClip(int(e), -1) for e in pred.es], {})
         return pred
     ef_frames = conform(frames, ef_spec.size, ef_spec.channels)
     clip_frames, period = _clip_shape(ef_spec)
@@ -181,53 +202,92 @@ def predict_video(
 
 def _beat_by_beat(pred: VideoPrediction, model: nn.Module, frames: np.ndarray,
                   spec: InputSpec, batch_size: int, device: str | torch.device,
-                  max_beats: int) -> None:
-    """Fill ef_beats, beats and fallback (all-clips EF when there are no usable beats)."""
+                  max_beats: int | None) -> None:
+    """Fill ef_beats, beats and fallback (all-clips EF when no beat is averaged)."""
     pred.ef_beats = pred.ef_all_clips
     if pred.area is None:
         pred.fallback = FALLBACK_NO_SEGMENTATION
         return
     clip_frames, period = _clip_shape(spec)
-    starts, pred.fallback = select_beat_clips(pred.es, len(frames), clip_frames, period,
-                                              max_beats)
-    if pred.fallback in (FALLBACK_NO_BEATS, FALLBACK_SHORT_VIDEO):
-        return
-    chosen = _chosen_es(pred.es, starts, clip_frames, period, len(frames))
+    clips = place_beat_clips(pred.es, len(frames), clip_frames, period, max_beats)
+    pred.fallback = beat_fallback(clips, len(frames), clip_frames, period)
+    used = [c for c in clips if c.used] if not pred.fallback else []
     known = dict(zip(pred.clip_starts.tolist(), pred.clip_ef.tolist(), strict=True))
-    missing = [s for s in starts if s not in known]
+    missing = sorted({c.start for c in used} - set(known))
     if missing:  # with all_clips_stride > 1 a beat's clip may not be among all clips
         known.update(zip(missing, predict_ef_clips(model, frames, spec, np.asarray(missing),
                                                    batch_size, device).tolist(), strict=True))
-    pred.beats = _beat_rows(pred, chosen, known)
-    pred.ef_beats = float(np.mean([b["ef"] for b in pred.beats]))
+    pred.beats = _beat_rows(pred, clips, known)
+    if used:
+        pred.ef_beats = float(np.mean([known[c.start] for c in used]))
 
 
-def _chosen_es(es: np.ndarray, starts: list[int], frames: int, period: int,
-               n_total: int) -> list[tuple[int, int]]:
-    """(ES frame, clip start) of the ES frames whose clips `select_beat_clips` kept; an early
-    start shared by several ES frames (a clip clipped at 0) goes to the first of them."""
-    wanted, chosen = set(starts), []
-    for e in np.sort(es):
-        start = clip_ending_at(int(e), frames, period, n_total)
-        if start in wanted:
-            chosen.append((int(e), start))
-            wanted.discard(start)
-    return chosen
-
-
-def _beat_rows(pred: VideoPrediction, es_starts: list[tuple[int, int]],
+def _beat_rows(pred: VideoPrediction, clips: list[BeatClip],
                ef_by_start: dict[int, float]) -> list[dict[str, Any]]:
-    """One row per (ES, clip start): its ED (the last one before it, if any), areas, EF."""
+    """One row per beat clip: its ED (the last one before its ES, if any), areas, EF (NaN
+    when not averaged), flag, used and (with spacing) EDV/ESV in mL."""
     area = pred.area if pred.area is not None else np.zeros(pred.n_frames)
     ed_of = {b.es: b.ed for b in beats_from_extrema(pred.ed, pred.es)}
     rows = []
-    for i, (es, start) in enumerate(es_starts):
-        ed = ed_of.get(es)
-        rows.append({"beat": i, "ed_frame": ed, "es_frame": es,
-                     "ed_area": None if ed is None else int(area[ed]), "es_area": int(area[es]),
-                     "ef": ef_by_start.get(start, math.nan),
-                     "clip_start": start if start >= 0 else None})
+    for i, clip in enumerate(clips):
+        ed = ed_of.get(clip.es)
+        used = clip.used and clip.start >= 0 and clip.start in ef_by_start
+        rows.append({"beat": i, "ed_frame": ed, "es_frame": clip.es,
+                     "ed_area": None if ed is None else int(area[ed]),
+                     "es_area": int(area[clip.es]),
+                     "ef": ef_by_start[clip.start] if used else math.nan,
+                     "clip_start": clip.start if clip.start >= 0 else None,
+                     "flag": clip.flag, "used": int(clip.used),
+                     "edv": _mask_volume(pred, ed), "esv": _mask_volume(pred, clip.es)})
     return rows
+
+
+def _mask_volume(pred: VideoPrediction, frame: int | None) -> float:
+    """Method-of-discs volume (mL) of the predicted LV mask at `frame`; NaN without spacing."""
+    if frame is None or pred.masks is None or pred.spacing is None:
+        return math.nan
+    return mask_disc_volume(pred.masks[frame] > 0, pred.spacing)
+
+
+def mask_disc_volume(mask: np.ndarray, spacing: tuple[float, float],
+                     n_discs: int = N_DISCS) -> float:
+    """LV volume in mL of a 2-D cavity mask by the method of discs (`measure.ef.disc_volume`).
+
+    The long axis is the mask's principal axis (in mm, so anisotropic pixels are handled);
+    `n_discs` chords perpendicular to it at equal steps give the disc diameters, each the
+    mask's width there plus one pixel. NaN for an empty mask.
+    """
+    ys, xs = np.nonzero(np.asarray(mask, dtype=bool))
+    if len(ys) < 2:
+        return math.nan
+    dy, dx = (float(v) for v in spacing)
+    pts = np.stack([ys * dy, xs * dx], axis=1)
+    centre = pts.mean(0)
+    _, _, vt = np.linalg.svd(pts - centre, full_matrices=False)
+    axis, across = vt[0], np.array([-vt[0][1], vt[0][0]])
+    t, u = (pts - centre) @ axis, (pts - centre) @ across
+    pixel = float(np.hypot(dy * axis[0], dx * axis[1]))  # one pixel along the axis, mm
+    pixel_across = float(np.hypot(dy * across[0], dx * across[1]))
+    lo, hi = t.min() - pixel / 2, t.max() + pixel / 2
+    step = (hi - lo) / n_discs
+    lines = [[*(centre + lo * axis)[::-1], *(centre + hi * axis)[::-1]]]
+    for i in range(n_discs):
+        level = lo + (i + 0.5) * step
+        band = np.abs(t - level) <= max(step, pixel) / 2
+        width = (u[band].max() - u[band].min() + pixel_across) if band.any() else 0.0
+        mid = centre + level * axis
+        p, q = mid - width / 2 * across, mid + width / 2 * across
+        lines.append([p[1], p[0], q[1], q[0]])
+    return disc_volume(np.asarray(lines, dtype=float)) / 1000.0
+
+
+def _video_volumes(beats: list[dict[str, Any]]) -> tuple[float, float]:
+    """Mean EDV and ESV (mL) over the beats that have them (NaN when none)."""
+    def mean_of(key: str) -> float:
+        vals = [b.get(key) for b in beats]
+        vals = [float(v) for v in vals if v is not None and np.isfinite(v)]
+        return float(np.mean(vals)) if vals else math.nan
+    return mean_of("edv"), mean_of("esv")
 
 
 def _clip_shape(spec: InputSpec) -> tuple[int, int]:
@@ -247,7 +307,7 @@ class _Run:
     out: Path
     ef: LoadedCheckpoint | None
     seg: LoadedCheckpoint | None
-    settings: dict[str, int]  # max_beats, all_clips_stride, lv_class
+    settings: dict[str, Any]  # max_beats, all_clips_stride, lv_class
     batch_size: int
     device: str | torch.device
     overlays: bool
@@ -260,13 +320,48 @@ class _Run:
         loaded = self.ef or self.seg
         return loaded.input_spec  # type: ignore[union-attr]
 
+    target_fps: float | None = None  # the EF model's training frame rate
+
     def predict_video(self, sample: Sample) -> VideoPrediction:
-        """`predict_video` with this run's models and settings."""
+        """`predict_video` with this run's models and settings, on the video resampled to
+        the EF model's training frame rate when both rates are known."""
         ef, seg = self.ef, self.seg
-        return predict_video(ef.model if ef else None, seg.model if seg else None,
-                             sample.frames, sample.fps, ef.input_spec if ef else None,
+        frames, fps = resample_to_fps(sample.frames, sample.fps, self.target_fps)
+        spacing = None
+        if sample.spacing is not None and seg is not None:
+            scale = sample.frames.shape[1] / seg.input_spec.size  # store size -> model size
+            spacing = (sample.spacing[0] * scale, sample.spacing[1] * scale)
+        pred = predict_video(ef.model if ef else None, seg.model if seg else None,
+                             frames, fps, ef.input_spec if ef else None,
                              seg.input_spec if seg else None, self.batch_size, self.device,
-                             **self.settings)
+                             spacing=spacing, **self.settings)
+        pred.source_fps = sample.fps
+        return pred
+
+
+def training_fps(loaded: LoadedCheckpoint | None) -> float | None:
+    """The frame rate an EF checkpoint was trained at: input spec extra ``fps`` or the
+    recipe's ``data.fps`` or the checkpoint's recorded training ``fps`` (None if unknown)."""
+    if loaded is None:
+        return None
+    extra = loaded.info.get("extra") or {}
+    for value in (getattr(loaded.input_spec, "fps", None),
+                  (loaded.recipe.get("data") or {}).get("fps"), extra.get("fps")):
+        if value is not None and float(value) > 0:
+            return float(value)
+    return None
+
+
+def resample_to_fps(frames: np.ndarray, fps: float | None, target: float | None
+                    ) -> tuple[np.ndarray, float | None]:
+    """Frames resampled (nearest frame in time) from `fps` to `target`; unchanged when
+    either rate is unknown or they agree within 1 %. Output frame k shows time k / target."""
+    if fps is None or target is None or abs(fps - target) <= 0.01 * target:
+        return frames, fps
+    n_out = max(1, int(math.floor((len(frames) - 1) * target / fps)) + 1)
+    index = np.minimum(np.rint(np.arange(n_out) * fps / target).astype(np.int64),
+                       len(frames) - 1)
+    return np.asarray(frames)[index], float(target)
 
 
 def predict(
@@ -277,12 +372,13 @@ def predict(
     batch_size: int = DEFAULT_BATCH,
     device: str | torch.device = "cpu",
     overlays: bool = False,
-    max_beats: int = DEFAULT_MAX_BEATS,
+    max_beats: int | None = DEFAULT_MAX_BEATS,
     all_clips_stride: int = 1,
     labels: str | Path | None = None,
     lv_class: int = LV_CLASS,
     progress: Callable[[str, str], None] | None = None,
     split: str | None = None,
+    fps: float | str | None = "auto",
 ) -> Path:
     """Predict every sample of `input` (store, folder, video or DICOM) into `out_dir`.
 
@@ -292,7 +388,9 @@ def predict(
     rebuilt from the parts at the end.
     `labels` is an optional label CSV (e.g. FileList.csv) for folder/file inputs.
     `progress(sample_id, status)` is called with "done", "skipped" or "failed".
-    `split` keeps one split of a prepared store. Returns `out_dir`.
+    `split` keeps one split of a prepared store. `fps`: the frame rate videos are resampled
+    to before prediction ("auto": the EF checkpoint's training frame rate when recorded;
+    None: never resample); run.json's ``frame_rate`` says what was done. Returns `out_dir`.
     """
     started = time.time()
     settings = {"max_beats": max_beats, "all_clips_stride": all_clips_stride,
@@ -301,7 +399,9 @@ def predict(
     ef_path, seg_path = resolve_pair(ef_checkpoint, seg_checkpoint)
     run = _Run(Path(out_dir), load_for_task(ef_path, EF_TASK), load_for_task(seg_path, SEG_TASK),
                settings, batch_size, device, overlays)
-    run.key = {"ef": _hash(ef_path), "seg": _hash(seg_path), **settings}
+    run.target_fps, frame_rate = _target_fps(run.ef, fps)
+    run.key = {"ef": _hash(ef_path), "seg": _hash(seg_path), **settings,
+               "fps": run.target_fps}
     items = list_items(input, labels, exclude=run.out, split=split)
     for item in items:
         status = "skipped" if _is_done(run, item.sample_id) else _predict_item(run, item)
@@ -315,9 +415,31 @@ def predict(
                      "seg": None if seg_path is None else str(seg_path.resolve())},
         checkpoint_hashes={"ef": run.key["ef"], "seg": run.key["seg"]},
         input_spec=run.spec.to_dict(), settings={**settings, "batch_size": batch_size,
-                                                  "overlays": overlays})
+                                                  "overlays": overlays},
+        frame_rate=frame_rate)
     _write_tables(run, items, record)
     return run.out
+
+
+def _target_fps(ef: LoadedCheckpoint | None, fps: float | str | None
+                ) -> tuple[float | None, dict[str, Any]]:
+    """(rate to resample to, run.json's frame_rate record)."""
+    trained = training_fps(ef)
+    if fps == "auto":
+        target, source = trained, "checkpoint" if trained is not None else None
+    elif fps is None:
+        target, source = None, None
+    else:
+        if isinstance(fps, bool) or not isinstance(fps, int | float) or not fps > 0:
+            raise InputError(None, "fps", 'a frame rate > 0, "auto" or None', repr(fps))
+        target, source = float(fps), "option"
+    note = (f"videos resampled to {target:g} fps (nearest frame) before prediction; frame "
+            "numbers in beats.csv, frames.csv and clips.csv count resampled frames"
+            if target is not None else
+            "videos not resampled: the EF checkpoint records no training frame rate"
+            if fps == "auto" else "videos not resampled (fps=None)")
+    return target, {"target_fps": target, "source": source, "trained_fps": trained,
+                    "note": note}
 
 
 def _predict_item(run: _Run, item: SourceItem) -> str:
@@ -348,8 +470,16 @@ def _write_sample(run: _Run, sample: Sample, pred: VideoPrediction) -> None:
         row["patient_id"] = str(sample.labels["patient_id"])
     frames = None if pred.area is None else {"lv_area": pred.area.tolist(),
                                              "ed": pred.ed.tolist(), "es": pred.es.tolist()}
-    write_json(_part_path(run.out, sid), {"key": run.key, "prediction": row,
-                                          "beats": pred.beats, "frames": frames})
+    clips = {"start": pred.clip_starts.tolist(), "ef": pred.clip_ef.tolist()}
+    write_json(_part_path(run.out, sid), {"key": run.key, "prediction": _json_row(row),
+                                          "beats": [_json_row(b) for b in pred.beats],
+                                          "frames": frames, "clips": clips})
+
+
+def _json_row(row: dict[str, Any]) -> dict[str, Any]:
+    """NaN floats as None (strict JSON)."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in row.items()}
 
 
 def _save_masks(path: Path, masks: np.ndarray) -> None:
@@ -383,13 +513,17 @@ def _part_path(out: Path, sample_id: str) -> Path:
 def _write_tables(run: _Run, items: list[SourceItem], record: dict[str, Any]) -> None:
     """The contract (predictions, problems, run.json) and beats/frames.csv from the parts of
     this input's samples."""
-    preds, beats, frames = [], [], []
+    preds, beats, frames, clips = [], [], [], []
     for item in items:
         part = _read_part(run.out, item.sample_id)
         if part is None or part.get("key") != run.key:
             continue
         preds.append(part["prediction"])
         beats += [{"sample_id": item.sample_id, **b} for b in part["beats"]]
+        if part.get("clips"):
+            clips.append(pd.DataFrame({"sample_id": item.sample_id,
+                                       "clip_start": part["clips"]["start"],
+                                       "ef": part["clips"]["ef"]}, columns=CLIP_COLUMNS))
         if part["frames"] is not None:
             curve = part["frames"]
             frames.append(_frame_rows(item.sample_id, curve["lv_area"], curve["ed"],
@@ -402,6 +536,8 @@ def _write_tables(run: _Run, items: list[SourceItem], record: dict[str, Any]) ->
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=FRAME_COLUMNS)
     write_csv(table, run.out / "frames.csv")
+    table = pd.concat(clips, ignore_index=True) if clips else pd.DataFrame(columns=CLIP_COLUMNS)
+    write_csv(table, run.out / "clips.csv")
 
 
 def _frame_rows(sample_id: str, area: Any, ed: Any, es: Any) -> pd.DataFrame:
@@ -414,13 +550,15 @@ def _frame_rows(sample_id: str, area: Any, ed: Any, es: Any) -> pd.DataFrame:
 
 def _typed_beats(table: pd.DataFrame) -> pd.DataFrame:
     """Integer columns that may be missing (ED before the first ES, no clip) as Int64."""
-    for col in ("beat", "ed_frame", "es_frame", "ed_area", "es_area", "clip_start"):
+    for col in ("beat", "ed_frame", "es_frame", "ed_area", "es_area", "clip_start", "used"):
         table[col] = pd.array(table[col], dtype="Int64")
     return table
 
 
-def _check_settings(**values: int) -> None:
+def _check_settings(**values: int | None) -> None:
     for name, value in values.items():
+        if name == "max_beats" and value is None:
+            continue
         lowest = 0 if name == "lv_class" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
             raise InputError(None, name, f"an integer >= {lowest}", repr(value))

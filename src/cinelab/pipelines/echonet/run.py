@@ -54,7 +54,7 @@ RUN_OPTIONS = {
     "workers": "processes preparing the store (default 2)",
     "n_boot": "bootstrap resamples for the CIs (default 1000)",
     "overlays": "write LV-outline overlay videos (default true)",
-    "max_beats": "beats averaged beat by beat (default 5)",
+    "max_beats": "beats averaged beat by beat (default: every beat, as EchoNet-Dynamic)",
     "stride": "step between all-clips start frames (default 1)",
     "layout": "layout of DATA (default auto)",
 }
@@ -166,7 +166,7 @@ def _evaluation_steps(out: Path, options: Options) -> dict[str, Any]:
     _step(pred, ["predictions.csv", "problems.csv", "run.json"], "predict",
           lambda: predict(out, store, pred, batch_size=options.batch_size,
                           device=options.device, overlays=bool(options.get("overlays", True)),
-                          max_beats=options.get("max_beats", 5),
+                          max_beats=options.get("max_beats"),
                           all_clips_stride=options.get("stride", 1), split=split))
     inner = Options(seed=options.seed, extra={"n_boot": options.get("n_boot", 1000)})
     _step(evaluation, [METRICS_JSON], "evaluate",

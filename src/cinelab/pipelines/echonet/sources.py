@@ -16,6 +16,7 @@ are already cropped) are only padded square and resized. A file that cannot be r
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -69,6 +70,7 @@ class Sample:
     frames: np.ndarray  # uint8 (T, size, size, channels), possibly a np.memmap
     fps: float | None
     labels: dict[str, Any] = field(default_factory=dict)
+    spacing: tuple[float, float] | None = None  # (dy, dx) mm of `frames`' pixels, if known
 
 
 # -- checkpoints -----------------------------------------------------------------------------
@@ -170,13 +172,29 @@ def load_item(item: SourceItem, size: int, channels: int) -> Sample:
     """Decode one item at `size` x `size` with `channels` channels (raises on a bad file)."""
     if item.kind == KIND_STORE and item.store is not None:
         frames = conform(item.store.frames(item.sample_id), size, channels)
-        fps = _valid_fps(item.store.meta(item.sample_id).get("fps"))
-        return Sample(item.sample_id, item.path, frames, fps, dict(item.labels))
+        meta = item.store.meta(item.sample_id)
+        stored = item.store.frames(item.sample_id)
+        spacing = _spacing(meta.get("pixel_spacing_mm"), stored.shape[1] / size)
+        return Sample(item.sample_id, item.path, frames, _valid_fps(meta.get("fps")),
+                      dict(item.labels), spacing)
     src = load_echo_source(item.path)
     dicom = bool(src["dicom"])
-    frames, _ = preprocess_echo(src["frames"], region=src["region"], size=size,
-                                channels=channels, blank=dicom, crop=dicom)
-    return Sample(item.sample_id, item.path, frames, _valid_fps(src["fps"]), dict(item.labels))
+    frames, transform = preprocess_echo(src["frames"], region=src["region"], size=size,
+                                        channels=channels, blank=dicom, crop=dicom)
+    spacing = _spacing(src.get("pixel_spacing_mm"), 1.0 / float(transform.get("scale", 1.0)))
+    return Sample(item.sample_id, item.path, frames, _valid_fps(src["fps"]), dict(item.labels),
+                  spacing)
+
+
+def _spacing(value: Any, scale: float) -> tuple[float, float] | None:
+    """(dy, dx) mm times `scale` (source pixels per output pixel), None when unknown."""
+    if value is None:
+        return None
+    try:
+        dy, dx = (float(v) * scale for v in value)
+    except (TypeError, ValueError):
+        return None
+    return (dy, dx) if dy > 0 and dx > 0 and math.isfinite(dy + dx) else None
 
 
 def iter_samples(

@@ -4,8 +4,9 @@ Two-stream (greyscale + optical flow) 3D CNN video classifier, probabilities ave
 random clips per video and over videos per patient. Modules: layout (DICOM folder + class
 CSV + split CSV -> pseudonymised manifest), discover (the registered layout "rvf"),
 prepare (frames + flow), predict (the contract), evaluate, explain (guided backprop),
-report, run (the whole chain, resumable), synth (synthetic cohorts with known class and
-planted PHI), commands (`cinelab rvf ...`).
+report, run (the whole chain, resumable), pretrain (Kinetics -> EF pretraining of
+each stream), ensemble (repeated patient-wise splits, averaged members), synth
+(synthetic cohorts with known class and planted PHI), commands (`cinelab rvf ...`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from pathlib import Path
 from cinelab.pipelines.registry import Options, Pipeline, Target, register_pipeline
 from cinelab.pipelines.rvf.commands import register
 from cinelab.pipelines.rvf.discover import LAYOUT_NAME
+from cinelab.pipelines.rvf.ensemble import is_ensemble, predict_any
 from cinelab.pipelines.rvf.evaluate import evaluate_rvf
 from cinelab.pipelines.rvf.explain import explain_rvf
-from cinelab.pipelines.rvf.predict import MODEL_FILE, TASK, predict_rvf
+from cinelab.pipelines.rvf.predict import MODEL_FILE, TASK
 from cinelab.pipelines.rvf.report import report_rvf
 from cinelab.pipelines.rvf.run import DEFAULT_RECIPE, run_rvf
 from cinelab.pipelines.rvf.synth import synth_rvf_cohort
@@ -45,7 +47,9 @@ def synth_demo(out: Path, n: int = DEMO_N, seed: int = 0) -> Path:
 
 
 def owns_model(model: Path) -> bool:
-    """A training run folder whose model.pt is a video classifier."""
+    """A training run folder whose model.pt is a video classifier, or an rvf ensemble."""
+    if is_ensemble(model):
+        return True
     path = Path(model) / MODEL_FILE
     return Path(model).is_dir() and path.is_file() and read_checkpoint_task(path) == TASK
 
@@ -56,7 +60,7 @@ PIPELINE = register_pipeline(Pipeline(
     tasks=(TASK,),
     layouts=(LAYOUT_NAME,),
     recipes=("rvf-twostream", "rvf-twostream-cpu", "rvf-stream-pretrain-cpu"),
-    predict=predict_rvf,
+    predict=predict_any,
     evaluate=evaluate_rvf,
     report=report_rvf,
     run=run_rvf,

@@ -4,12 +4,15 @@
     cinelab rvf ingest RAW --classes RAW/classes.csv --splits RAW/splits.csv --out INGEST
     cinelab rvf prepare INGEST --out STORE --size 64        (frames + optical flow)
     cinelab rvf flow STORE --method farneback --force       (flow only)
-    cinelab rvf train rvf-twostream-cpu --data STORE --out RUN
+    cinelab rvf pretrain EF_STORE --out PRE --kinetics k400.pth   (Kinetics -> EF, each stream)
+    cinelab rvf train rvf-twostream-cpu --data STORE --out RUN --set model.pretrained=...
+    cinelab rvf ensemble rvf-twostream-cpu --data STORE --out ENS --members 5
     cinelab rvf predict RUN/model.pt STORE --out PRED --split test   (= cinelab predict)
     cinelab rvf evaluate PRED --out EVAL                             (= cinelab evaluate)
     cinelab rvf saliency RUN/model.pt STORE --out SAL --predictions PRED (= cinelab explain)
     cinelab rvf report EVAL --saliency SAL --run RUN                 (= cinelab report)
-    cinelab rvf run RAW --out OUT  (all of the above; = cinelab run rvf RAW --out OUT)
+    cinelab rvf run RAW --out OUT  (all of the above; = cinelab run rvf RAW --out OUT;
+                                    --members N for an ensemble of N re-splits)
 
 The logic lives in the API modules (layout, prepare, predict, evaluate, explain, report, run);
 these verbs only parse options and print. predict/evaluate/saliency/report/run stay here as
@@ -27,11 +30,12 @@ from cinelab.cliutil import console, friendly, print_problems
 from cinelab.errors import CinelabError
 from cinelab.infer.contract import read_predictions
 from cinelab.pipelines.registry import Options
+from cinelab.pipelines.rvf.ensemble import DEFAULT_VAL_FRACTION, predict_any, train_ensemble
 from cinelab.pipelines.rvf.evaluate import evaluate_rvf
 from cinelab.pipelines.rvf.explain import explain_rvf
 from cinelab.pipelines.rvf.layout import ingest_rvf
-from cinelab.pipelines.rvf.predict import predict_rvf
 from cinelab.pipelines.rvf.prepare import DEFAULT_SIZE, prepare_rvf
+from cinelab.pipelines.rvf.pretrain import PRETRAIN_RECIPE, pretrain_streams
 from cinelab.pipelines.rvf.report import rvf_report
 from cinelab.pipelines.rvf.run import DEFAULT_RECIPE, run_rvf
 from cinelab.pipelines.rvf.synth import synth_rvf_cohort
@@ -144,10 +148,63 @@ def train_cmd(
                   f"{result.metrics.get('best_score')}")
 
 
+@rvf_app.command("pretrain")
+@friendly
+def pretrain_cmd(
+    data: Annotated[Path, typer.Argument(help="Prepared EchoNet store with an EF column "
+                                              "(flow is computed when missing).")],
+    out: Annotated[Path, typer.Option(help="Folder for grey/, flow/, pretrained.json.")],
+    kinetics: Annotated[Path | None, typer.Option(help="Local Kinetics-format weights "
+                                                  "(stage 1; stem adapted, head dropped).")]
+    = None,
+    recipe: Annotated[str, typer.Option(help="EF regression recipe.")] = PRETRAIN_RECIPE,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: optim.lr=3e-4")]
+    = None,
+    stream: Annotated[list[str] | None, typer.Option(help="Only this stream (grey, flow).")]
+    = None,
+    max_epochs: Annotated[int | None, typer.Option(help="Override trainer.max_epochs.")] = None,
+    accelerator: Annotated[str | None, typer.Option(help="cpu, gpu, auto.")] = None,
+) -> None:
+    """Pretrain each stream as the paper did: Kinetics weights, then EF regression on grey
+    clips and on flow clips; prints the model.pretrained value for the RVF classifier."""
+    result = pretrain_streams(data, out, kinetics, recipe, set_ or [],
+                              tuple(stream or ("grey", "flow")), max_epochs,
+                              accelerator=accelerator)
+    console.print(f"pretrained streams -> {out}; train with "
+                  f"--set 'model.pretrained={result['pretrained']}'")
+
+
+@rvf_app.command("ensemble")
+@friendly
+def ensemble_cmd(
+    data: Annotated[Path, typer.Option(help="Prepared store with flow.")],
+    out: Annotated[Path, typer.Option(help="Ensemble folder.")],
+    recipe: Annotated[str, typer.Argument(help="Recipe name or YAML path.")] = DEFAULT_RECIPE,
+    members: Annotated[int, typer.Option(help="Models (seeded patient-wise splits).")] = 5,
+    mode: Annotated[str, typer.Option(help="repeated (random val per seed) or folds.")]
+    = "repeated",
+    seed: Annotated[int, typer.Option(help="Seed of the splits.")] = 0,
+    val_fraction: Annotated[float, typer.Option(help="Val share of non-test patients "
+                                                "(repeated).")] = DEFAULT_VAL_FRACTION,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: optim.lr=3e-4")]
+    = None,
+    max_epochs: Annotated[int | None, typer.Option(help="Override trainer.max_epochs.")] = None,
+) -> None:
+    """Train N models on N seeded patient-wise re-splits (test kept); `cinelab rvf predict
+    ENS STORE` averages their probabilities."""
+    overrides = list(set_ or []) + ([f"trainer.max_epochs={max_epochs}"]
+                                    if max_epochs is not None else [])
+    info = train_ensemble(load_recipe(recipe, overrides), data, out, members, seed, mode,
+                          val_fraction)
+    console.print(f"{len(info['members'])} members, threshold {info['threshold']:.3f} "
+                  f"({info['threshold_source']}) -> {out}")
+
+
 @rvf_app.command("predict")
 @friendly
 def predict_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help="model.pt of `cinelab rvf train`.")],
+    checkpoint: Annotated[Path, typer.Argument(help="model.pt of `cinelab rvf train`, or an "
+                                                    "ensemble folder (`rvf ensemble`).")],
     store: Annotated[Path, typer.Argument(help="Prepared store with flow (or an ingest "
                                                 "folder, or a raw RVF cohort).")],
     out: Annotated[Path, typer.Option(help="Folder for the predictions (the contract).")],
@@ -164,7 +221,7 @@ def predict_cmd(
     """Probability per video (mean over random clips) and per patient: predictions.csv,
     problems.csv, run.json (alias of `cinelab predict`)."""
     extra = {k: v for k, v in {"clips": clips, "threshold": threshold}.items() if v is not None}
-    predict_rvf(checkpoint, store, out, Options(split=split, seed=seed, batch_size=batch_size,
+    predict_any(checkpoint, store, out, Options(split=split, seed=seed, batch_size=batch_size,
                                                 device=device, extra=extra))
     table = read_predictions(out)
     console.print(f"{len(table)} videos, {int(table['prediction'].sum())} predicted positive "
@@ -242,11 +299,14 @@ def run_cmd(
     = None,
     workers: Annotated[int | None, typer.Option(help="Processes for prepare/flow.")] = None,
     top: Annotated[int, typer.Option(help="Most confident test videos to explain.")] = 4,
+    members: Annotated[int, typer.Option(help="N > 1: an ensemble of N seeded patient-wise "
+                                         "splits.")] = 1,
 ) -> None:
     """The whole pipeline, resumable: ingest, prepare + flow, train, threshold on val,
     predict test, evaluate, saliency, report (alias of `cinelab run rvf`)."""
     extra = {k: v for k, v in {"classes": classes, "splits": splits, "set": set_ or [],
-                               "size": size, "workers": workers, "top": top}.items()
+                               "size": size, "workers": workers, "top": top,
+                               "members": members}.items()
              if v is not None}
     metrics = run_rvf(dicom_root, out, Options(recipe=recipe, max_epochs=max_epochs,
                                                extra=extra))

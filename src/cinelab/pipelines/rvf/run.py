@@ -12,7 +12,11 @@
 Options (`Options`): recipe, max_epochs, split (default test), device, batch_size, seed,
 labels (the class CSV); extra: classes, splits (CSV paths, default the cohort's own), set
 (recipe overrides), size (frame size, default the recipe's), workers, top (videos to
-explain), threshold (a number, or "youden" on validation: the default), n_boot.
+explain), threshold (a number, or "youden" on validation: the default), n_boot;
+members (N > 1: train an ensemble of N models on N seeded patient-wise re-splits of the
+non-test patients into OUT/run, see `ensemble`; its threshold is Youden's J on the members'
+pooled validation videos, or the given number), ensemble_mode ("repeated" or "folds"),
+val_fraction.
 """
 
 from __future__ import annotations
@@ -28,6 +32,13 @@ from cinelab.evaluate.metrics import youden_threshold
 from cinelab.infer.contract import PREDICTIONS_FILE, PROBLEMS_FILE, RUN_FILE, read_predictions
 from cinelab.pipelines.registry import Options
 from cinelab.pipelines.rvf.discover import is_rvf_cohort, rvf_tables
+from cinelab.pipelines.rvf.ensemble import (
+    DEFAULT_VAL_FRACTION,
+    ENSEMBLE_FILE,
+    predict_ensemble,
+    read_ensemble,
+    train_ensemble,
+)
 from cinelab.pipelines.rvf.evaluate import METRICS_FILE, evaluate_rvf
 from cinelab.pipelines.rvf.explain import explain_rvf
 from cinelab.pipelines.rvf.layout import ingest_rvf
@@ -115,6 +126,17 @@ def train_step(recipe: Recipe, paths: RvfPaths, options: Options) -> Path:
     return paths.run / MODEL_FILE
 
 
+def ensemble_step(recipe: Recipe, paths: RvfPaths, options: Options) -> tuple[Path, Path]:
+    """Train the ensemble into OUT/run (resumable per member); (folder, member 0's model)."""
+    if not is_done(paths.run):
+        train_ensemble(recipe, paths.store, paths.run, int(options.get("members")),
+                       seed=options.seed, mode=options.get("ensemble_mode", "repeated"),
+                       val_fraction=float(options.get("val_fraction", DEFAULT_VAL_FRACTION)),
+                       options=options)
+        mark_done(paths.run, [ENSEMBLE_FILE])
+    return paths.run, read_ensemble(paths.run)[1][0]
+
+
 def youden_on_val(model: Path, paths: RvfPaths, options: Options) -> tuple[float, str]:
     """(threshold, source): Youden's J on the validation predictions (0.5 when validation
     lacks a class)."""
@@ -161,12 +183,22 @@ def run_rvf(data: Path, out: Path, options: Options | None = None) -> dict[str, 
     recipe = recipe_of(options)
     ingest = ingest_step(data, paths, options)
     prepare_step(ingest, paths, _size(recipe, options), options)
-    model = train_step(recipe, paths, options)
     split = options.split or DEFAULT_SPLIT
+    members = int(options.get("members") or 1)
+    if members > 1:
+        folder, model = ensemble_step(recipe, paths, options)
+    else:
+        model = train_step(recipe, paths, options)
     if not is_done(paths.predictions):
-        threshold_step(model, paths, options)
-        predict_rvf(model, paths.store, paths.predictions,
-                    _with(options, split=split, threshold=None))
+        if members > 1:
+            given = options.get("threshold", YOUDEN)
+            predict_ensemble(folder, paths.store, paths.predictions,
+                             _with(options, split=split,
+                                   threshold=None if given == YOUDEN else float(given)))
+        else:
+            threshold_step(model, paths, options)
+            predict_rvf(model, paths.store, paths.predictions,
+                        _with(options, split=split, threshold=None))
         mark_done(paths.predictions, CONTRACT_FILES)
     if not is_done(paths.evaluation):
         evaluate_rvf(paths.predictions, paths.evaluation, replace(options, labels=None))
