@@ -3,7 +3,8 @@
 Synthesises an RVF cohort (DICOMs with planted PHI + the two CSVs), ingests it
 (pseudonymised), prepares greyscale frames and Farneback flow, then trains the CPU recipe
 once per variant, changing only the model's streams (grey, flow, fused; the same task, data
-and code; "fused_aux" adds the streams' own losses, loss.kwargs.stream_weight), predicts the
+and code; "fused_aux" adds the streams' own losses, loss.kwargs.stream_weight; "ensemble" trains
+--members fused models on seeded patient-wise re-splits and averages them), predicts the
 test split (probability averaged over the recipe's random clips per video, then per patient)
 and prints the AUCs with bootstrap CIs. With --external N, every variant also predicts all
 videos of a second, independent cohort of N patients (another seed): tighter CIs than the
@@ -12,7 +13,7 @@ Prints numbers; asserts nothing.
 
     nice python benchmarks/rvf_synthetic.py --out /tmp/rvf-bench [--n 160] [--seed 0]
         [--external 120] [--recipe rvf-twostream-cpu] [--set trainer.max_epochs=10]
-        [--variants fused,grey]
+        [--variants fused,grey,ensemble] [--members 5]
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from cinelab.pipelines.registry import Options
+from cinelab.pipelines.rvf.ensemble import predict_any, train_ensemble
 from cinelab.pipelines.rvf.evaluate import evaluate_rvf
 from cinelab.pipelines.rvf.layout import ingest_rvf
-from cinelab.pipelines.rvf.predict import predict_rvf
 from cinelab.pipelines.rvf.prepare import prepare_rvf
 from cinelab.pipelines.rvf.synth import synth_rvf_cohort
 from cinelab.train.fit import fit
@@ -35,7 +36,8 @@ from cinelab.train.recipe import load_recipe
 VARIANTS = {"grey": ["model.kwargs.streams=[grey]"],
             "flow": ["model.kwargs.streams=[flow]"],
             "fused": [],
-            "fused_aux": ["loss.kwargs.stream_weight=1.0"]}
+            "fused_aux": ["loss.kwargs.stream_weight=1.0"],
+            "ensemble": []}
 
 
 EXTERNAL_SEED_OFFSET = 1000
@@ -65,21 +67,27 @@ def _aucs(metrics: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 
 def run_variant(name: str, store: Path, out: Path, recipe: str, overrides: list[str],
-                n_boot: int, external: Path | None = None) -> dict[str, Any]:
+                n_boot: int, external: Path | None = None, members: int = 3
+                ) -> dict[str, Any]:
     """Train (or resume) one variant, predict the test split (and the external cohort);
     its AUCs and timings."""
     start = time.perf_counter()
-    result = fit(load_recipe(recipe, overrides + VARIANTS[name]), store, out / name,
-                 resume=True, progress=False)
+    if name == "ensemble":
+        train_ensemble(load_recipe(recipe, overrides), store, out / name, members)
+        model, info = out / name, {"members": members}
+    else:
+        result = fit(load_recipe(recipe, overrides + VARIANTS[name]), store, out / name,
+                     resume=True, progress=False)
+        model = result.best_checkpoint
+        info = {"best_epoch": result.metrics.get("best_epoch"),
+                result.metrics.get("monitor", "best"): result.metrics.get("best_score"),
+                "last_val_auc": result.metrics.get("val/auc")}
     fit_s = time.perf_counter() - start
-    pred = _predict(result.best_checkpoint, store, out / name / "test", "test", n_boot)
-    row: dict[str, Any] = {"variant": name, "fit_s": round(fit_s, 1),
-                           "best_epoch": result.metrics.get("best_epoch"),
-                           result.metrics.get("monitor", "best"): result.metrics.get("best_score"),
-                           "last_val_auc": result.metrics.get("val/auc"),
+    pred = _predict(model, store, out / name / "test", "test", n_boot)
+    row: dict[str, Any] = {"variant": name, "fit_s": round(fit_s, 1), **info,
                            **_aucs(pred, "test")}
     if external is not None:
-        ext = _predict(result.best_checkpoint, external, out / name / "external", None, n_boot)
+        ext = _predict(model, external, out / name / "external", None, n_boot)
         row.update(_aucs(ext, "external"))
     return row
 
@@ -87,7 +95,7 @@ def run_variant(name: str, store: Path, out: Path, recipe: str, overrides: list[
 def _predict(model: Path, store: Path, out: Path, split: str | None,
              n_boot: int) -> dict[str, Any]:
     """Predict (the contract) and evaluate against the store's labels; the metrics."""
-    predict_rvf(model, store, out / "predictions", Options(split=split))
+    predict_any(model, store, out / "predictions", Options(split=split))
     return evaluate_rvf(out / "predictions", out / "evaluation",
                         Options(extra={"n_boot": n_boot}))
 
@@ -105,6 +113,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--variants", default="fused,flow,grey")
     parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument("--members", type=int, default=3, help="models of the ensemble")
     args = parser.parse_args()
     store, prep_s = cohort(args.out, args.n, args.seed, args.size, args.workers)
     print(f"cohort: {args.n} patients, seed {args.seed}, prepared in {prep_s:.0f} s")
@@ -116,7 +125,7 @@ def main() -> None:
     rows = []
     for name in args.variants.split(","):
         rows.append(run_variant(name, store, args.out / "runs", args.recipe, args.overrides,
-                                args.n_boot, external))
+                                args.n_boot, external, args.members))
         print(json.dumps(rows[-1]))
     (args.out / "results.json").write_text(json.dumps(rows, indent=2))
     print_table(rows)

@@ -205,7 +205,9 @@ def test_mahalanobis_flags_wrong_kind_inputs(shapes):
     assert feats.shape == (400, 32)
     det = MahalanobisDetector.fit(feats, shapes["y_train"], module=layer, pool="meanstd")
     det.set_threshold(det.score(det.features(model, shapes["x_val"])[0]), quantile=0.95)
-    det = ood_from_dict(json.loads(json.dumps(det.to_dict())))  # as stored
+    state = det.to_dict()
+    assert state["precision"].dtype == torch.float32 and state["precision"].shape == (32, 32)
+    det = ood_from_dict(json.loads(json.dumps(det.to_dict(json_safe=True))))
     in_flagged = det.flag(det.score(det.features(model, shapes["x_test"])[0])).mean()
     assert in_flagged <= 0.10
     for kind in OOD_KINDS:
@@ -278,8 +280,50 @@ def test_state_survives_checkpoint_extra_and_annotates(tmp_path, shapes):
     assert list(out.columns) == ["sample_id", "ef", "probability", "ef_lo", "ef_hi",
                                  "probability_raw", "disagreement", "ood_score", "ood_flag"]
     pd.testing.assert_frame_equal(out, expected)
+    via_json = UncertaintyState.from_dict(json.loads(json.dumps(state.to_dict(json_safe=True))))
+    pd.testing.assert_frame_equal(via_json.annotate(table, **args), expected, rtol=1e-5)
     np.testing.assert_allclose(out["probability_raw"], cls["prob_raw"][:n])
     assert out["ood_flag"].dtype == bool
     with pytest.raises(InputError) as err:
         back.annotate(table, features=penultimate_features(model, x[:2])[0])
     assert (err.value.expected, err.value.found) == ("5 rows (one per sample)", "2")
+
+
+class _Pyramid(torch.nn.Module):
+    """An encoder returning a list of maps (deepest last) and a ReLU used twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, 2, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(2, 3, 3, stride=2, padding=1)
+        self.relu = torch.nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        a = self.relu(self.conv1(x))
+        return [a, self.relu(self.conv2(a))]
+
+
+class _Segmenter(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = _Pyramid()
+        self.head = torch.nn.Conv2d(3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x)[-1])
+
+
+def test_feature_hooks_on_encoders_and_reused_layers():
+    torch.manual_seed(0)
+    model, x = _Segmenter().eval(), torch.rand(4, 1, 8, 8)
+    # relu runs twice per forward: skipped; the head's mask logits come last
+    assert last_feature_map(model, x) == "head"
+    feats, out = penultimate_features(model, x, "encoder", pool="meanstd")
+    with torch.no_grad():
+        deepest = model.encoder(x)[-1]
+    assert out.shape == (4, 2, 4, 4) and feats.shape == (4, 6)
+    torch.testing.assert_close(feats[:, :3], deepest.mean(dim=(2, 3)))
+    torch.testing.assert_close(feats[:, 3:], deepest.flatten(2).std(dim=2, unbiased=False))
+    with pytest.raises(InputError) as err:
+        penultimate_features(model, x)  # no recorded output layer
+    assert err.value.field == "output layer"

@@ -31,7 +31,9 @@ METRIC_KEYS = ("value", "ci_low", "ci_high")
 BINARY_RATES = ("sensitivity", "specificity", "accuracy", "ppv", "npv")
 #: Fewest cases of each class for a bootstrap CI of a binary metric; below it the CIs are
 #: refused (NaN) and ``ci_refused`` says why (one positive gives AUC CI [1.000, 1.000]).
-MIN_CASES_PER_CLASS = 5
+MIN_CASES_PER_CLASS = 2
+#: Below this many cases of a class the CIs are kept but ``ci_flag`` calls them unreliable.
+RELIABLE_CASES_PER_CLASS = 10
 #: Predictions whose spread is below this fraction of the labels' spread have collapsed.
 COLLAPSE_SPREAD_RATIO = 0.1
 
@@ -355,7 +357,8 @@ def binary_report(
     Predicted positive: ``score >= threshold`` (Youden's threshold when None), or the 0/1
     labels `y_pred` when given (then `threshold` is only recorded).
     With fewer than `min_cases` positives or negatives every CI is refused (NaN), a
-    RuntimeWarning is issued and ``ci_refused`` states the counts (else it is None).
+    RuntimeWarning is issued and ``ci_refused`` states the counts (else it is None); with
+    fewer than `RELIABLE_CASES_PER_CLASS` ``ci_flag`` says the CIs are unreliable.
     """
     y_arr, s = _as_1d("y", y), _as_1d("score", score)
     p_arr = np.zeros(len(y_arr)) if y_pred is None else _as_1d("y_pred", y_pred)
@@ -377,13 +380,16 @@ def binary_report(
     out: dict[str, Any] = {"n": int(len(y_arr)), "n_pos": int(y_arr.sum()),
                            "threshold": None if threshold is None else float(threshold),
                            "ci_refused": refused,
+                           "ci_flag": None if refused is not None else class_count_refusal(
+                               y_arr, RELIABLE_CASES_PER_CLASS, "bootstrap CIs unreliable"),
                            "auc": metric_entry(auc, *cis["auc"])}
     out.update({name: metric_entry(rates[name], *cis[name]) for name in BINARY_RATES})
     out.update({"tn": tn, "fp": fp, "fn": fn, "tp": tp})
     return out
 
 
-def class_count_refusal(y: Any, min_cases: int = MIN_CASES_PER_CLASS) -> str | None:
+def class_count_refusal(y: Any, min_cases: int = MIN_CASES_PER_CLASS,
+                        what: str = "bootstrap CIs refused") -> str | None:
     """Why bootstrap CIs of a binary metric are refused (a class has fewer than `min_cases`
     cases), else None."""
     y = np.asarray(y, dtype=float).reshape(-1)
@@ -391,7 +397,7 @@ def class_count_refusal(y: Any, min_cases: int = MIN_CASES_PER_CLASS) -> str | N
     n_neg = int(len(y) - n_pos)
     if min(n_pos, n_neg) >= int(min_cases):
         return None
-    return (f"bootstrap CIs refused: {n_pos} positive and {n_neg} negative case(s); each "
+    return (f"{what}: {n_pos} positive and {n_neg} negative case(s); each "
             f"class needs at least {int(min_cases)}")
 
 

@@ -126,10 +126,16 @@ class MahalanobisDetector(_Thresholded):
         m = np.einsum("ncd,de,nce->nc", d, self.precision, d)
         return np.sqrt(np.maximum(m.min(axis=1), 0.0))
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict for storage (means and precision as nested lists)."""
+    def to_dict(self, json_safe: bool = False) -> dict[str, Any]:
+        """Dict for a checkpoint's ``extra``: means (float64) and precision (float32, D x D)
+        as CPU tensors, which torch's weights-only load accepts and which stay compact for
+        wide features (D = 1024: 4 MB); nested lists with `json_safe` (for a JSON sidecar).
+        `from_dict` takes either."""
+        means = np.ascontiguousarray(self.means, np.float64)
+        precision = np.ascontiguousarray(self.precision, np.float32)
         return {"format": OOD_FORMAT, "kind": self.kind, "threshold": self.threshold,
-                "means": self.means.tolist(), "precision": self.precision.tolist(),
+                "means": means.tolist() if json_safe else torch.from_numpy(means),
+                "precision": precision.tolist() if json_safe else torch.from_numpy(precision),
                 "module": self.module, "pool": self.pool, "info": dict(self.info)}
 
 
@@ -149,13 +155,19 @@ class EnergyDetector(_Thresholded):
             z = np.concatenate([np.zeros_like(z), z], axis=1)
         return -self.temperature * logsumexp(z / self.temperature, axis=1)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict for storage."""
+    def to_dict(self, json_safe: bool = False) -> dict[str, Any]:  # noqa: ARG002
+        """Plain dict for storage (always JSON-safe)."""
         return {"format": OOD_FORMAT, "kind": self.kind, "threshold": self.threshold,
                 "temperature": self.temperature, "info": dict(self.info)}
 
 
 OODDetector = MahalanobisDetector | EnergyDetector
+
+
+def _array(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().double().numpy()
+    return np.asarray(value, dtype=float)
 
 
 def ood_from_dict(state: dict[str, Any]) -> OODDetector:
@@ -166,8 +178,8 @@ def ood_from_dict(state: dict[str, Any]) -> OODDetector:
     info = dict(state.get("info", {}))
     if state.get("kind") == "mahalanobis":
         return MahalanobisDetector(threshold=float(state["threshold"]), info=info,
-                                   means=np.asarray(state["means"], float),
-                                   precision=np.asarray(state["precision"], float),
+                                   means=_array(state["means"]),
+                                   precision=_array(state["precision"]),
                                    module=str(state.get("module", "")),
                                    pool=str(state.get("pool", "mean")))
     if state.get("kind") == "energy":
@@ -177,13 +189,18 @@ def ood_from_dict(state: dict[str, Any]) -> OODDetector:
 
 
 def _tensor_of(value: Any) -> torch.Tensor:
-    """The tensor in a module's output (a dict's 'out' or first value, a tuple's first)."""
+    """The tensor in a module's output: a dict's 'out' (or first value), a list's last item
+    (encoders return feature pyramids, deepest last), a tuple's first (output, aux...)."""
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, dict):
         value = value["out"] if "out" in value else next(iter(value.values()))
-    elif isinstance(value, list | tuple):
+    elif isinstance(value, list):
+        value = value[-1]
+    elif isinstance(value, tuple):
         value = value[0]
+    else:
+        raise TypeError(f"no tensor in a {type(value).__name__}")
     return _tensor_of(value)
 
 
@@ -251,14 +268,20 @@ def capture_features(model: nn.Module, module: nn.Module | str | None = None,
     if isinstance(module, str):
         module = model.get_submodule(module) if module else None
     if module is None:
-        module, capture = output_layer(model), capture or "input"
+        try:
+            module, capture = output_layer(model), capture or "input"
+        except TypeError as exc:
+            raise InputError(None, "output layer",
+                             "a recorded output Linear, or the module to hook", str(exc),
+                             "pass module= (e.g. the encoder of a segmentation model)"
+                             ) from exc
     capture = capture or "output"
     if capture not in ("input", "output"):
         raise InputError(None, "capture", "'input' or 'output'", repr(capture))
     found: list[torch.Tensor] = []
     if capture == "input":
         handle = module.register_forward_pre_hook(
-            lambda _m, args: found.append(_pooled(_tensor_of(args), pool).cpu()))
+            lambda _m, args: found.append(_pooled(_tensor_of(args[0]), pool).cpu()))
     else:
         handle = module.register_forward_hook(
             lambda _m, _args, out: found.append(_pooled(_tensor_of(out), pool).cpu()))

@@ -42,11 +42,12 @@ class UncertaintyState:
     calibrator: Calibrator | None = None
     ood: OODDetector | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (lists, floats, strings) that survives torch's weights-only load."""
+    def to_dict(self, json_safe: bool = False) -> dict[str, Any]:
+        """Dict of floats, strings, lists and CPU tensors that survives torch's weights-only
+        load (`read_checkpoint`); only lists with `json_safe` (e.g. an export sidecar)."""
         return {"intervals": {k: m.to_dict() for k, m in self.intervals.items()},
                 "calibrator": None if self.calibrator is None else self.calibrator.to_dict(),
-                "ood": None if self.ood is None else self.ood.to_dict()}
+                "ood": None if self.ood is None else self.ood.to_dict(json_safe)}
 
     def to_extra(self) -> dict[str, Any]:
         """``{"uncertainty": to_dict()}`` to merge into a checkpoint's ``extra``."""

@@ -102,17 +102,24 @@ class ShapeNet(nn.Module):
 
 def train_shape_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 15,
                            seed: int = 0, batch_size: int = 32) -> ShapeNet:
-    """A ShapeNet trained with Adam on CPU (deterministic for a seed); returned in eval mode."""
-    torch.manual_seed(seed)
-    model = ShapeNet()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    loss_fn = nn.CrossEntropyLoss()
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        order = torch.randperm(len(images), generator=gen)
-        for start in range(0, len(images), batch_size):
-            idx = order[start:start + batch_size]
-            opt.zero_grad()
-            loss_fn(model(images[idx]), labels[idx]).backward()
-            opt.step()
+    """A ShapeNet trained with Adam on CPU in one thread (a few seconds; tiny convolutions
+    get much slower with several threads on a busy machine), deterministic for a seed;
+    returned in eval mode."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        model = ShapeNet()
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        loss_fn = nn.CrossEntropyLoss()
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(epochs):
+            order = torch.randperm(len(images), generator=gen)
+            for start in range(0, len(images), batch_size):
+                idx = order[start:start + batch_size]
+                opt.zero_grad()
+                loss_fn(model(images[idx]), labels[idx]).backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(threads)
     return model.eval()

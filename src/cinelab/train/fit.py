@@ -18,6 +18,7 @@ goes on from the newest loadable checkpoint in checkpoints/ (or says none is usa
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import sys
@@ -46,6 +47,11 @@ from cinelab.train.recipe import Recipe, load_recipe, recipe_to_dict, recipe_to_
 from cinelab.train.setup import TASK_SETUPS, TaskSetup
 from cinelab.train.tasks import BUILTIN_TASKS  # noqa: F401  (importing registers them)
 from cinelab.utils import atomic_path, inside, write_json
+
+log = logging.getLogger(__name__)
+
+#: An epoch of at most this many optimiser steps is a small cohort: warned and noted.
+SMALL_COHORT_STEPS = 1
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_NAME = "best"
@@ -183,6 +189,35 @@ def _batching(n_items: int, batch_size: int, train: bool) -> tuple[int, bool, in
     return batch, drop_last, n_items // batch if drop_last else math.ceil(n_items / batch)
 
 
+def small_cohort_note(n_train: int, batch_size: int) -> str | None:
+    """The warning for a training set so small that an epoch is `SMALL_COHORT_STEPS`
+    optimiser step(s) (the last partial batch is dropped), else None."""
+    batch, drop_last, steps = _batching(int(n_train), int(batch_size), True)
+    if steps > SMALL_COHORT_STEPS:
+        return None
+    dropped = int(n_train) - steps * batch if drop_last else 0
+    return (f"small cohort: {n_train} training item(s) at batch size {batch} give {steps} "
+            f"optimiser step(s) per epoch ({dropped} item(s) of the partial last batch dropped "
+            f"each epoch); lower data.batch_size (e.g. --set data.batch_size="
+            f"{max(1, int(n_train) // 4)}) or raise trainer.max_epochs")
+
+
+def training_fps(store: PreparedStore) -> float | None:
+    """Median frame rate of the store's training split (all rows without a split column);
+    None when the store records none (image stores)."""
+    try:
+        m = store.manifest
+    except Exception:  # noqa: BLE001  (a store without a readable manifest records no rate)
+        return None
+    if "fps" not in m.columns:
+        return None
+    if "split" in m.columns and (m["split"].astype(str).str.lower() == "train").any():
+        m = m[m["split"].astype(str).str.lower() == "train"]
+    values = np.asarray(m["fps"], dtype=float)
+    values = values[np.isfinite(values) & (values > 0)]
+    return float(np.median(values)) if len(values) else None
+
+
 def _loader(dataset: Dataset, batch_size: int, num_workers: int, train: bool,
             pin: bool) -> DataLoader:
     batch, drop_last, _ = _batching(len(dataset), batch_size, train)
@@ -318,6 +353,9 @@ def fit(recipe: Recipe | str | Path, store: PreparedStore | str | Path, out_dir:
     start_from = resume_checkpoint(out) if resume else None
     L.seed_everything(recipe.trainer.seed, workers=True, verbose=False)
     setup = build_task(recipe, store)
+    note = small_cohort_note(len(setup.train), recipe.data.batch_size)
+    if note is not None:
+        log.warning("%s", note)
     acc = _resolve(accelerator, recipe.trainer.accelerator)
     data = StoreDataModule(setup.train, setup.val, recipe.data.batch_size,
                            _resolve(num_workers, recipe.data.num_workers), not _is_cpu(acc))
@@ -342,6 +380,9 @@ def fit(recipe: Recipe | str | Path, store: PreparedStore | str | Path, out_dir:
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
     metrics = _metrics(trainer, ckpt_cb)
+    metrics["steps_per_epoch"] = _batching(len(setup.train), recipe.data.batch_size, True)[2]
+    if note is not None:
+        metrics["notes"] = [note]
     if trainer.is_global_zero:
         _export(out, recipe, setup, ckpt_cb, metrics, store)
     return FitResult(out / MODEL_FILE, last, metrics)
@@ -390,6 +431,9 @@ def _export(out: Path, recipe: Recipe, setup: TaskSetup, ckpt_cb: ModelCheckpoin
     metrics["best_epoch"] = int(payload.get("epoch", -1))
     extra = {"metrics": metrics, "store": str(store.root), "lightning_checkpoint": str(best),
              **setup.extra}
+    fps = training_fps(store)
+    if fps is not None:
+        extra.setdefault("fps", fps)  # the frame rate the model learned (predict resamples)
     save_checkpoint(out / MODEL_FILE, setup.module.model.cpu(), recipe_to_dict(recipe),
                     setup.input_spec, extra)
     write_json(out / METRICS_FILE, metrics)

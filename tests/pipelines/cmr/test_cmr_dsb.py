@@ -16,6 +16,8 @@ from cinelab.io.dicom_series import MRImage, read_mr_image
 from cinelab.io.nifti import read_volume
 from cinelab.pipelines.cmr import dsb_clean as dc
 from cinelab.pipelines.cmr.dsb import (
+    USED_COLUMNS,
+    USED_DICOMS_TSV,
     convert_dsb,
     find_dsb_patients,
     read_dsb_patient,
@@ -117,6 +119,26 @@ def test_outputs_written(cohort, converted) -> None:
     meta = pd.read_csv(out / "dicom_metadata.csv", dtype={"pid": str}, low_memory=False)
     n_files = len(list(cohort.dsb_root.glob("*/study/*/*.dcm")))
     assert len(meta) == n_files and {"pid", "dir", "PixelSpacing", "TriggerTime"} <= set(meta)
+
+
+def test_used_dicoms_log_names_the_file_of_every_frame_and_slice(cohort, converted) -> None:
+    out, result = converted
+    used = pd.read_csv(out / USED_DICOMS_TSV, sep="\t", dtype={"cine": str, "patient_id": str})
+    assert list(used.columns) == list(USED_COLUMNS)
+    for sample, path in zip(result.manifest["sample_id"], result.manifest["path"], strict=True):
+        cine = read_volume(path)[0]
+        rows = used[used["cine"] == sample]
+        assert len(rows) == cine.shape[0] * cine.shape[1], sample
+    clean = used[used["cine"] == "1"]
+    files = {str(p) for p in (cohort.dsb_root / "1").glob("study/*/*.dcm")}
+    assert set(clean["file"]) == files and clean["file"].is_unique  # each image used once
+    cine = read_volume(result.manifest.set_index("sample_id").loc["1", "path"])[0]
+    for _, row in clean.sample(5, random_state=0).iterrows():
+        ds = pydicom.dcmread(row["file"])
+        assert float(ds.TriggerTime) == pytest.approx(row["trigger_time_ms"])
+        image = ds.pixel_array.astype(float)
+        assert np.corrcoef(image.ravel(), cine[row["frame"], row["slice"]].ravel())[0, 1] \
+            > 0.999
 
 
 def test_volumes_from_train_and_solution(cohort) -> None:

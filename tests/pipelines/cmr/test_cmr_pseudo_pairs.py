@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from cinelab.data.store import PreparedStore
+from cinelab.errors import InputError
 from cinelab.io.nifti import write_volume
 from cinelab.measure.volumes import LabelMap
 from cinelab.pipelines.cmr.measure import mask_index
@@ -147,3 +148,21 @@ def test_real_acdc_stacks_as_pairs(tmp_path: Path) -> None:
     source = source[source["phase"] == row["phase"]].iloc[0]
     labels = load_acdc_h5(source["mask_path"])[1][int(row["slice"]) - 1]
     np.testing.assert_array_equal(np.asarray(Image.open(row["mask_path"])), labels)
+
+
+def test_export_every_frame_of_confident_cines(predictions: Path, tmp_path: Path) -> None:
+    export = export_pseudo_pairs(mask_index(predictions), _scores(), tmp_path / "all", (15,),
+                                 MODEL_LABELS, frames="all")
+    m = export.manifest
+    assert len(m) == 2 * len(RADII) * Z  # p1_a and p2: every frame x every slice
+    first = m[m["unit_id"] == "p1_a"]
+    assert sorted(first["frame"].unique().tolist()) == list(range(len(RADII)))
+    phases = first.drop_duplicates("frame").set_index("frame")["phase"].fillna("")
+    assert phases.to_dict() == {t: {1: "ED", 3: "ES"}.get(t, "") for t in range(len(RADII))}
+    _, labels = _cine()
+    row = first[(first["frame"] == 0) & (first["slice"] == 1)].iloc[0]
+    np.testing.assert_array_equal(np.asarray(Image.open(row["mask_path"])),
+                                  to_acdc_labels(labels[0, 0], MODEL_LABELS))
+    with pytest.raises(InputError, match="frames"):
+        export_pseudo_pairs(mask_index(predictions), _scores(), tmp_path / "x", (15,),
+                            frames="some")

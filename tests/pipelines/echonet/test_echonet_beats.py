@@ -10,11 +10,11 @@ from scipy.ndimage import gaussian_filter1d
 from cinelab.data.sampling import clip_indices
 from cinelab.pipelines.echonet.beats import (
     Beat,
+    BeatClip,
     area_ef,
+    beat_clip_offset,
     beats_from_extrema,
     detect_ed_es,
-    BeatClip,
-    beat_clip_offset,
     place_beat_clips,
     select_beat_clips,
 )

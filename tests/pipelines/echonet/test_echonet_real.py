@@ -78,8 +78,12 @@ def _check_outputs(out: Path, expected_frames: dict[str, int]) -> pd.DataFrame:
     assert (frames["lv_area"].between(0, SEG_SIZE * SEG_SIZE)).all()
     beats = pd.read_csv(out / "beats.csv", dtype={"sample_id": str})
     assert list(beats.columns) == BEAT_COLUMNS
-    assert beats.groupby("sample_id").size().reindex(preds["sample_id"], fill_value=0) \
+    used = beats[beats["used"] == 1]
+    assert used.groupby("sample_id").size().reindex(preds["sample_id"], fill_value=0) \
         .tolist() == preds["n_beats"].tolist()
+    past = beats[beats["flag"] == "past_end"].groupby("sample_id").size()
+    assert past.reindex(preds["sample_id"], fill_value=0).tolist() == \
+        preds["n_beats_past_end"].tolist()
     assert len(pd.read_csv(out / "problems.csv")) == 0
     for sid, n in expected_frames.items():
         with np.load(out / "masks" / f"{sid}.npz") as data:

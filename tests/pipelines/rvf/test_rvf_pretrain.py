@@ -32,7 +32,7 @@ TINY = ["model.kwargs.channels=[4, 8]", "data.size=32", "data.frames=4", "data.p
         "data.batch_size=2", "data.pad=2", "trainer.max_epochs=1"]
 
 
-def _ef_store(root: Path, flow: bool = True) -> Path:
+def _ef_store(root: Path, flow: bool = True, channels: int = 1) -> Path:
     """A greyscale EchoNet-like store: a disc beating with an EF-dependent amplitude."""
     yy, xx = np.mgrid[:SIZE, :SIZE]
     r = np.hypot(yy - SIZE / 2, xx - SIZE / 2)
@@ -41,12 +41,14 @@ def _ef_store(root: Path, flow: bool = True) -> Path:
                                         ["train"] * 4 + ["val"] * 2, strict=True)):
         radius = 10 * (1 - ef / 200 * (1 - np.cos(np.linspace(0, 2 * np.pi, FRAMES))) / 2)
         frames = np.stack([(r < rad) * 200 + 20 for rad in radius]).astype(np.uint8)
-        write_sample(root, f"e{i}", frames[..., None], {"source_hash": str(i)})
+        frames = np.stack([frames, frames // 2, frames // 4][:channels], axis=-1)
+        write_sample(root, f"e{i}", frames, {"source_hash": str(i)})
         rows.append({"sample_id": f"e{i}", "patient_id": f"p{i}", "path": f"e{i}.avi",
                      "split": split, "EF": ef})
     write_manifest(new_manifest(rows), root / "manifest.csv")
     write_json(root / "store.json", {"format": STORE_FORMAT, "status": "complete",
-                                     "mean": [60.0], "std": [70.0], "spec": {}})
+                                     "mean": [60.0] * channels, "std": [70.0] * channels,
+                                     "spec": {}})
     if flow:
         prepare_flow(root, "farneback", workers=1)
     return root
@@ -96,6 +98,17 @@ def test_flow_regression_needs_flow_in_the_store(tmp_path: Path) -> None:
     assert "streams" not in grey.extra  # a 1-channel model on a grey store: frames as stored
 
 
+def test_grey_stream_on_an_rgb_ef_store_averages_the_colours(tmp_path: Path) -> None:
+    store = PreparedStore(_ef_store(tmp_path / "rgb", flow=False, channels=3))
+    setup = build_task(load_recipe("rvf-stream-pretrain-cpu", TINY), store)
+    assert setup.extra["streams"] == {"layout": ["grey"], "active": ["grey"]}
+    clip, _ = setup.val[0]  # the middle clip of e4
+    rgb = np.asarray(store.frames("e4"), np.float32)
+    idx = setup.val.clip_start("e4", rgb.shape[0]) + np.arange(4) * 2
+    np.testing.assert_array_equal(clip[0].numpy(), np.rint(rgb[idx].mean(-1)))
+    assert setup.input_spec.channels == 1
+
+
 def test_cli_trains_the_flow_stream_on_ef(ef_store: Path, tmp_path: Path) -> None:
     """The command of issue 14 that gave a raw traceback."""
     result = CliRunner().invoke(app, [
@@ -131,6 +144,14 @@ def test_two_stage_pretraining_of_both_streams_transfers(ef_store: Path,
             torch.testing.assert_close(stream[key], value, msg=f"{name}.{key}")
     again = pretrain_streams(ef_store, tmp_path / "pre", kinetics=kinetics, overrides=TINY)
     assert again == result  # resumable: both streams kept
+    cli = CliRunner().invoke(app, ["rvf", "pretrain", str(ef_store), "--out",
+                                   str(tmp_path / "cli"), "--stream", "flow",
+                                   *[a for s in TINY for a in ("--set", s)]])
+    assert cli.exit_code == 0, cli.output
+    assert read_pretrained(tmp_path / "cli") == f"flow={tmp_path / 'cli' / 'flow' / 'model.pt'}"
+    bad = CliRunner().invoke(app, ["rvf", "pretrain", str(ef_store), "--out",
+                                   str(tmp_path / "bad"), "--kinetics", str(tmp_path / "no.pth")])
+    assert bad.exit_code == 2 and "kinetics" in bad.output and "Traceback" not in bad.output
 
 
 def _classified(store: Path, tmp_path: Path) -> Path:
@@ -141,3 +162,18 @@ def _classified(store: Path, tmp_path: Path) -> Path:
     m["label"] = (m["EF"] < 50).astype(int)
     write_manifest(m, out / "manifest.csv")
     return out
+
+
+def test_paper_format_kinetics_resnet_loads_into_a_flow_stream(tmp_path: Path) -> None:
+    """The paper's backbones: Kinetics 3D ResNets saved by 3D-ResNets-PyTorch (Hara et al.:
+    {"arch", "state_dict": {"module.conv1.weight", ...}}, RGB, 400 classes) into a MONAI 3D
+    ResNet stream with 2 (flow) input channels."""
+    torch.manual_seed(1)
+    rgb = create_model("resnet3d_10", in_channels=3, num_outputs=400).state_dict()
+    torch.save({"arch": "resnet-10", "epoch": 200,
+                "state_dict": {f"module.{k}": v for k, v in rgb.items()}}, tmp_path / "k.pth")
+    flow = create_model("resnet3d_10", in_channels=2, num_outputs=1,
+                        pretrained=str(tmp_path / "k.pth")).state_dict()
+    torch.testing.assert_close(flow["conv1.weight"], _adapt_channels(rgb["conv1.weight"], 2))
+    torch.testing.assert_close(flow["layer4.0.conv2.weight"], rgb["layer4.0.conv2.weight"])
+    assert flow["fc.weight"].shape == (1, rgb["fc.weight"].shape[1])

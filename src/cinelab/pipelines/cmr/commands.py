@@ -174,6 +174,9 @@ def pseudo(
     pairs: Annotated[bool, typer.Option(help="Write the ED/ES frames of confident cines as "
                                              "PNG image + mask pairs (confident_<t>pct/).")]
     = True,
+    all_frames: Annotated[bool, typer.Option(help="Pairs from every frame of each confident "
+                                                  "cine (the paper), not only ED/ES.")]
+    = False,
     labels: LabelsOpt = "acdc",
     spacing: SpacingOpt = None,
 ) -> None:
@@ -195,14 +198,16 @@ def pseudo(
                       f"{int(row['scored'])} patients")
     console.print(f"scores -> {out / 'confidence.csv'}")
     if pairs and not is_volume_table(source):
-        _export_pairs(source, scores, out, thresholds, label_map)
+        _export_pairs(source, scores, out, thresholds, label_map,
+                      "all" if all_frames else "phases")
 
 
 def _export_pairs(source: Path, scores: Any, out: Path, thresholds: list[float],
-                  label_map: Any) -> None:
+                  label_map: Any, frames: str = "phases") -> None:
 
     with console.status("writing pseudo-label pairs"):
-        export = export_pseudo_pairs(mask_index(source), scores, out, thresholds, label_map)
+        export = export_pseudo_pairs(mask_index(source), scores, out, thresholds, label_map,
+                                     frames)
     print_problems(export.problems)
     for name, path in export.subsets.items():
         console.print(f"{name}: {export.sizes[name]} image/mask pairs -> {path.parent}")

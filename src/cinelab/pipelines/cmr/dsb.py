@@ -49,6 +49,9 @@ LOCATION_DECIMALS = 1  # images within 0.05 mm share a slice
 MIN_REPEAT_SLICES = 3  # fewer duplicated locations are collisions, not a repeated stack
 DOUBLED_TIME_TOLERANCE = 0.5  # of the frame interval: halves with matching trigger times
 NIFTI_NAME = "sa.nii.gz"
+USED_DICOMS_TSV = "used_dicoms.tsv"
+USED_COLUMNS = ("cine", "patient_id", "frame", "slice", "trigger_time_ms", "slice_location_mm",
+                "file")
 ROT90_SUFFIX = "_rot90"
 STAGE = "dsb"
 MODALITY, VIEW = "cmr", "sax"
@@ -299,10 +302,11 @@ class DsbConversion:
 def convert_dsb(root: str | Path, out: str | Path, max_size: int = dc.DSB_MAX_SIZE,
                 metadata: bool = False) -> DsbConversion:
     """Clean every patient under `root`; write out/nifti/<id>/sa.nii.gz (+ <id>_rot90 for
-    landscape cines), conversion_log.tsv, patient_dimensions.tsv, manifest.csv and, with
+    landscape cines), conversion_log.tsv, used_dicoms.tsv (which DICOM file went into
+    which frame and slice of each cine), patient_dimensions.tsv, manifest.csv and, with
     `metadata`, dicom_metadata.csv (one row per image)."""
     out = Path(out).resolve()  # manifest paths hold from any working folder
-    log, problems, rows, dims = ConversionLog(), [], [], []
+    log, problems, rows, dims, used = ConversionLog(), [], [], [], []
     volumes = read_dsb_volumes(root).set_index("Id")
     for folder in find_dsb_patients(root):
         try:
@@ -314,7 +318,10 @@ def convert_dsb(root: str | Path, out: str | Path, max_size: int = dc.DSB_MAX_SI
         for cine in cines:
             rows.append(_write_cine(cine, folder.name, out / "nifti", volumes))
             dims.append(cine.dims_row())
+            used.append(used_dicoms(cine, folder.name))
     log.write(out / "conversion_log.tsv")
+    _write_tsv(pd.concat(used, ignore_index=True) if used else
+               pd.DataFrame(columns=list(USED_COLUMNS)), out / USED_DICOMS_TSV)
     dimensions = pd.DataFrame(dims, columns=list(dc.DIMENSION_COLUMNS))
     _write_tsv(dimensions, out / "patient_dimensions.tsv")
     manifest = new_manifest(rows) if rows else pd.DataFrame()
@@ -323,6 +330,20 @@ def convert_dsb(root: str | Path, out: str | Path, max_size: int = dc.DSB_MAX_SI
     if metadata:
         problems += export_dicom_metadata(root, out / "dicom_metadata.csv")
     return DsbConversion(manifest, log.to_frame(), dimensions, problems)
+
+
+def used_dicoms(cine: CleanCine, patient: str) -> pd.DataFrame:
+    """Which DICOM file went into which (frame, slice) of a written cine: one row per image,
+    with its trigger time and slice location (USED_COLUMNS)."""
+    sources = np.asarray(cine.sources)
+    t, z = np.meshgrid(np.arange(sources.shape[0]), np.arange(sources.shape[1]),
+                       indexing="ij")
+    times = np.asarray(cine.trigger_times, float)
+    locations = np.asarray(cine.slice_locations, float)
+    return pd.DataFrame({"cine": cine.pid, "patient_id": patient, "frame": t.ravel(),
+                         "slice": z.ravel(), "trigger_time_ms": times[t.ravel()],
+                         "slice_location_mm": locations[z.ravel()],
+                         "file": [str(f) for f in sources.ravel()]}, columns=list(USED_COLUMNS))
 
 
 def _write_tsv(df: pd.DataFrame, path: Path) -> None:

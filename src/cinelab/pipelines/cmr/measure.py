@@ -62,7 +62,7 @@ NAME_PATTERN = re.compile(
 STAGE = "cmr-measure"
 NO_FRAME = -1
 FLAG_COLUMNS = ("rv_ed_frame", "rv_es_frame", "flags")  # after MEASURE_COLUMNS
-EF_RANGE = (0.0, 100.0)  # exclusive: an EF of 0 or 100 % (no cavity at ES) is impossible
+EF_RANGE = (0.0, 100.0)  # below 0, or 100 % and more (no cavity at end-systole): impossible
 
 
 # --------------------------------------------------------------------------- mask sets
@@ -312,7 +312,7 @@ def measure_mask_set(source: str | Path | pd.DataFrame, label_map: LabelMap = AC
                     problems.append(Problem(
                         str(group["mask_path"].iloc[0]), STAGE,
                         f"{unit}: impossible values not reported ({measures['flags']})",
-                        column="flags", expected="volumes > 0 and EF in (0, 100) %",
+                        column="flags", expected="volumes > 0 and EF in [0, 100) %",
                         found=str(measures["flags"])))
         except (InputError, OSError, ValueError) as exc:
             problems.append(Problem.from_exception(group["mask_path"].iloc[0], STAGE, exc))
@@ -340,7 +340,8 @@ def rv_phases(volumes: pd.DataFrame) -> dict[str, object]:
 
 def checked_measures(measures: dict[str, object]) -> dict[str, object]:
     """Impossible values flagged, never reported: a negative or zero end-diastolic volume
-    (the structure is missing), a negative volume or mass, an EF outside (0, 100) %. Each
+    (the structure is missing), a negative volume or mass, an EF below 0 or of 100 % and
+    more (no cavity left at end-systole). Each
     such value becomes NaN (and the EF/SV derived from it); `flags` names them ('' if none),
     e.g. "EDV<=0;EF>=100"."""
     out, flags = dict(measures), []
@@ -354,8 +355,8 @@ def checked_measures(measures: dict[str, object]) -> dict[str, object]:
         if esv is not None and float(esv) < 0:
             bad.append(f"{prefix}ESV<0")
         if ef is not None and not np.isnan(float(ef)):
-            if float(ef) <= EF_RANGE[0]:
-                bad.append(f"{prefix}EF<=0")
+            if float(ef) < EF_RANGE[0]:
+                bad.append(f"{prefix}EF<0")
             elif float(ef) >= EF_RANGE[1]:
                 bad.append(f"{prefix}EF>=100")
         if bad:

@@ -8,7 +8,7 @@ in masks/, on each source's own grid by default), ``lv_volume``/``myo_volume``/`
 ``esv``, ``ef``, ``lv_mass``, ``rv_edv``, ``rv_esv``, ``rv_ef`` of the sample's measurement
 unit: the patient's stacks together (ED and ES by LV volume, the RV's by RV volume;
 repeated on each of its rows, empty when the patient has a single stack) or the cine
-itself. Impossible values (EDV <= 0, EF outside (0, 100) %) are left empty and named in
+itself. Impossible values (EDV <= 0, EF outside [0, 100) %) are left empty and named in
 ``volume_flags`` (and problems.csv), never reported as values. Volumes are mL when the
 source keeps its spacing (``volume_unit``), else voxel counts.
 """

@@ -53,6 +53,8 @@ PAIR_NAME = "{unit}-frame{frame:03d}-slice{slice:03d}"
 CINE_DIMS = 4
 STAGE = "pseudo-pairs"
 SPLIT = "train"
+FRAMES_PHASES, FRAMES_ALL = "phases", "all"
+FRAME_CHOICES = (FRAMES_PHASES, FRAMES_ALL)
 
 
 @dataclass
@@ -104,10 +106,19 @@ def _load_pair_source(row: pd.Series) -> tuple[np.ndarray, np.ndarray, tuple | N
 
 
 def unit_phases(row: pd.Series, labels: np.ndarray, spacing: tuple | None,
-                label_map: LabelMap) -> list[tuple[str, int, int | None]]:
-    """[(phase, frame number, time index into labels or None for a 3D stack)]."""
+                label_map: LabelMap, frames: str = FRAMES_PHASES
+                ) -> list[tuple[str, int, int | None]]:
+    """[(phase, frame number, time index into labels or None for a 3D stack)]: a cine's ED
+    and ES frames, or with `frames` "all" every frame (phase ED/ES where it is one, else
+    empty), as the paper trained on every frame of each confident patient."""
+    if frames not in FRAME_CHOICES:
+        raise InputError(None, "frames", f"one of {list(FRAME_CHOICES)}", repr(frames))
     if labels.ndim == CINE_DIMS:
-        return [(phase, t, t) for phase, t in phase_frames(labels, spacing, label_map).items()]
+        phases = phase_frames(labels, spacing, label_map)
+        if frames == FRAMES_ALL:
+            names = {t: phase for phase, t in phases.items()}
+            return [(names.get(t, ""), t, t) for t in range(len(labels))]
+        return [(phase, t, t) for phase, t in phases.items()]
     frame = int(row["frame"]) if int(row["frame"]) != NO_FRAME else 0
     return [(str(row["phase"]), frame, None)]
 
@@ -121,14 +132,14 @@ def write_png(path: Path, array: np.ndarray) -> Path:
     return path
 
 
-def unit_pairs(row: pd.Series, unit: str, out: Path, label_map: LabelMap
-               ) -> list[dict[str, object]]:
+def unit_pairs(row: pd.Series, unit: str, out: Path, label_map: LabelMap,
+               frames: str = "phases") -> list[dict[str, object]]:
     """Write the pairs of one index row (a label cine or stack); their manifest rows."""
     image, labels, spacing = _load_pair_source(row)
     image8 = normalise_intensity(image)
     masks = to_acdc_labels(labels, label_map)
     rows = []
-    for phase, frame, t in unit_phases(row, labels, spacing, label_map):
+    for phase, frame, t in unit_phases(row, labels, spacing, label_map, frames):
         planes, mask = (image8, masks) if t is None else (image8[t], masks[t])
         for z in range(len(planes)):
             name = PAIR_NAME.format(unit=unit, frame=frame, slice=z + 1)
@@ -142,10 +153,14 @@ def unit_pairs(row: pd.Series, unit: str, out: Path, label_map: LabelMap
 
 def export_pseudo_pairs(index: pd.DataFrame, scores: pd.DataFrame, out: str | Path,
                         thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-                        label_map: LabelMap = ACDC_LABELS) -> PairExport:
+                        label_map: LabelMap = ACDC_LABELS,
+                        frames: str = "phases") -> PairExport:
     """Write the pairs of every unit scored at most max(thresholds) under out/pairs, with
     out/pairs/manifest.csv, out/confident_<t>pct/manifest.csv per threshold and
-    out/pairs/problems.csv (see the module docstring)."""
+    out/pairs/problems.csv (see the module docstring). `frames`: "phases" (ED and ES of
+    each cine, the default) or "all" (every frame: the paper's behaviour)."""
+    if frames not in FRAME_CHOICES:
+        raise InputError(None, "frames", f"one of {list(FRAME_CHOICES)}", repr(frames))
     if not len(thresholds):
         raise InputError(None, "thresholds", "at least one threshold in %", "none")
     out = Path(out).resolve()
@@ -158,7 +173,7 @@ def export_pseudo_pairs(index: pd.DataFrame, scores: pd.DataFrame, out: str | Pa
         if unit is None:
             continue
         try:
-            pairs = unit_pairs(row, unit, out / PAIRS_DIR, label_map)
+            pairs = unit_pairs(row, unit, out / PAIRS_DIR, label_map, frames)
         except (InputError, OSError, ValueError) as exc:
             problems.append(Problem.from_exception(row["mask_path"], STAGE, exc))
             continue

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from cinelab.pipelines.echonet.report import REPORT_HTML, build_echonet_report
 from cinelab.pipelines.echonet.sources import read_labels
 from cinelab.pipelines.registry import Options
 from cinelab.utils import read_json, write_json
+
+log = logging.getLogger(__name__)
 
 PREDICTIONS, EVALUATION = "predictions", "evaluation"
 PREDICT_OPTIONS = {"seg": "segmentation checkpoint (when MODEL is the EF one alone)",
@@ -182,12 +185,17 @@ def baseline_ef(truth: Truth) -> tuple[float, str]:
 
 def baseline_report(pred_dir: Path, labels: pd.DataFrame, mean: float,
                     boot: dict[str, Any]) -> dict[str, Any]:
-    """MAE/RMSE/R² of predicting `mean` for every sample whose headline EF is scored."""
+    """MAE/RMSE/R² of predicting `mean` for every sample whose headline EF is scored, and
+    ``comparison``: the model against it (`evaluate.metrics.baseline_comparison`, the
+    collapse detector)."""
     preds = read_predictions(pred_dir)
     joined = labels.merge(preds[["sample_id", "ef"]], on="sample_id", how="inner")
     joined = joined[np.isfinite(joined["EF"]) & np.isfinite(joined["ef"])]
     y = joined["EF"].to_numpy(float)
-    return em.regression_report(y, np.full_like(y, mean), **boot)
+    out = em.regression_report(y, np.full_like(y, mean), **boot)
+    out["comparison"] = em.baseline_comparison(y, joined["ef"].to_numpy(float), mean,
+                                               what="the EF model", **boot)
+    return out
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -231,8 +239,18 @@ def evaluate_echonet_predictions(pred: Path, out: Path, options: Options) -> dic
         flat["ef_r2_baseline"] = base["r2"]["value"]
         flat["ef_mae_ratio"] = flat["ef_mae"] / base["mae"]["value"] \
             if base["mae"]["value"] > 0 else None
+        comparison = base["comparison"]
+        flat["ef_mae_gain"] = comparison["mae_gain"]["value"]
+        flat["ef_mae_gain_ci_low"] = comparison["mae_gain"]["ci_low"]
+        flat["ef_not_better_than_baseline"] = comparison["not_better"]
+        flat["ef_collapse_warning"] = comparison["warning"]
+    warnings = [base["comparison"]["warning"]] if base.get("comparison", {}).get("warning") \
+        else []
+    for text in warnings:
+        log.warning("%s", text)
     metrics.update(pipeline=PIPELINE, predictions=str(pred_dir.resolve()), labels=truth.source,
-                   headline=flat, baseline={"ef": mean, "how": how, **base})
+                   headline=flat, baseline={"ef": mean, "how": how, **base},
+                   warnings=metrics.get("warnings", []) + warnings)
     write_json(out / METRICS_JSON, em.json_safe(metrics))
     return em.json_safe(flat)
 

@@ -6,13 +6,23 @@
   frames) where a full clip fits; EchoNet-Dynamic's test-time protocol. A video shorter than
   one clip has one clip from frame 0, padded as `data.sampling` documents.
 - beat by beat: segment every frame -> LV area curve -> ED/ES frames (`beats`) -> one
-  clip ending at each ES frame (at most `max_beats`, chosen evenly) -> mean. Without
-  segmentation, ES frames or a full clip it falls back to all clips and `fallback` says why.
+  clip per ES frame placed as EchoNet-Dynamic's official analysis (starting
+  frames * period // 2 frames before ES; `beats.place_beat_clips`; every beat unless
+  `max_beats`) -> mean. Without segmentation, ES frames or a beat with a clip it falls back
+  to all clips and `fallback` says why.
+
+EF clips are taken from the video resampled to the frame rate the EF checkpoint was trained
+at (its recorded ``fps``), run.json ``frame_rate`` says so. EDV/ESV (mL) come from the
+predicted LV masks at each beat's ED/ES frames by the method of discs where pixel spacing is
+known (DICOM regions).
 
 `predict` writes the prediction contract (`cinelab.infer.contract`): predictions.csv with
-``ef`` (beat by beat, the headline estimate), ``ef_all_clips``, ``ef_one_clip``, ``n_beats``,
-``fallback``, ``n_frames``, ``fps``; problems.csv; run.json. Beside them: beats.csv,
-frames.csv (LV area per frame, ED/ES flags), masks/<id>.npz and overlays/<id>.avi.
+``ef`` (beat by beat, the headline estimate), ``ef_all_clips``, ``ef_one_clip``, ``n_beats``
+(beats averaged), ``n_beats_clipped`` (their clip starts at 0), ``n_beats_past_end`` (no
+clip: not averaged), ``fallback``, ``edv``, ``esv``, ``n_frames``, ``fps``, ``ef_fps``;
+problems.csv; run.json. Beside them: beats.csv (one row per ES frame with ``flag`` and
+``used``), clips.csv (EF of every all-clips start), frames.csv (LV area per frame, ED/ES
+flags), masks/<id>.npz and overlays/<id>.avi.
 
 Clips are built batch by batch from the (memory-mapped) uint8 video: memory stays about one
 batch, never all clips at once.
@@ -71,7 +81,7 @@ FALLBACK_NO_SEGMENTATION = "no_segmentation"
 FALLBACK_NO_EF_MODEL = "no_ef_model"
 PREDICTION_COLUMNS = ["sample_id", "ef", "ef_all_clips", "ef_one_clip", "n_beats",
                       "n_beats_clipped", "n_beats_past_end", "fallback", "edv", "esv",
-                      "n_frames", "fps", "source_fps"]
+                      "n_frames", "fps", "ef_fps"]
 BEAT_COLUMNS = ["sample_id", "beat", "ed_frame", "es_frame", "ed_area", "es_area", "ef",
                 "clip_start", "flag", "used", "edv", "esv"]
 CLIP_COLUMNS = ["sample_id", "clip_start", "ef"]
@@ -102,7 +112,7 @@ class VideoPrediction:
     es: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     masks: np.ndarray | None = None
     spacing: tuple[float, float] | None = None  # (dy, dx) mm of the masks' pixels
-    source_fps: float | None = None  # before resampling to the EF model's frame rate
+    ef_fps: float | None = None  # frame rate of the EF clips (after any resampling)
 
     @property
     def n_beats(self) -> int:
@@ -120,8 +130,7 @@ class VideoPrediction:
                 "n_beats_clipped": self._count("clipped_start"),
                 "n_beats_past_end": self._count("past_end"),
                 "fallback": self.fallback, "edv": edv, "esv": esv,
-                "n_frames": self.n_frames, "fps": self.fps,
-                "source_fps": self.source_fps if self.source_fps is not None else self.fps}
+                "n_frames": self.n_frames, "fps": self.fps, "ef_fps": self.ef_fps}
 
     def clips_table(self, sample_id: str = "") -> pd.DataFrame:
         """CLIP_COLUMNS rows: EF of every all-clips start (EchoNet's clip-spread analysis)."""
@@ -167,6 +176,7 @@ def predict_video(
     all_clips_stride: int = 1,
     lv_class: int = LV_CLASS,
     spacing: tuple[float, float] | None = None,
+    target_fps: float | None = None,
 ) -> VideoPrediction:
     """One clip, all clips and beat-by-beat EF, LV masks, area curve and ED/ES frames.
 
@@ -174,6 +184,10 @@ def predict_video(
     Either model may be None (not both): without segmentation there are no beats
     (fallback "no_segmentation"); without an EF model there is no EF ("no_ef_model").
     `spacing` (dy, dx) in mm of the segmentation model's pixels gives EDV/ESV in mL.
+    `target_fps`: EF clips are taken from the video resampled to that rate (`resample_to_fps`;
+    ES frames are mapped to it), while masks, areas and ED/ES frames stay in the video's own
+    frames; ``clip_start`` (beats.csv, clips.csv) counts resampled frames, ``ef_fps`` says
+    at which rate.
     """
     if ef_model is None and seg_model is None:
         raise ValueError("predict_video: expected an EF model, a segmentation model or both")
@@ -189,9 +203,10 @@ def predict_video(
         pred.fallback = FALLBACK_NO_EF_MODEL
         pred.beats = _beat_rows(pred, [BeatClip(int(e), -1) for e in pred.es], {})
         return pred
-    ef_frames = conform(frames, ef_spec.size, ef_spec.channels)
+    ef_frames, pred.ef_fps = resample_to_fps(conform(frames, ef_spec.size, ef_spec.channels),
+                                             fps, target_fps)
     clip_frames, period = _clip_shape(ef_spec)
-    pred.clip_starts = all_clip_starts(len(frames), clip_frames, period, all_clips_stride)
+    pred.clip_starts = all_clip_starts(len(ef_frames), clip_frames, period, all_clips_stride)
     pred.clip_ef = predict_ef_clips(ef_model, ef_frames, ef_spec, pred.clip_starts,
                                     batch_size, device)
     pred.ef_one_clip = float(pred.clip_ef[0])  # all_clip_starts always starts at frame 0
@@ -209,7 +224,12 @@ def _beat_by_beat(pred: VideoPrediction, model: nn.Module, frames: np.ndarray,
         pred.fallback = FALLBACK_NO_SEGMENTATION
         return
     clip_frames, period = _clip_shape(spec)
-    clips = place_beat_clips(pred.es, len(frames), clip_frames, period, max_beats)
+    ratio = 1.0 if pred.fps is None or pred.ef_fps is None else pred.ef_fps / pred.fps
+    es = np.sort(pred.es)
+    es_ef = np.minimum(np.rint(es * ratio).astype(np.int64), max(len(frames) - 1, 0))
+    clips = place_beat_clips(es_ef, len(frames), clip_frames, period, max_beats)
+    back = dict(zip(es_ef.tolist(), es.tolist(), strict=True))  # EF-rate ES -> video frame
+    clips = [BeatClip(back[c.es], c.start, c.flag) for c in clips]
     pred.fallback = beat_fallback(clips, len(frames), clip_frames, period)
     used = [c for c in clips if c.used] if not pred.fallback else []
     known = dict(zip(pred.clip_starts.tolist(), pred.clip_ef.tolist(), strict=True))
@@ -255,7 +275,7 @@ def mask_disc_volume(mask: np.ndarray, spacing: tuple[float, float],
 
     The long axis is the mask's principal axis (in mm, so anisotropic pixels are handled);
     `n_discs` chords perpendicular to it at equal steps give the disc diameters, each the
-    mask's width there plus one pixel. NaN for an empty mask.
+    width of the mask's one-pixel slab at that level plus one pixel. NaN for an empty mask.
     """
     ys, xs = np.nonzero(np.asarray(mask, dtype=bool))
     if len(ys) < 2:
@@ -273,7 +293,7 @@ def mask_disc_volume(mask: np.ndarray, spacing: tuple[float, float],
     lines = [[*(centre + lo * axis)[::-1], *(centre + hi * axis)[::-1]]]
     for i in range(n_discs):
         level = lo + (i + 0.5) * step
-        band = np.abs(t - level) <= max(step, pixel) / 2
+        band = np.abs(t - level) <= pixel / 2  # the one-pixel slab at this level
         width = (u[band].max() - u[band].min() + pixel_across) if band.any() else 0.0
         mid = centre + level * axis
         p, q = mid - width / 2 * across, mid + width / 2 * across
@@ -323,20 +343,17 @@ class _Run:
     target_fps: float | None = None  # the EF model's training frame rate
 
     def predict_video(self, sample: Sample) -> VideoPrediction:
-        """`predict_video` with this run's models and settings, on the video resampled to
-        the EF model's training frame rate when both rates are known."""
+        """`predict_video` with this run's models and settings; EF clips come from the video
+        resampled to the EF model's training frame rate when both rates are known."""
         ef, seg = self.ef, self.seg
-        frames, fps = resample_to_fps(sample.frames, sample.fps, self.target_fps)
         spacing = None
         if sample.spacing is not None and seg is not None:
-            scale = sample.frames.shape[1] / seg.input_spec.size  # store size -> model size
+            scale = sample.frames.shape[1] / seg.input_spec.size  # sample size -> model size
             spacing = (sample.spacing[0] * scale, sample.spacing[1] * scale)
-        pred = predict_video(ef.model if ef else None, seg.model if seg else None,
-                             frames, fps, ef.input_spec if ef else None,
+        return predict_video(ef.model if ef else None, seg.model if seg else None,
+                             sample.frames, sample.fps, ef.input_spec if ef else None,
                              seg.input_spec if seg else None, self.batch_size, self.device,
-                             spacing=spacing, **self.settings)
-        pred.source_fps = sample.fps
-        return pred
+                             spacing=spacing, target_fps=self.target_fps, **self.settings)
 
 
 def training_fps(loaded: LoadedCheckpoint | None) -> float | None:
@@ -433,8 +450,9 @@ def _target_fps(ef: LoadedCheckpoint | None, fps: float | str | None
         if isinstance(fps, bool) or not isinstance(fps, int | float) or not fps > 0:
             raise InputError(None, "fps", 'a frame rate > 0, "auto" or None', repr(fps))
         target, source = float(fps), "option"
-    note = (f"videos resampled to {target:g} fps (nearest frame) before prediction; frame "
-            "numbers in beats.csv, frames.csv and clips.csv count resampled frames"
+    note = (f"EF clips taken from videos resampled to {target:g} fps (nearest frame; "
+            "predictions.csv ef_fps); clip_start in beats.csv and clips.csv counts resampled "
+            "frames, all other frame numbers (masks, frames.csv, ED/ES) the video's own"
             if target is not None else
             "videos not resampled: the EF checkpoint records no training frame rate"
             if fps == "auto" else "videos not resampled (fps=None)")

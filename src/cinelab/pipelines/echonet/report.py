@@ -204,6 +204,11 @@ def _summary_text(metrics: Mapping[str, Any], ef_column: str | None) -> list[str
         mae = metrics["ef"][ef_column]["mae"]
         lines.append(f"EF MAE ({EF_NAMES[ef_column]}): {format_value(mae['value'])} "
                      f"[{format_value(mae['ci_low'])}, {format_value(mae['ci_high'])}].")
+    base = metrics.get("baseline") or {}
+    if base.get("mae"):
+        lines.append(f"Predict-the-mean baseline ({base.get('how')}, EF {base.get('ef'):.1f}): "
+                     f"MAE {format_value(base['mae']['value'])}, "
+                     f"R² {format_value(base['r2']['value'])}.")
     dice = metrics.get("segmentation", {}).get("dice_overall")
     if dice:
         lines.append(f"Dice (ED and ES): {format_value(dice['value'])}.")
@@ -260,6 +265,11 @@ def build_echonet_report(
     column = primary_ef_column(per_sample, ef_column)
     rep = HtmlReport(title, subtitle=f"predictions: {Path(pred_dir).name}; "
                                      f"evaluation: {eval_dir.name}")
+    warnings = [w for w in metrics.get("warnings", []) if w]
+    if warnings:
+        rep.section("Warnings")
+        for text in warnings:
+            rep.paragraph(f"WARNING: {text}")
     rep.section("Summary").bullets(_summary_text(metrics, column))
     _metric_sections(rep, metrics, eval_dir)
     if column is not None:

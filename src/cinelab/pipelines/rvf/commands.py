@@ -310,8 +310,13 @@ def run_cmd(
              if v is not None}
     metrics = run_rvf(dicom_root, out, Options(recipe=recipe, max_epochs=max_epochs,
                                                extra=extra))
-    console.print(f"test AUC {metrics['auc']:.3f} [{metrics['auc_ci_low']:.3f}, "
-                  f"{metrics['auc_ci_high']:.3f}]; report -> {metrics['report']}")
+    low, high = metrics.get("auc_ci_low"), metrics.get("auc_ci_high")
+    ci = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else \
+        " (no CI: too few cases of a class)"
+    auc = metrics.get("auc")
+    console.print("test AUC "
+                  f"{'n/a' if auc is None else format(auc, '.3f')}{ci}; "
+                  f"report -> {metrics['report']}")
 
 
 def register(apps: dict[str, typer.Typer]) -> None:

@@ -3,7 +3,9 @@
     OUT/ingest        pseudonymised manifest + de-identified DICOM copies + problems
     OUT/store         greyscale frames + optical flow (prepared store)
     OUT/run           training run (model.pt, metrics.json, checkpoints); model.pt records
-                      the decision threshold chosen on validation (Youden's J)
+                      the decision threshold chosen on validation (Youden's J); with
+                      members N > 1 an ensemble folder (ensemble.json, members/<k>/...;
+                      saliency then explains member 0)
     OUT/predictions_val  validation predictions, to choose that threshold
     OUT/predictions   predictions of the evaluated split (the contract)
     OUT/evaluation    metrics.json (per video and patient, CIs), ROC, tables, report.html
