@@ -14,6 +14,7 @@ from cinelab.errors import InputError, Problem
 from cinelab.formats.dicoms import read_dicom_folder
 from cinelab.formats.folders import read_video_folder
 from cinelab.io.dicom import is_dicom_path
+from cinelab.io.table import read_table
 from cinelab.io.video import VIDEO_SUFFIXES
 from cinelab.plugins import Registry
 from cinelab.utils import write_csv
@@ -113,7 +114,7 @@ register_layout(Layout("videos", _has_videos, _read_videos,
 def _join_labels(manifest: pd.DataFrame, labels: str | Path | None) -> pd.DataFrame:
     if labels is None:
         return manifest
-    table = pd.read_csv(labels, dtype=str)
+    table = read_table(labels, dtype=str)
     key = next((c for c in ("sample_id", "patient_id") if c in table.columns), None)
     if key is None:
         raise InputError(labels, "columns", "a sample_id or patient_id column",

@@ -36,6 +36,8 @@ PREP_VERSION = 1
 SKIPPED = "skipped"  # result key: the sample was complete already
 DICOM_SUFFIXES = (".dcm", ".dicom", "")
 
+MIN_ECHO_FRAMES = 3  # a cine: single-frame ultrasound DICOMs are reported, not prepared
+
 
 @dataclass(frozen=True)
 class PrepSpec:
@@ -71,7 +73,7 @@ class PrepareSummary:
 def load_echo_source(path: Path) -> dict[str, Any]:
     """Frames and acquisition metadata from a video file or an ultrasound DICOM."""
     if is_dicom_path(path):
-        us = read_ultrasound(path)
+        us = read_ultrasound(path, min_frames=MIN_ECHO_FRAMES)
         return {"frames": us.frames, "fps": us.fps, "fps_source": us.fps_source,
                 "pixel_spacing_mm": us.pixel_spacing_mm, "region": us.region, "dicom": True}
     video = read_video(path)
