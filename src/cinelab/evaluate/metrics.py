@@ -505,3 +505,30 @@ def json_safe(obj: Any) -> Any:
     if isinstance(obj, (float, np.floating)):
         return float(obj) if np.isfinite(obj) else None
     return obj
+
+
+def surface_distances(pred: Any, true: Any, spacing: Sequence[float] | None = None,
+                      percentile: float = 95.0) -> dict[str, float]:
+    """Boundary distances of two binary masks (2D or 3D), in the units of `spacing` (one
+    value per axis; voxels when None), with MONAI's `compute_hausdorff_distance` and
+    `compute_average_surface_distance`: {"hd": the `percentile`-th percentile Hausdorff
+    distance (HD95 by default), "assd": the average symmetric surface distance}. NaN when
+    either mask is empty (not scored)."""
+    p, t = np.asarray(pred).astype(bool), np.asarray(true).astype(bool)
+    if p.shape != t.shape or p.ndim not in (2, 3):
+        raise InputError(None, "pred/true", "binary masks of one 2D or 3D shape",
+                         f"{p.shape} vs {t.shape}")
+    if not p.any() or not t.any():
+        return {"hd": float("nan"), "assd": float("nan")}
+    import torch
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+
+    def onehot(mask: np.ndarray) -> Any:
+        return torch.from_numpy(np.stack([~mask, mask])[None].astype(np.float32))
+
+    spacing = None if spacing is None else [float(s) for s in spacing]
+    hd = compute_hausdorff_distance(onehot(p), onehot(t), include_background=False,
+                                    percentile=percentile, spacing=spacing)
+    assd = compute_average_surface_distance(onehot(p), onehot(t), include_background=False,
+                                            symmetric=True, spacing=spacing)
+    return {"hd": float(hd.reshape(-1)[0]), "assd": float(assd.reshape(-1)[0])}

@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 
 from cinelab.errors import InputError, Problem
 from cinelab.evaluate import plots
-from cinelab.evaluate.metrics import json_safe
+from cinelab.evaluate.metrics import json_safe, surface_distances
 from cinelab.measure.volumes import ACDC_LABELS, STRUCTURES, LabelMap
 from cinelab.pipelines.cmr.measure import (
     NO_FRAME,
@@ -44,7 +44,8 @@ KEY_COLUMNS = ("model", "image_id", "patient_id", "phase", "frame")
 CONFUSION_CSV, DICE_CSV, SUMMARY_CSV = "confusion.csv", "dice.csv", "dice_summary.csv"
 VOLUMES_CSV, EF_TABLE_CSV, METRICS_JSON = "volumes.csv", "ef_differences.csv", "metrics.json"
 PROBLEMS_CSV, PLOTS_DIR = "problems.csv", "plots"
-PAIRS_CSV = "confusion_pairs.csv"
+PAIRS_CSV, REGIONS_CSV = "confusion_pairs.csv", "dice_regions.csv"
+REGIONS = ("base", "mid", "apex")  # thirds of the truth's heart slices, first slice = base
 PAIR_NAMES = {"background": "bg", "LV": "lv", "MYO": "my", "RV": "rv"}
 VOLUME_VALUES = ("EDV", "ESV", "EF")
 ALL_PHASES = "all"
@@ -147,8 +148,14 @@ def _known(df: pd.DataFrame, column: str) -> bool:
 def _load_pair(row: pd.Series, spacing: Sequence[float] | None,
                resize: bool) -> tuple[np.ndarray, np.ndarray]:
     """(pred, truth) label stacks of one pair, the prediction resized when asked."""
+    return _load_pair_spacing(row, spacing, resize)[:2]
+
+
+def _load_pair_spacing(row: pd.Series, spacing: Sequence[float] | None, resize: bool
+                       ) -> tuple[np.ndarray, np.ndarray, Sequence[float] | None]:
+    """_load_pair + the truth's spacing (slice, row, column mm; None when unknown)."""
     pred = load_mask(row["mask_path_pred"], spacing)[0]
-    truth = load_mask(row["mask_path_truth"], spacing)[0]
+    truth, truth_spacing = load_mask(row["mask_path_truth"], spacing)
     if pred.ndim != 3 or truth.ndim != 3:
         raise InputError(row["mask_path_pred"], "labels", "(Z, H, W) stacks to pair",
                          f"{pred.shape} and {truth.shape}")
@@ -158,7 +165,41 @@ def _load_pair(row: pd.Series, spacing: Sequence[float] | None,
         raise InputError(row["mask_path_pred"], "shape", f"the truth's {truth.shape}",
                          f"{pred.shape}", "predict on the source grid (predict_cmr "
                          "native=True), or resize=True when only the pixel size differs")
-    return pred, truth
+    return pred, truth, truth_spacing
+
+
+def slice_regions(true: np.ndarray) -> np.ndarray:
+    """Per slice of a (Z, H, W) truth stack: "base", "mid" or "apex" (the truth's slices
+    holding any label split into thirds in slice order, the first slice being the base as
+    in ACDC), "" for slices without the heart."""
+    regions = np.full(len(true), "", dtype=object)
+    heart = np.flatnonzero(np.asarray(true).reshape(len(true), -1).any(axis=1))
+    for name, part in zip(REGIONS, np.array_split(heart, len(REGIONS)), strict=True):
+        regions[part] = name
+    return regions
+
+
+def region_dice(per_image: pd.DataFrame) -> pd.DataFrame:
+    """Dice per model, class and region (base/mid/apex, `slice_regions`), pooled over the
+    slices of every volume (the counts summed), with the number of volumes."""
+    rows = per_image[per_image["region"] != ""]
+    if rows.empty:
+        return pd.DataFrame(columns=["model", "class", "region", "n", *COUNT_COLUMNS, "dice"])
+    out = rows.groupby(["model", "class", "region"], sort=False).agg(
+        n=("image_id", "nunique"), **{c: (c, "sum") for c in COUNT_COLUMNS}).reset_index()
+    out["dice"] = dice_from_counts(out)
+    return out
+
+
+def _distances(pred: np.ndarray, true: np.ndarray, spacing: Sequence[float] | None,
+               pred_labels: LabelMap, true_labels: LabelMap) -> dict[str, dict[str, float]]:
+    """{class: {"hd95": ..., "assd": ...}} of one volume (mm with a spacing, else voxels)."""
+    pv, tv = pred_labels.values(), true_labels.values()
+    out = {}
+    for name in (s for s in STRUCTURES if s in pv and s in tv):
+        found = surface_distances(pred == pv[name], true == tv[name], spacing)
+        out[name] = {"hd95": found["hd"], "assd": found["assd"]}
+    return out
 
 
 def compare_mask_sets(pred: MaskSource, truth: MaskSource, pred_labels: LabelMap = ACDC_LABELS,
@@ -177,8 +218,10 @@ def _compare(pred: MaskSource, truth: MaskSource, pred_labels: LabelMap,
     slices, volumes, problems, pair_rows = [], [], [], []
     for _, row in pairs.iterrows():
         try:
-            pred_mask, true_mask = _load_pair(row, None, resize)
+            pred_mask, true_mask, spacing = _load_pair_spacing(row, None, resize)
             counts = confusion_counts(pred_mask, true_mask, pred_labels, truth_labels)
+            counts["region"] = slice_regions(true_mask)[counts["slice"].to_numpy()]
+            distances = _distances(pred_mask, true_mask, spacing, pred_labels, truth_labels)
             pair_counts = class_pair_counts(pred_mask, true_mask, pred_labels, truth_labels)
         except (InputError, OSError, ValueError) as exc:
             problems.append(Problem.from_exception(row["mask_path_pred"], STAGE, exc))
@@ -187,6 +230,9 @@ def _compare(pred: MaskSource, truth: MaskSource, pred_labels: LabelMap,
         slices.append(counts.assign(**keys))
         vol = counts.groupby("class", sort=False, as_index=False)[list(COUNT_COLUMNS)].sum()
         vol["dice"] = dice_from_counts(vol)
+        vol["hd95"] = vol["class"].map(lambda c: distances[c]["hd95"])
+        vol["assd"] = vol["class"].map(lambda c: distances[c]["assd"])
+        vol["distance_unit"] = "mm" if spacing is not None else "voxels"
         pair_rows.append({**keys, **pair_counts})
         volumes.append(vol.assign(**keys, pred_path=row["mask_path_pred"],
                                   truth_path=row["mask_path_truth"],
@@ -290,6 +336,7 @@ class CmrEvaluation:
     plots: dict[str, Path] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     pairs: pd.DataFrame = field(default_factory=pd.DataFrame)  # K x K counts per volume
+    regions: pd.DataFrame = field(default_factory=pd.DataFrame)  # base/mid/apex Dice
 
 
 def _labels_for(labels: LabelMap | Mapping[str, LabelMap], model: str) -> LabelMap:
@@ -323,6 +370,7 @@ def evaluate_cmr(preds: Mapping[str, MaskSource], truth: MaskSource, out: str | 
                            pd.concat(volumes, ignore_index=True), pd.DataFrame(),
                            problems=problems, pairs=pd.concat(pair_tables, ignore_index=True))
     result.summary = dice_summary(result.dice)
+    result.regions = region_dice(result.confusion)
     result.ef_table = difference_stats(result.volumes, "EF_absdiff", by="model")
     _write(result)
     write_json(out / SETTINGS_JSON, {
@@ -340,6 +388,7 @@ def _write(result: CmrEvaluation) -> None:
     write_csv(result.confusion, out / CONFUSION_CSV)
     write_csv(result.dice, out / DICE_CSV)
     write_csv(result.pairs, out / PAIRS_CSV)
+    write_csv(result.regions, out / REGIONS_CSV)
     write_csv(result.summary, out / SUMMARY_CSV)
     write_csv(result.volumes, out / VOLUMES_CSV)
     write_csv(result.ef_table, out / EF_TABLE_CSV)
@@ -361,6 +410,10 @@ def cmr_metrics(result: CmrEvaluation) -> dict[str, object]:
             "ef_absdiff": ef[["mean", "sd", "median", "iqr"]].iloc[0].to_dict() if len(ef)
             else {},
             "class_pairs": _pair_totals(result.pairs, model),
+            "distances": _distance_means(result.dice, model),
+            "dice_regions": {f"{r['class']}_{r['region']}": float(r["dice"]) for _, r in
+                             result.regions[result.regions["model"] == model].iterrows()}
+            if len(result.regions) else {},
             "n_images": int(result.dice.loc[result.dice["model"] == model, "image_id"]
                             .nunique())}
     return metrics
@@ -373,3 +426,12 @@ def _pair_totals(pairs: pd.DataFrame, model: object) -> dict[str, int]:
     rows = pairs[pairs["model"] == model]
     columns = [c for c in rows.columns if c not in KEY_COLUMNS]
     return {c: int(rows[c].sum()) for c in columns}
+
+
+def _distance_means(dice: pd.DataFrame, model: object) -> dict[str, dict[str, float]]:
+    """{class: {"hd95": mean, "assd": mean}} over one model's volumes (NaN left out)."""
+    rows = dice[dice["model"] == model]
+    if "hd95" not in rows:
+        return {}
+    return {str(c): {"hd95": float(g["hd95"].mean()), "assd": float(g["assd"].mean())}
+            for c, g in rows.groupby("class", sort=False)}

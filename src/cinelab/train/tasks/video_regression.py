@@ -79,6 +79,7 @@ def stream_layout(model: nn.Module, store: PreparedStore
     """(layout, active streams) when `model` trains on stream clips (grey/flow), None when it
     takes the store's frames as they are (its input channels = the store's)."""
     inner = getattr(model, "module", model)
-    if not hasattr(inner, "input_layout") and _model_channels(model) == len(store.mean):
+    if not hasattr(inner, "input_layout") and \
+            _model_channels(model) in (None, len(store.mean)):
         return None
     return model_streams(model)
