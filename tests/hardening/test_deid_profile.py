@@ -70,9 +70,9 @@ class Planter:
         elif vr == "UI":
             value = needles = f"1.2.826.0.1.3680043.9.7777.{1000 + i}"
         elif vr == "DS":
-            value = needles = f"{7000 + i}.125"
+            value = needles = f"{7000000 + i}.125"
         elif vr == "IS":
-            value = needles = f"{880000 + i}"
+            value = needles = f"{880000000000 + i}"  # 12 digits: never inside a keyed UID
         elif vr == "AS":
             value = needles = "097Y" if i < 500 else "098Y"
         elif vr == "US":
