@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 import torch
 
-from cinelab.pipelines.rvf.prepare import prepare_rvf
 from cinelab.data.store import PreparedStore
 from cinelab.data.streams import stream_normalisation
 from cinelab.explain.guided import (
@@ -21,9 +20,10 @@ from cinelab.explain.guided import (
     most_confident,
     stream_saliency,
 )
-from cinelab.pipelines.rvf.layout import ingest_rvf
 from cinelab.io.video import read_video
 from cinelab.models import create_model
+from cinelab.pipelines.rvf.layout import ingest_rvf
+from cinelab.pipelines.rvf.prepare import prepare_rvf
 from cinelab.pipelines.rvf.synth import synth_rvf_cohort
 from cinelab.train.checkpoint import InputSpec, save_checkpoint
 

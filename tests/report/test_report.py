@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 
 from cinelab.errors import InputError
-from cinelab.pipelines.echonet.evaluate import evaluate_echonet
 from cinelab.evaluate.metrics import metric_rows
 from cinelab.io.video import read_video
 from cinelab.measure.ef import tracing_mask, tracings_from_echonet_csv
+from cinelab.pipelines.echonet.evaluate import evaluate_echonet
 from cinelab.pipelines.echonet.report import ED_RGB, build_echonet_report, overlay_strip
 from cinelab.report.html import HtmlReport, embed_png, format_value
 from cinelab.utils import read_json
@@ -54,7 +54,7 @@ def _cohort(root: Path, ids_without_mask: tuple[str, ...] = ()) -> tuple[Path, p
         frames += [dict(sample_id=sid, frame=t, lv_area=int(mask[t].sum()), is_ed=int(t == ed),
                         is_es=int(t == es)) for t in range(FRAMES)]
         preds.append(dict(sample_id=sid, ef_one_clip=TRUE_EF[i] + 3, ef_all_clips=TRUE_EF[i] - 1,
-                          ef_beats=TRUE_EF[i] + BEAT_ERRORS[i], n_beats=1, fallback="",
+                          ef=TRUE_EF[i] + BEAT_ERRORS[i], n_beats=1, fallback="",
                           n_frames=FRAMES, fps=50.0))
     pd.DataFrame(preds).to_csv(pred / "predictions.csv", index=False)
     pd.DataFrame(frames).to_csv(pred / "frames.csv", index=False)
@@ -182,12 +182,12 @@ def test_real_echonet_mini_end_to_end(tmp_path):
         ed, es = max(traced, key=lambda t: area[t]), min(traced, key=lambda t: area[t])
         frames += [dict(sample_id=f.sample_id, frame=t, lv_area=int(area[t]),
                         is_ed=int(t == ed), is_es=int(t == es)) for t in range(len(mask))]
-        preds.append(dict(sample_id=f.sample_id, ef_beats=f.EF + i, n_beats=1, fallback=""))
+        preds.append(dict(sample_id=f.sample_id, ef=f.EF + i, n_beats=1, fallback=""))
     pd.DataFrame(preds).to_csv(pred / "predictions.csv", index=False)
     pd.DataFrame(frames).to_csv(pred / "frames.csv", index=False)
     labels = files[["sample_id", "EF", "Split"]].rename(columns={"Split": "split"})
     m = evaluate_echonet(pred, labels, tracings, out_dir=tmp_path / "eval", n_boot=50)
-    assert m["ef"]["ef_beats"]["mae"]["value"] == pytest.approx(np.arange(len(files)).mean())
+    assert m["ef"]["ef"]["mae"]["value"] == pytest.approx(np.arange(len(files)).mean())
     assert m["segmentation"]["dice_overall"]["value"] == 1.0
     assert m["phase"]["ed_frame_error_mean"]["value"] == 0.0
     report = build_echonet_report(tmp_path / "run", pred, tmp_path / "eval",

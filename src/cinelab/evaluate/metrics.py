@@ -527,8 +527,11 @@ def surface_distances(pred: Any, true: Any, spacing: Sequence[float] | None = No
         return torch.from_numpy(np.stack([~mask, mask])[None].astype(np.float32))
 
     spacing = None if spacing is None else [float(s) for s in spacing]
-    hd = compute_hausdorff_distance(onehot(p), onehot(t), include_background=False,
-                                    percentile=percentile, spacing=spacing)
-    assd = compute_average_surface_distance(onehot(p), onehot(t), include_background=False,
-                                            symmetric=True, spacing=spacing)
+    with warnings.catch_warnings():  # MONAI's own deprecation notices
+        warnings.simplefilter("ignore", FutureWarning)
+        hd = compute_hausdorff_distance(onehot(p), onehot(t), include_background=False,
+                                        percentile=percentile, spacing=spacing)
+        assd = compute_average_surface_distance(onehot(p), onehot(t),
+                                                include_background=False, symmetric=True,
+                                                spacing=spacing)
     return {"hd": float(hd.reshape(-1)[0]), "assd": float(assd.reshape(-1)[0])}

@@ -56,14 +56,21 @@ PREDICTION_COLUMNS = ("sample_id", "subject", "arm", "outer", "inner", "role", "
                       "pred", "pred_aug")
 DEFAULT_TTA = 5
 
+NO_TARGET = "_no_target"  # the constant column folds are "stratified" on without a target
+
 Predictor = Callable[..., pd.DataFrame]
 PREDICTORS: Registry[Predictor] = Registry("cross-validation predictor")
+UNSTRATIFIED: set[str] = set()  # tasks whose recipes need no data.target (segmentation)
 
 
-def register_cv_predictor(*tasks: str) -> Callable[[Predictor], Predictor]:
+def register_cv_predictor(*tasks: str, needs_target: bool = True
+                          ) -> Callable[[Predictor], Predictor]:
     """Register fn(checkpoint, store, ids, tta, device) -> DataFrame(sample_id, pred,
-    pred_aug) as the cross-validation predictor of `tasks`."""
-
+    pred_aug) as the cross-validation predictor of `tasks`. With `needs_target` False a
+    recipe without data.target is cross-validated on unstratified folds (target empty;
+    pred/pred_aug are then the predictor's per-sample score, e.g. Dice)."""
+    if not needs_target:
+        UNSTRATIFIED.update(tasks)
     return PREDICTORS.register(*tasks)
 
 
@@ -94,7 +101,9 @@ class Unit:
 def _settings(recipe: Recipe, store: PreparedStore, outer: int, inner: int, seed: int,
               bins: int, by: str | None, group: str, tta: int) -> dict[str, Any]:
     target = recipe.data.target
-    if not isinstance(target, str):
+    if recipe.task in UNSTRATIFIED and not isinstance(target, str):
+        target = None  # e.g. segmentation: no target column, folds unstratified
+    elif not isinstance(target, str):
         raise InputError(None, "data.target", "one target column to stratify and score on",
                          repr(target))
     if recipe.task not in PREDICTORS:
@@ -135,8 +144,11 @@ def prepare_cv(out: Path, settings: dict[str, Any], store: PreparedStore,
                              repr(settings.get(changed[0])),
                              "resume with the same settings or choose a new output folder")
         return NestedFolds.read(out / FOLDS_FILE)
-    table = subject_table(store.manifest, settings["target"], settings["group"])
-    folds = nested_folds(table["subject"], table[settings["target"]].to_numpy(),
+    target = settings["target"] or NO_TARGET
+    manifest = store.manifest if settings["target"] else store.manifest.assign(
+        **{NO_TARGET: 0.0})
+    table = subject_table(manifest, target, settings["group"])
+    folds = nested_folds(table["subject"], table[target].to_numpy(),
                          settings["outer"], settings["inner"], settings["bins"],
                          settings["seed"])
     folds.write(out / FOLDS_FILE)
@@ -200,7 +212,8 @@ def _predict_unit(settings: dict[str, Any], unit: Unit, view: PreparedStore, run
         "sample_id": ids, "subject": m[settings["group"]].astype(str).to_numpy(),
         "arm": unit.arm, "outer": unit.outer, "inner": unit.inner,
         "role": m["split"].to_numpy(),
-        "target": pd.to_numeric(m[settings["target"]], errors="coerce").to_numpy(),
+        "target": pd.to_numeric(m[settings["target"]], errors="coerce").to_numpy()
+        if settings["target"] else np.full(len(m), np.nan),
         "pred": preds["pred"].to_numpy(), "pred_aug": preds["pred_aug"].to_numpy()})
 
 

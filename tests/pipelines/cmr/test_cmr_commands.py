@@ -175,3 +175,24 @@ def test_pseudo_label_training_chain(tmp_path: Path) -> None:
     curve = pd.read_csv(tmp_path / "curve" / "data_requirement.csv")
     assert curve["patients"].tolist() == [1, 2] and curve["train_patients"].tolist() == [1, 2]
     assert (tmp_path / "curve" / "data_requirement.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_curve_refuses_impossible_sizes_before_training(tmp_path: Path) -> None:
+    from cinelab.pipelines.cmr.acdc import read_acdc
+    from cinelab.pipelines.cmr.prepare import prepare_cmr
+    from cinelab.pipelines.cmr.synth import synth_cmr_cohort
+
+    synth = synth_cmr_cohort(tmp_path / "s", n=3, seed=2, layout="acdc", size=(32, 32),
+                             n_frames=4)
+    manifest, _ = read_acdc(synth.acdc_root)
+    patients = sorted(manifest["patient_id"].unique())
+    manifest["split"] = ["train" if p != patients[-1] else "val" for p in
+                         manifest["patient_id"]]
+    prepare_cmr(manifest, tmp_path / "store", size=32, workers=1)
+    out = _run(["cmr", "curve", "cmr-seg-cpu", "--data", tmp_path / "store", "--out",
+                tmp_path / "curve", "--sizes", "1,5,2", "--max-epochs", 1], code=2)
+    assert "--sizes" in out and "at most 2" in out and "5 (patients)" in out
+    assert not (tmp_path / "curve" / "patients_1").exists()  # nothing trained first
+    out = _run(["cmr", "curve", "cmr-seg-cpu", "--data", tmp_path / "store", "--out",
+                tmp_path / "curve", "--sizes", "0.5,1.5", "--by", "fraction"], code=2)
+    assert "1.5 (fraction)" in out and not (tmp_path / "curve").exists()

@@ -18,6 +18,7 @@ from cinelab.pipelines.cmr.evaluate import (
     EF_TABLE_CSV,
     METRICS_JSON,
     PAIRS_CSV,
+    REGIONS_CSV,
     SUMMARY_CSV,
     class_pair_counts,
     compare_mask_sets,
@@ -25,6 +26,7 @@ from cinelab.pipelines.cmr.evaluate import (
     dice_summary,
     evaluate_cmr,
     pair_images,
+    slice_regions,
 )
 from cinelab.pipelines.cmr.measure import mask_index
 
@@ -172,3 +174,31 @@ def test_class_pair_table_k_by_k_on_hand_made_masks() -> None:
     no_rv = class_pair_counts(TO_MODEL[other], truth, MODEL_LABELS, LabelMap(3, 2, None))
     assert set(no_rv) == {f"{a}_{b}" for a in ("bg", "lv", "my") for b in ("bg", "lv", "my")}
     assert no_rv["bg_bg"] == pairs["bg_bg"] + pairs["rv_rv"] + pairs["rv_bg"]
+
+
+def test_surface_distances_and_base_mid_apex(tmp_path: Path) -> None:
+    from cinelab.evaluate.metrics import surface_distances
+
+    square = np.zeros((20, 20), bool)
+    square[5:15, 5:15] = True
+    shifted = np.roll(square, 2, axis=0)  # 2 rows down
+    found = surface_distances(shifted, square, (1.5, 1.5))
+    assert found["hd"] == pytest.approx(3.0)  # 2 px x 1.5 mm
+    assert np.isnan(surface_distances(square, np.zeros_like(square))["hd"])
+    truth = np.zeros((8, 12, 12), np.uint8)
+    truth[1:7, 3:9, 3:9] = 3  # the heart on slices 1-6
+    assert slice_regions(truth).tolist() == ["", "base", "base", "mid", "mid", "apex",
+                                             "apex", ""]
+    pred = truth.copy()
+    pred[5:7] = 0  # apex missed
+    write_volume(tmp_path / "t" / "p1_ED_gt.nii.gz", truth, SPACING)
+    write_volume(tmp_path / "p" / "p1_ED_pred.nii.gz", pred, SPACING)
+    result = evaluate_cmr({"net": tmp_path / "p"}, tmp_path / "t", tmp_path / "out")
+    regions = pd.read_csv(tmp_path / "out" / REGIONS_CSV).set_index(["class", "region"])
+    assert regions.loc[("LV", "base"), "dice"] == 1.0 and regions.loc[("LV", "apex"),
+                                                                      "dice"] == 0.0
+    lv = result.dice.set_index("class").loc["LV"]
+    assert lv["hd95"] == pytest.approx(2 * SPACING[0]) and lv["distance_unit"] == "mm"
+    metrics = json.loads((tmp_path / "out" / METRICS_JSON).read_text())["net"]
+    assert metrics["dice_regions"]["LV_mid"] == 1.0
+    assert metrics["distances"]["LV"]["hd95"] == pytest.approx(20.0)

@@ -19,9 +19,12 @@ MAX_RELATIVE_ERROR = 0.01  # stated voxel error: 1 % of the analytic volume at t
 MAX_EF_ERROR = 1.0  # EF points
 
 
-def _inside(semi: tuple[float, float, float], shape=SHAPE, spacing=SPACING) -> np.ndarray:
-    """Voxels whose centre lies in the ellipsoid with semi-axes (z, y, x) mm."""
-    axes = [(np.arange(n) + 0.5) * s - c for n, s, c in zip(shape, spacing, CENTRE, strict=True)]
+def _inside(semi: tuple[float, float, float], shape=SHAPE, spacing=SPACING,
+            shift=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """Voxels whose centre lies in the ellipsoid with semi-axes (z, y, x) mm, centred at
+    CENTRE + shift."""
+    axes = [(np.arange(n) + 0.5) * s - c - d
+            for n, s, c, d in zip(shape, spacing, CENTRE, shift, strict=True)]
     z, y, x = np.meshgrid(*axes, indexing="ij")
     return (z / semi[0]) ** 2 + (y / semi[1]) ** 2 + (x / semi[2]) ** 2 <= 1.0
 
@@ -31,20 +34,24 @@ def _volume_ml(semi) -> float:
 
 
 def _phantom(lv: tuple[float, float, float], wall: float, shape=SHAPE,
-             spacing=SPACING) -> np.ndarray:
-    """LV cavity (3) inside a myocardial shell (2) `wall` mm thick; an RV ellipsoid (1)."""
+             spacing=SPACING, rv: tuple[float, float, float] | None = None) -> np.ndarray:
+    """LV cavity (3) inside a myocardial shell (2) `wall` mm thick; an RV ellipsoid (1)
+    beside it (x: 4-28 mm at most, the shell starts at 30 mm)."""
     labels = np.zeros(shape, np.uint8)
+    if rv is not None:
+        labels[_inside(rv, shape, spacing, RV_SHIFT)] = 1
     labels[_inside(tuple(a + wall for a in lv), shape, spacing)] = 2
     labels[_inside(lv, shape, spacing)] = 3
     return labels
 
 
 ED_LV, ES_LV, WALL = (35.0, 24.0, 22.0), (30.0, 15.0, 14.0), 8.0
+ED_RV, ES_RV, RV_SHIFT = (30.0, 20.0, 12.0), (25.0, 15.0, 8.0), (0.0, 0.0, -44.0)
 
 
 def test_phantom_volumes_ef_and_mass_match_the_analytic_values(tmp_path: Path) -> None:
-    for phase, lv in (("ED", ED_LV), ("ES", ES_LV)):
-        write_volume(tmp_path / f"ph01_{phase}_gt.nii.gz", _phantom(lv, WALL), SPACING)
+    for phase, lv, rv in (("ED", ED_LV, ED_RV), ("ES", ES_LV, ES_RV)):
+        write_volume(tmp_path / f"ph01_{phase}_gt.nii.gz", _phantom(lv, WALL, rv=rv), SPACING)
     table, per_frame, problems = measure_mask_set(tmp_path)
     assert not problems and len(table) == 1
     row = table.iloc[0]
@@ -54,7 +61,11 @@ def test_phantom_volumes_ef_and_mass_match_the_analytic_values(tmp_path: Path) -
     assert abs(row["EF"] - 100 * (edv - esv) / edv) <= MAX_EF_ERROR
     myo = _volume_ml(tuple(a + WALL for a in ED_LV)) - edv
     assert abs(row["LVM"] - 1.05 * myo) / (1.05 * myo) <= MAX_RELATIVE_ERROR
-    assert row["units"] == "mL"
+    assert row["units"] == "mL" and row["flags"] == ""
+    rv_edv, rv_esv = _volume_ml(ED_RV), _volume_ml(ES_RV)  # 30.2 and 12.6 mL
+    assert abs(row["RV_EDV"] - rv_edv) / rv_edv <= MAX_RELATIVE_ERROR
+    assert abs(row["RV_ESV"] - rv_esv) / rv_esv <= MAX_RELATIVE_ERROR
+    assert abs(row["RV_EF"] - 100 * (rv_edv - rv_esv) / rv_edv) <= MAX_EF_ERROR
 
 
 def test_phantom_error_shrinks_with_the_voxel_size() -> None:

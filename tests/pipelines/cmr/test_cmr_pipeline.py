@@ -23,7 +23,7 @@ from cinelab.formats.ingest import LAYOUTS, detect_layout, ingest
 from cinelab.infer.contract import read_predictions, read_run, write_contract
 from cinelab.io.nifti import read_volume, write_volume
 from cinelab.models.registry import register_model
-from cinelab.pipelines.cmr.acdc import LV_LABEL, MYO_LABEL, RV_LABEL
+from cinelab.pipelines.cmr.acdc import LV_LABEL, MYO_LABEL, RV_LABEL, read_info_cfg
 from cinelab.pipelines.cmr.dsb import convert_dsb
 from cinelab.pipelines.cmr.layouts import CMR_LAYOUTS
 from cinelab.pipelines.cmr.synth import synth_cmr_cohort
@@ -154,6 +154,14 @@ def test_predict_writes_the_contract_with_volumes_of_its_masks(cohort, model,
         assert rows["esv"].tolist() == pytest.approx([esv, esv])
         assert rows["ef"].tolist() == pytest.approx([100 * (edv - esv) / edv] * 2)
         assert set(rows["volume_unit"]) == {"mL"}
+        info = read_info_cfg(next(cohort.acdc_root.glob(f"*/{patient}/Info.cfg")))
+        bsa = np.sqrt(info["Height"] * info["Weight"] / 3600)  # Mosteller
+        assert rows["bsa_m2"].tolist() == pytest.approx([bsa, bsa])
+        assert rows["edv_index"].tolist() == pytest.approx([edv / bsa] * 2)
+        flags = rows["volume_flags"].fillna("").iloc[0]
+        assert "EF" not in flags and "EDV<=0" not in flags.replace("RV_EDV<=0", "")
+        if "RV_EDV<=0" in flags:  # no RV predicted: no RV volume reported
+            assert rows["rv_edv"].isna().all() and rows["rv_ef"].isna().all()
         labels, _ = read_volume(rows["mask_path"].iloc[0])
         assert labels.shape[1:] == (40, 36)  # on the source grid
     run = read_run(out)
@@ -235,7 +243,8 @@ def test_evaluate_against_known_truth(cohort, tmp_path: Path) -> None:
     assert shrunk["lv_dice"] == pytest.approx(0.5)  # ED perfect, ES no LV at all
     assert shrunk["esv_error"] == pytest.approx(1.0) and shrunk["edv_error"] == 0.0
     assert shrunk["lv_volume_error"] == pytest.approx(0.5)
-    assert shrunk["ef_mae"] == pytest.approx(np.mean(100.0 - ef), rel=1e-6)
+    # no LV at ES: an EF of 100 % is impossible, flagged and never reported as a value
+    assert np.isnan(shrunk["ef_mae"]) and shrunk["n_flagged"] == 3
     html = cmr.report(tmp_path / "ev2", None).read_text()
     assert "patient001" in html
 

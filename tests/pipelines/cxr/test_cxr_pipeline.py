@@ -54,9 +54,9 @@ def test_layouts_are_detected_and_ingested(raw, tmp_path):
 
 
 def test_pipeline_claims_ensembles_and_member_checkpoints(ensemble_dir):
-    # CXR.claims, not pipeline_for_model: rvf's owns_model claims every folder holding an
-    # ensemble.json today (reported to the lead); the cxr side is what is tested here
+    # the folder is claimed by cxr alone (rvf's ensembles are named in their ensemble.json)
     assert CXR.claims(ensemble_dir) and CXR.claims(ensemble_dir / "ensemble.json")
+    assert pipeline_for_model(ensemble_dir) is CXR
     member = ensemble_dir / "members" / next(iter(MEMBERS)) / "model.pt"
     assert pipeline_for_model(member) is CXR  # task image_classification
     assert not CXR.claims(ensemble_dir / "members")
@@ -100,8 +100,7 @@ def test_predict_a_split_then_evaluate_from_the_contract(raw, ensemble_dir, tmp_
 def test_the_generic_verbs_dispatch_to_cxr(raw, ensemble_dir, tmp_path):
     pred, cams = tmp_path / "pred", tmp_path / "cams"
     run = CliRunner().invoke(app, ["predict", str(ensemble_dir), str(raw), "--out", str(pred),
-                                   "--split", "test", "--option", "masks=files",
-                                   "--pipeline", "cxr"])  # rvf also claims ensemble folders
+                                   "--split", "test", "--option", "masks=files"])
     assert run.exit_code == 0, run.output
     table = read_predictions(pred)
     run = CliRunner().invoke(app, ["evaluate", str(pred), "--option", "n_boot=20"])

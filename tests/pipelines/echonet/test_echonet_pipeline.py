@@ -215,6 +215,13 @@ def test_run_is_resumable_step_by_step(tmp_path: Path) -> None:
     test_ids = pd.read_csv(out / "store" / "manifest.csv").query("split == 'test'")["sample_id"]
     assert sorted(read_predictions(out / "predictions")["sample_id"]) == sorted(test_ids)
     assert pipeline_for_model(out) is ECHONET and (out / "report.html").is_file()
+    # one epoch on 8 videos: the EF model learned nothing, and every layer says so
+    assert first["ef_not_better_than_baseline"] is True and first["ef_collapse_warning"]
+    assert "WARNING: " in (out / "report.html").read_text()
+    notes = read_json(out / "ef" / "metrics.json")["notes"]
+    assert notes[0].startswith("small cohort: ") and "give 1 optimiser step(s)" in notes[0]
+    frame_rate = read_run(out / "predictions")["frame_rate"]
+    assert frame_rate["source"] == "checkpoint" and frame_rate["target_fps"] > 0
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*")
               if p.is_file() and p != out / "metrics.json"}  # the summary is rewritten
     started = time.perf_counter()
@@ -241,6 +248,9 @@ def test_demo_learns_ef_and_lv_segmentation(tmp_path: Path) -> None:
     assert metrics["ef_mae"] <= 6.0
     assert metrics["ef_mae"] < 0.7 * metrics["ef_mae_baseline"]
     assert all(target.met(metrics) for target in ECHONET.targets)
+    # a model that learned: better than the predict-the-mean baseline beyond its CI
+    assert metrics["ef_not_better_than_baseline"] is False
+    assert metrics["ef_collapse_warning"] is None and metrics["ef_mae_gain_ci_low"] > 0
 
 
 def test_synth_keeps_a_complete_cohort(tmp_path: Path) -> None:

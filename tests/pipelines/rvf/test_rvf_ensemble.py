@@ -21,6 +21,7 @@ from cinelab.pipelines.registry import Options, get_pipeline
 from cinelab.pipelines.rvf.commands import prepare_rvf
 from cinelab.pipelines.rvf.ensemble import (
     MEMBERS_FILE,
+    is_ensemble,
     member_splits,
     member_store,
     read_ensemble,
@@ -138,6 +139,7 @@ def test_run_with_members_evaluates_the_ensemble(store: Path, tmp_path: Path) ->
     metrics = get_pipeline("rvf").run(raw, tmp_path / "out", options)
     assert "auc" in metrics and Path(metrics["report"]).is_file()
     info, models = read_ensemble(tmp_path / "out" / "run")
+    assert info["pipeline"] == "rvf" and is_ensemble(tmp_path / "out" / "run")
     assert len(models) == 2 and metrics["threshold"] == pytest.approx(info["threshold"])
     table = read_predictions(tmp_path / "out" / "predictions")
     assert (table["n_members"] == 2).all() and set(table["split"]) == {"train"}
@@ -145,7 +147,18 @@ def test_run_with_members_evaluates_the_ensemble(store: Path, tmp_path: Path) ->
 
 def test_read_ensemble_names_a_missing_member(tmp_path: Path) -> None:
     (tmp_path / "ens").mkdir()
-    (tmp_path / "ens" / "ensemble.json").write_text('{"members": ["members/0/run/model.pt"]}')
+    (tmp_path / "ens" / "ensemble.json").write_text(
+        '{"pipeline": "rvf", "members": ["members/0/run/model.pt"]}')
     with pytest.raises(InputError) as err:
         read_ensemble(tmp_path / "ens")
     assert err.value.field == "members" and "members/0/run/model.pt" in err.value.found
+
+
+def test_only_rvf_ensembles_are_claimed(tmp_path: Path) -> None:
+    ours, other = tmp_path / "rvf", tmp_path / "other"
+    ours.mkdir(), other.mkdir()
+    (ours / "ensemble.json").write_text('{"pipeline": "rvf", "members": []}')
+    (other / "ensemble.json").write_text('{"member_info": {}, "weights": []}')
+    assert is_ensemble(ours) and not is_ensemble(other)
+    (other / "ensemble.json").write_text("not json")
+    assert not is_ensemble(other)

@@ -14,6 +14,7 @@ import typer
 
 from cinelab.cliutil import console, friendly, print_problems
 from cinelab.data.manifest import read_manifest
+from cinelab.data.store import PreparedStore
 from cinelab.errors import CinelabError, InputError, Problem
 from cinelab.infer.contract import read_predictions
 from cinelab.measure.volumes import parse_label_map
@@ -33,8 +34,9 @@ from cinelab.pipelines.cmr.pseudo_pairs import export_pseudo_pairs
 from cinelab.pipelines.cmr.report import build_cmr_report
 from cinelab.pipelines.cmr.synth import synth_cmr_cohort
 from cinelab.pipelines.registry import Options
-from cinelab.train.curve import CURVE_FILE, data_requirement_curve
+from cinelab.train.curve import CURVE_BY, CURVE_FILE, data_requirement_curve
 from cinelab.train.recipe import load_recipe
+from cinelab.train.transfer import check_subset, subset_ids
 from cinelab.utils import write_csv
 
 CMR_APP = "cmr"
@@ -250,11 +252,16 @@ def predict(
     largest_component: Annotated[str, typer.Option(
         help="Keep a label's largest 3D region: auto (the labels the checkpoint's validation "
              "kept), all, none.")] = "auto",
+    mirror: Annotated[bool, typer.Option(help="Mirror test-time augmentation.")] = False,
+    ensemble: Annotated[list[Path] | None, typer.Option(
+        help="Another checkpoint (e.g. another fold) averaged in (repeatable).")] = None,
 ) -> None:
     """Label every stack or cine (predictions.csv, problems.csv, run.json: the contract), then
     LV/RV volumes, EF and mass per patient or cine."""
     options = Options(split=split, extra={"native": native, "format": fmt,
-                                          "largest_component": largest_component})
+                                          "largest_component": largest_component,
+                                          "mirror": mirror,
+                                          "ensemble": [str(p) for p in ensemble or []]})
     with console.status("predicting masks"):
         index = read_predictions(cmr_pipeline.predict(checkpoint, source, out, options))
     table, per_frame, problems = measure_mask_set(out)
@@ -279,12 +286,34 @@ def curve(
     """Data-requirement curve: one training per subset size, validation Dice tabulated."""
     values = [float(v) if by == "fraction" else _int(v, "--sizes") for v in sizes.split(",")]
     loaded = load_recipe(recipe, set_ or [])
+    check_curve_sizes(loaded, data, values, by)  # every size, before anything trains
     table = data_requirement_curve(loaded, data, values, out, by=by, max_epochs=max_epochs)
     for _, row in table.iterrows():
         dice = {k.removeprefix("val/"): f"{v:.3f}" for k, v in row.items()
                 if str(k).startswith("val/dice") and isinstance(v, float)}
         console.print(f"{by} {row[by]}: {dice}")
     console.print(f"curve -> {out / CURVE_FILE}")
+
+
+def check_curve_sizes(recipe: Any, store: Path | PreparedStore, sizes: list[Any],
+                      by: str) -> None:
+    """Refuse a data-requirement curve before its first training when any size cannot be
+    drawn from the store's training split (InputError naming the size and the limit)."""
+    if by not in CURVE_BY:
+        raise InputError(None, "--by", f"one of {list(CURVE_BY)}", repr(by))
+    store = store if isinstance(store, PreparedStore) else PreparedStore(store)
+    train = store.split_ids("train")
+    base = dict(getattr(recipe.data, "subset", None) or {})
+    for size in sizes:
+        subset = {**{k: v for k, v in base.items() if k not in CURVE_BY}, by: size}
+        try:
+            check_subset(subset)
+            if by != "images":
+                subset_ids(store, train, subset)
+        except InputError as exc:
+            raise InputError(store.root, "--sizes", f"sizes the training split allows "
+                             f"({exc.expected})", f"{size} ({by})", "nothing was trained; "
+                             "give smaller sizes") from exc
 
 
 def _int(text: str, option: str) -> int:

@@ -230,8 +230,8 @@ def _compare(pred: MaskSource, truth: MaskSource, pred_labels: LabelMap,
         slices.append(counts.assign(**keys))
         vol = counts.groupby("class", sort=False, as_index=False)[list(COUNT_COLUMNS)].sum()
         vol["dice"] = dice_from_counts(vol)
-        vol["hd95"] = vol["class"].map(lambda c: distances[c]["hd95"])
-        vol["assd"] = vol["class"].map(lambda c: distances[c]["assd"])
+        vol["hd95"] = [distances[c]["hd95"] for c in vol["class"]]
+        vol["assd"] = [distances[c]["assd"] for c in vol["class"]]
         vol["distance_unit"] = "mm" if spacing is not None else "voxels"
         pair_rows.append({**keys, **pair_counts})
         volumes.append(vol.assign(**keys, pred_path=row["mask_path_pred"],

@@ -338,6 +338,33 @@ def rv_phases(volumes: pd.DataFrame) -> dict[str, object]:
             "rv_ed_frame": volumes["frame"].iloc[ed], "rv_es_frame": volumes["frame"].iloc[es]}
 
 
+INDEXED = ("EDV", "ESV", "LVM", "RV_EDV", "RV_ESV")
+
+
+def bsa_mosteller(height_cm: float, weight_kg: float) -> float:
+    """Body surface area (m^2, Mosteller): sqrt(height cm x weight kg / 3600); NaN when
+    either is missing or not positive."""
+    try:
+        h, w = float(height_cm), float(weight_kg)
+    except (TypeError, ValueError):
+        return float("nan")
+    return float(np.sqrt(h * w / 3600.0)) if h > 0 and w > 0 else float("nan")
+
+
+def indexed_measures(measures: dict[str, object], height_cm: object,
+                     weight_kg: object) -> dict[str, float]:
+    """bsa_m2 and each of INDEXED divided by it (`<name>_index`, mL/m^2 or g/m^2) when the
+    volumes are in mL and height and weight are known (ACDC Info.cfg), else NaN."""
+    bsa = bsa_mosteller(height_cm, weight_kg)  # type: ignore[arg-type]
+    physical = measures.get("units") == UNITS_ML and not np.isnan(bsa)
+    out = {"bsa_m2": bsa}
+    for name in INDEXED:
+        value = measures.get(name)
+        out[f"{name}_index"] = float(value) / bsa if physical and value is not None \
+            and not np.isnan(float(value)) else float("nan")  # type: ignore[arg-type]
+    return out
+
+
 def checked_measures(measures: dict[str, object]) -> dict[str, object]:
     """Impossible values flagged, never reported: a negative or zero end-diastolic volume
     (the structure is missing), a negative volume or mass, an EF below 0 or of 100 % and

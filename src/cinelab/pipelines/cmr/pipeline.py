@@ -8,8 +8,11 @@ in masks/, on each source's own grid by default), ``lv_volume``/``myo_volume``/`
 ``esv``, ``ef``, ``lv_mass``, ``rv_edv``, ``rv_esv``, ``rv_ef`` of the sample's measurement
 unit: the patient's stacks together (ED and ES by LV volume, the RV's by RV volume;
 repeated on each of its rows, empty when the patient has a single stack) or the cine
-itself. Impossible values (EDV <= 0, EF outside [0, 100) %) are left empty and named in
-``volume_flags`` (and problems.csv), never reported as values. Volumes are mL when the
+itself. With height and weight (ACDC Info.cfg: ``height_cm``, ``weight_kg``) ``bsa_m2``
+(Mosteller) and ``edv_index``, ``esv_index``, ``lv_mass_index``, ``rv_edv_index``,
+``rv_esv_index`` (per m^2) when the volumes are in mL. Impossible values (EDV <= 0, EF
+outside [0, 100) %) are left empty and named in ``volume_flags`` (and problems.csv), never
+reported as values. Volumes are mL when the
 source keeps its spacing (``volume_unit``), else voxel counts.
 """
 
@@ -29,7 +32,7 @@ from cinelab.evaluate.metrics import json_safe
 from cinelab.infer.contract import read_predictions, read_run, run_record, write_contract
 from cinelab.pipelines.cmr.evaluate import METRICS_JSON, evaluate_cmr
 from cinelab.pipelines.cmr.layout import assign_splits, read_cmr_folder
-from cinelab.pipelines.cmr.measure import measure_mask_set
+from cinelab.pipelines.cmr.measure import indexed_measures, measure_mask_set
 from cinelab.pipelines.cmr.predict import (
     INDEX_FILE,
     LCC_AUTO,
@@ -70,7 +73,9 @@ def predict(model: Path, source: Path, out: Path, options: Options) -> Path:
     write masks/ and the contract (predictions.csv, problems.csv, run.json) into `out`.
     Options: split (of a store), device, batch_size; extra ``native`` (labels on the source
     grids, default true), ``format`` (nifti or npz), ``largest_component`` ("auto", the
-    default: the labels the checkpoint's validation kept; "all"; "none"; or label values)."""
+    default: the labels the checkpoint's validation kept; "all"; "none"; or label values),
+    ``mirror`` (mirror test-time augmentation), ``ensemble`` (more checkpoints, e.g. the
+    other folds', averaged with `model`)."""
     started = time.time()
     loaded = load_checkpoint(model)
     out = Path(out)
@@ -78,7 +83,9 @@ def predict(model: Path, source: Path, out: Path, options: Options) -> Path:
     index = predict_cmr(loaded, source, out, fmt=str(options.get("format", "nifti")),
                         native=native, batch_size=options.batch_size, device=options.device,
                         split=options.split,
-                        largest_component=options.get("largest_component", LCC_AUTO))
+                        largest_component=options.get("largest_component", LCC_AUTO),
+                        mirror=bool(options.get("mirror", False)),
+                        ensemble=[Path(p) for p in options.get("ensemble", []) or []])
     table, problems = contract_table(index, out)
     record = run_record(PIPELINE, TASK, model, source, started,
                         recipe=loaded.recipe.get("name"), input_spec=loaded.input_spec.to_dict(),
@@ -100,7 +107,14 @@ def contract_table(index: pd.DataFrame, out: Path) -> tuple[pd.DataFrame, list]:
     for _, row in index.iterrows():
         cine = row.get("kind") == KIND_CINE
         unit = str(row["sample_id"] if cine else row["patient_id"])
-        rows.append(_unit_values(units, unit, _measurable(index, row, cine)))
+        values = _unit_values(units, unit, _measurable(index, row, cine))
+        found = units.loc[unit].to_dict() if unit in units.index and \
+            _measurable(index, row, cine) else {}
+        indexed = indexed_measures(found, row.get("height_cm"), row.get("weight_kg"))
+        values.update({"bsa_m2": indexed["bsa_m2"], **{
+            f"{STANDARD[name]}_index": indexed[f"{name}_index"] for name in
+            ("EDV", "ESV", "LVM", "RV_EDV", "RV_ESV")}})
+        rows.append(values)
     table = pd.concat([index.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
     return _with_sample_volumes(table, per_frame), problems
 
@@ -166,11 +180,20 @@ def flat_metrics(summary: pd.DataFrame, volumes: pd.DataFrame) -> dict[str, Any]
     out["lv_volume_error"] = (out["edv_error"] + out["esv_error"]) / 2
     out["lv_volume_error_baseline"] = (out["edv_error_baseline"]
                                        + out["esv_error_baseline"]) / 2
+    flags = vol["flags"].fillna("").astype(str) if "flags" in vol else pd.Series([], dtype=str)
+    out["n_flagged"] = int((flags != "").sum())  # impossible values: left out, not reported
     ef_true = vol["EF_true"].to_numpy(float)
-    out["ef_mae"] = float(np.nanmean(np.abs(vol["EF_pred"].to_numpy(float) - ef_true)))
-    out["ef_mae_baseline"] = float(np.nanmean(np.abs(ef_true - np.nanmean(ef_true))))
-    out["ef_bias"] = float(np.nanmean(vol["EF_pred"].to_numpy(float) - ef_true))
+    out["ef_mae"] = float(_nanmean(np.abs(vol["EF_pred"].to_numpy(float) - ef_true)))
+    out["ef_mae_baseline"] = float(_nanmean(np.abs(ef_true - _nanmean(ef_true))))
+    out["ef_bias"] = float(_nanmean(vol["EF_pred"].to_numpy(float) - ef_true))
     return out
+
+
+def _nanmean(values: np.ndarray) -> float:
+    """Mean of the finite values; NaN (no warning) when there is none (e.g. all flagged)."""
+    values = np.asarray(values, float)
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else float("nan")
 
 
 def _relative(pred: np.ndarray, true: np.ndarray) -> float:

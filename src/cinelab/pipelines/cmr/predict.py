@@ -14,7 +14,7 @@ class mapping (the recipe's ``data.classes``, kept in the checkpoint) is given.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from cinelab.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from cinelab.train.cv import register_cv_predictor
 from cinelab.train.tasks.image_segmentation import DEFAULT_CLASSES, class_labels
 from cinelab.utils import atomic_path, write_csv
 
@@ -55,35 +56,61 @@ POSTPROCESS_KEY = "postprocess"  # checkpoint extra: {"largest_component": {...}
 LCC_AUTO, LCC_ALL, LCC_NONE = "auto", "all", "none"
 
 LargestComponent = bool | str | Collection[int] | None
+MIRROR_FLIPS = ((), (3,), (2,), (2, 3))  # none, left-right, up-down, both (N, C, H, W)
 
 
 @torch.inference_mode()
 def segment_stack(model: nn.Module, slices: np.ndarray, spec: InputSpec,
                   classes: Mapping[str, Any] | None = None, batch_size: int = DEFAULT_BATCH,
                   device: str | torch.device = "cpu",
-                  largest_component: bool | Collection[int] = False) -> np.ndarray:
+                  largest_component: bool | Collection[int] = False,
+                  mirror: bool = False,
+                  ensemble: Sequence[tuple[nn.Module, InputSpec]] = ()) -> np.ndarray:
     """Labels uint8 (Z, H, W) of uint8 slices (Z, H, W) or (Z, H, W, C) at the model's size:
     class indices (0 background), or store label values with `classes` (name -> label).
     `largest_component` keeps only the largest 3D connected region of each label (True) or
     of the given output label values (the slices must be one stack, not a flattened
-    cine)."""
+    cine). `mirror`: test-time augmentation, the softmax averaged over the slices as given
+    and flipped left-right, up-down and both (nnU-Net's mirroring in 2D). `ensemble`: more
+    (model, spec) members (e.g. the other folds' models), their softmax averaged with this
+    one's, each normalised with its own spec."""
     slices = _as_zhwc(np.asarray(slices), spec)
-    model = model.eval().to(device)
-    mean = torch.as_tensor(spec.mean, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
-    std = torch.as_tensor(spec.std, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
+    members = [(model, spec), *ensemble]
+    for _, other in members[1:]:
+        _as_zhwc(slices, other)  # every member takes the same size and channels
     out = np.zeros(slices.shape[:3], np.uint8)
     for first in range(0, len(slices), batch_size):
         batch = torch.from_numpy(np.array(slices[first:first + batch_size]))  # a copy
-        x = (batch.to(device).permute(0, 3, 1, 2).float() - mean) / std
-        logits = model(x)
-        logits = logits["out"] if isinstance(logits, Mapping) else logits
-        out[first:first + len(batch)] = logits.argmax(1).to(torch.uint8).cpu().numpy()
+        prob = sum(_probabilities(m, batch, s, device, mirror) for m, s in members)
+        out[first:first + len(batch)] = prob.argmax(1).to(torch.uint8).cpu().numpy()
     out = out if classes is None else to_store_labels(out, classes)
     if largest_component is True:
         out = keep_largest_components(out)
     elif largest_component:
         out = keep_largest_components(out, largest_component)
     return out
+
+
+def _probabilities(model: nn.Module, batch: torch.Tensor, spec: InputSpec,
+                   device: str | torch.device, mirror: bool) -> torch.Tensor:
+    """Softmax (N, K, H, W) of one member on a uint8 (N, H, W, C) batch (mirrored: summed)."""
+    model = model.eval().to(device)
+    mean = torch.as_tensor(spec.mean, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
+    std = torch.as_tensor(spec.std, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
+    x = (batch.to(device).permute(0, 3, 1, 2).float() - mean) / std
+    return sum(_mirrored(model, x, f) for f in (MIRROR_FLIPS if mirror else ((),)))
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    logits = model(x)
+    return logits["out"] if isinstance(logits, Mapping) else logits
+
+
+def _mirrored(model: nn.Module, x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Softmax of the model on `x` flipped along `dims`, flipped back."""
+    if not dims:
+        return _forward(model, x).softmax(1)
+    return _forward(model, x.flip(dims)).softmax(1).flip(dims)
 
 
 def keep_largest_components(labels: np.ndarray,
@@ -226,7 +253,8 @@ def predict_cmr(checkpoint: str | Path | LoadedCheckpoint, source: str | Path | 
                 out_dir: str | Path, fmt: str = "nifti", native: bool = False,
                 batch_size: int = DEFAULT_BATCH, device: str = "cpu",
                 split: str | None = None,
-                largest_component: LargestComponent = LCC_AUTO) -> pd.DataFrame:
+                largest_component: LargestComponent = LCC_AUTO, mirror: bool = False,
+                ensemble: Sequence[str | Path | LoadedCheckpoint] = ()) -> pd.DataFrame:
     """Label every sample of a store (or a raw folder, prepared first) and index the files.
 
     `native` writes labels on each source's own grid (and spacing) instead of the store's;
@@ -235,7 +263,9 @@ def predict_cmr(checkpoint: str | Path | LoadedCheckpoint, source: str | Path | 
     checkpoint's recorded validation kept (`record_postprocess`; none without one), True
     for all, False for none, or label values (`resolve_largest_component`). Returns the
     index (also
-    out_dir/predictions.csv).
+    out_dir/predictions.csv). `mirror`: mirror test-time augmentation; `ensemble`: more
+    checkpoints (e.g. the other folds') whose softmax is averaged with this one's (same
+    size, channels and classes).
     """
     if fmt not in FORMATS:
         raise InputError(None, "fmt", f"one of {sorted(FORMATS)}", repr(fmt))
@@ -245,8 +275,15 @@ def predict_cmr(checkpoint: str | Path | LoadedCheckpoint, source: str | Path | 
     store = _as_store(source, loaded, out)
     classes = checkpoint_classes(loaded)
     ids = store.split_ids(split) if split else store.ids
+    members = [m if isinstance(m, LoadedCheckpoint) else load_checkpoint(m) for m in ensemble]
+    for member in members:
+        if checkpoint_classes(member) != classes:
+            raise InputError(None, "ensemble", f"checkpoints with the classes {classes}",
+                             f"{checkpoint_classes(member)}")
     options = {"fmt": fmt, "native": native, "batch_size": batch_size, "device": device,
-               "largest_component": resolve_largest_component(loaded, largest_component)}
+               "largest_component": resolve_largest_component(loaded, largest_component),
+               "mirror": mirror,
+               "ensemble": [(m.model, m.input_spec) for m in members]}
     rows = [_predict_sample(loaded, store, sid, classes, out, **options) for sid in ids]
     index = pd.DataFrame(rows)
     write_csv(index, out / INDEX_FILE)
@@ -286,11 +323,13 @@ def _prepare_folder(folder: Path, spec: InputSpec, crop: str, out: Path) -> Prep
 def _predict_sample(loaded: LoadedCheckpoint, store: PreparedStore, sid: str,
                     classes: Mapping[str, Any], out: Path, fmt: str, native: bool,
                     batch_size: int, device: str,
-                    largest_component: bool | list[int]) -> dict[str, Any]:
+                    largest_component: bool | list[int], mirror: bool = False,
+                    ensemble: Sequence[tuple[nn.Module, InputSpec]] = ()) -> dict[str, Any]:
     meta = store.meta(sid)
     cine = meta.get("kind") == KIND_CINE
     labels = segment_stack(loaded.model, store.frames(sid), loaded.input_spec, classes,
-                           batch_size, device, largest_component and not cine)
+                           batch_size, device, largest_component and not cine, mirror,
+                           ensemble)
     if cine and largest_component:
         t, z = meta["cine_shape"]
         volumes = labels.reshape(t, z, *labels.shape[1:])
@@ -323,8 +362,13 @@ def _predict_sample(loaded: LoadedCheckpoint, store: PreparedStore, sid: str,
 def _manifest_fields(store: PreparedStore, sid: str) -> dict[str, Any]:
     m = store.manifest.set_index(store.manifest["sample_id"].astype(str))
     row = m.loc[sid]
-    return {k: (None if pd.isna(row[k]) else row[k]) for k in
-            ("patient_id", "phase", "group", "split") if k in m.columns}
+    out = {k: (None if pd.isna(row[k]) else row[k]) for k in
+           ("patient_id", "phase", "group", "split") if k in m.columns}
+    for column, name in (("Height", "height_cm"), ("Weight", "weight_kg")):  # ACDC Info.cfg
+        if column in m.columns:
+            value = pd.to_numeric(row[column], errors="coerce")
+            out[name] = None if pd.isna(value) else float(value)
+    return out
 
 
 def source_geometry(source: object, shape: tuple[int, ...]
@@ -353,3 +397,34 @@ def _write_labels(path: Path, labels: np.ndarray, spacing: list[float], fmt: str
             np.savez_compressed(f, labels=labels.astype(np.uint8),
                                 spacing=np.asarray(spacing, np.float64))
     return path
+
+
+# -- cross-validation ----------------------------------------------------------------------------
+
+
+@register_cv_predictor("image_segmentation", needs_target=False)
+def cv_segmentation_scores(checkpoint: str | Path, store: PreparedStore, ids: list[str],
+                           tta: int = 0, device: str = "cpu") -> pd.DataFrame:
+    """`cinelab cv` for segmentation recipes: per sample the mean Dice over the foreground
+    classes present in its store mask or prediction (`pred`), and with mirror TTA
+    (`pred_aug`, when tta > 0); NaN for samples without a mask."""
+    loaded = load_checkpoint(checkpoint)
+    classes = checkpoint_classes(loaded)
+    values = [int(v) for v in class_labels(classes)[1:].ravel()]
+    rows = []
+    for sid in ids:
+        mask = store.mask(sid)
+        if mask is None:
+            rows.append({"sample_id": sid, "pred": np.nan, "pred_aug": np.nan})
+            continue
+        scores = {}
+        for key, mirror in (("pred", False), ("pred_aug", tta > 0)):
+            if key == "pred_aug" and not mirror:
+                scores[key] = np.nan
+                continue
+            labels = segment_stack(loaded.model, store.frames(sid), loaded.input_spec,
+                                   classes, device=device, mirror=mirror)
+            dice = [_dice(labels == v, np.asarray(mask) == v) for v in values]
+            scores[key] = float(np.nanmean(dice)) if not np.isnan(dice).all() else np.nan
+        rows.append({"sample_id": sid, **scores})
+    return pd.DataFrame(rows, columns=["sample_id", "pred", "pred_aug"])

@@ -12,15 +12,18 @@ What a sample holds, by source (the manifest row's `path`):
 - a PNG image with its mask (`formats.pngmasks`): one sample of a single slice (Z = 1).
 
 Optionally (``spec.crop = "centre:<f>"``) a centred square of f x the larger side is kept
-first (the heart at a finer scale); ``"none"`` keeps the whole slice. Intensities are
-normalised per volume (the whole cine for 4D): the 1st-99th percentile range of the kept
-region to 0-255. Every slice is scaled so its larger side is `spec.size`, then zero-padded
-(centred) to size x size: the aspect ratio is kept. Masks are resized class by class (area /
-linear interpolation of each label's indicator, then the most likely label), which keeps
-volumes closer than nearest neighbour. meta records the transform (`restore_labels` maps
-store-size labels back to the source grid), the in-plane pixel spacing after resizing
-(`pixel_spacing_mm`, (y, x)) and the slice spacing (`slice_spacing_mm`), both None when the
-source keeps no spacing (ACDC HDF5, PNG): volumes are then voxel counts.
+first (the heart at a finer scale); ``"none"`` keeps the whole slice; ``"spacing:<mm>"``
+resamples every slice to that in-plane pixel spacing instead (nnU-Net / MONAI style; a
+centred field of view of size x mm, cropped or zero-padded; needs the source's spacing).
+Intensities are normalised per volume (the whole cine for 4D): the 1st-99th percentile range
+of the kept region to 0-255. Every slice is scaled so its larger side is `spec.size`, then
+zero-padded (centred) to size x size: the aspect ratio is kept. Masks are resized class by
+class (area / linear interpolation of each label's indicator, then the most likely label),
+which keeps volumes closer than nearest neighbour. meta records the transform
+(`restore_labels` maps store-size labels back to the source grid), the in-plane pixel
+spacing after resizing (`pixel_spacing_mm`, (y, x)) and the slice spacing
+(`slice_spacing_mm`), both None when the source keeps no spacing (ACDC HDF5, PNG): volumes
+are then voxel counts.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from cinelab.prep.prepare import PrepSpec, prepare
 PERCENTILES = (1.0, 99.0)  # intensity range mapped to 0-255, per volume
 CROP_WHOLE = ("none", "auto", "never", "")
 CROP_CENTRE = ("centre", "center")
+CROP_SPACING = "spacing"  # "spacing:<mm>": resample every slice to that in-plane spacing
 UINT8_MAX = 255
 KIND_STACK, KIND_CINE, KIND_SLICE = "stack", "cine", "slice"
 H5_SUFFIX, PNG_SUFFIX = ".h5", ".png"
@@ -108,17 +112,35 @@ def crop_box(shape: tuple[int, int], crop: str | None) -> list[int]:
 
 
 def fit_transform(shape: tuple[int, int], size: int,
-                  box: Sequence[int] | None = None) -> dict[str, Any]:
+                  box: Sequence[int] | None = None,
+                  scale: Sequence[float] | None = None) -> dict[str, Any]:
     """How an (H, W) slice becomes size x size: keep `box` (default all), scale its larger
-    side to `size`, pad centred."""
+    side to `size` (or by `scale` (y, x), which must keep it within `size`), pad centred."""
     box = [0, 0, int(shape[0]), int(shape[1])] if box is None else [int(b) for b in box]
     height, width = box[2] - box[0], box[3] - box[1]
-    scale = size / max(height, width)
-    resized = [max(1, int(round(height * scale))), max(1, int(round(width * scale)))]
+    if scale is None:
+        scale = (size / max(height, width),) * 2
+    resized = [min(size, max(1, int(round(height * scale[0])))),
+               min(size, max(1, int(round(width * scale[1]))))]
     top, left = (size - resized[0]) // 2, (size - resized[1]) // 2
     return {"original_shape": [int(shape[0]), int(shape[1])], "box": box, "size": int(size),
             "resized_shape": resized, "scale": [resized[0] / height, resized[1] / width],
             "pad": [top, left]}
+
+
+def spacing_transform(shape: tuple[int, int], size: int, pixel_mm: Sequence[float],
+                      target_mm: float) -> dict[str, Any]:
+    """Resampling to a fixed in-plane spacing (nnU-Net / MONAI style): every pixel becomes
+    `target_mm` x `target_mm`; a centred field of view of size x target_mm mm is kept
+    (cropped when the slice is larger, zero-padded when smaller)."""
+    if not target_mm > 0:
+        raise InputError(None, "crop", "'spacing:<mm>' with a positive spacing", repr(target_mm))
+    box = [0, 0, int(shape[0]), int(shape[1])]
+    for axis in (0, 1):
+        keep = min(int(shape[axis]), int(np.floor(size * target_mm / float(pixel_mm[axis]))))
+        start = (int(shape[axis]) - keep) // 2
+        box[axis], box[axis + 2] = start, start + keep
+    return fit_transform(shape, size, box, [float(p) / target_mm for p in pixel_mm])
 
 
 def _in_box(planes: np.ndarray, transform: dict[str, Any]) -> np.ndarray:
@@ -253,10 +275,22 @@ def preprocess_cmr(source: CmrSource, size: int, channels: int = 1,
                    crop: str | None = None) -> tuple[np.ndarray, np.ndarray | None,
                                                      dict[str, Any]]:
     """(frames uint8 (N, size, size, channels), mask uint8 (N, size, size) or None, meta)."""
-    box = crop_box(source.image.shape[-2:], crop)
+    name, _, value = (crop or "").strip().lower().partition(":")
+    if name == CROP_SPACING:
+        if source.spacing is None:
+            raise InputError(None, "crop", "a source with pixel spacing to resample to "
+                             f"{value} mm", "no spacing (HDF5 or PNG)", "use crop 'none'")
+        try:
+            target = float(value)
+        except ValueError:
+            target = -1.0
+        transform = spacing_transform(source.image.shape[-2:], size, source.spacing[1:], target)
+        box = transform["box"]
+    else:
+        box = crop_box(source.image.shape[-2:], crop)
+        transform = fit_transform(source.image.shape[-2:], size, box)
     image = normalise_intensity(source.image, box=box)
     planes = image.reshape(-1, *image.shape[-2:])
-    transform = fit_transform(planes.shape[1:], size, box)
     resized = np.clip(np.rint(resize_slices(planes, transform)), 0, UINT8_MAX).astype(np.uint8)
     frames = np.repeat(resized[..., None], channels, axis=-1)
     mask = None if source.labels is None else resize_labels(source.labels, transform)

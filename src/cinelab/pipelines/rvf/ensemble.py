@@ -52,6 +52,7 @@ from cinelab.train.recipe import Recipe
 from cinelab.utils import is_done, mark_done, read_json, write_csv, write_json
 
 ENSEMBLE_FILE = "ensemble.json"
+PIPELINE_TAG = "rvf"  # written into ensemble.json: the folder is an RV-failure ensemble
 MEMBERS_FILE = "members.csv"
 MEMBERS_DIR = "members"
 MODES = ("repeated", "folds")
@@ -61,8 +62,17 @@ STORE_SKIPPED = ("manifest.csv", "samples", "done.json")
 
 
 def is_ensemble(path: str | Path) -> bool:
-    """A folder written by `train_ensemble`."""
-    return (Path(path) / ENSEMBLE_FILE).is_file()
+    """A folder written by `train_ensemble` (its ensemble.json names this pipeline; other
+    pipelines' ensemble.json files are not claimed)."""
+    file = Path(path) / ENSEMBLE_FILE
+    if not file.is_file():
+        return False
+    try:
+        info = read_json(file)
+    except (InputError, OSError, ValueError):
+        return False
+    return isinstance(info, dict) and (info.get("pipeline") == PIPELINE_TAG
+                                       or {"mode", "threshold_source"} <= info.keys())
 
 
 def member_splits(manifest: pd.DataFrame, n: int, seed: int = 0, mode: str = "repeated",
@@ -152,7 +162,8 @@ def train_ensemble(recipe: Recipe, store: str | Path, out: str | Path, n: int,
             pooled.append(read_predictions(base / "val"))
         members.append(str(Path(MEMBERS_DIR) / str(k) / "run" / MODEL_FILE))
     threshold, source = _pooled_threshold(pooled, read_manifest(store / "manifest.csv"))
-    info = {"members": members, "mode": mode, "seed": seed, "val_fraction": val_fraction,
+    info = {"pipeline": PIPELINE_TAG, "members": members, "mode": mode, "seed": seed,
+            "val_fraction": val_fraction,
             "store": str(store), "threshold": threshold, "threshold_source": source,
             "recipe": recipe.name}
     write_json(out / ENSEMBLE_FILE, info)
@@ -178,8 +189,10 @@ def read_ensemble(path: str | Path) -> tuple[dict[str, Any], list[Path]]:
     """(ensemble.json, member checkpoint paths) of an ensemble folder."""
     path = Path(path)
     if not is_ensemble(path):
+        found = "another kind of ensemble.json" if (path / ENSEMBLE_FILE).is_file() \
+            else "no ensemble.json"
         raise InputError(path, ENSEMBLE_FILE, "an ensemble folder (`cinelab rvf ensemble`)",
-                         "no ensemble.json")
+                         found)
     info = read_json(path / ENSEMBLE_FILE)
     models = [path / m for m in info.get("members", [])]
     missing = [str(m) for m in models if not m.is_file()]
