@@ -4,7 +4,9 @@
 
 Three parts, each with zero tracebacks, zero hangs and zero silently wrong outputs expected:
 1. the generated corpus (tests/hardening/corpus.py: special files, tables, videos, DICOM,
-   NIfTI, HDF5, tracings), plus real EchoNet AVIs truncated at 10/50/90 % when
+   NIfTI, HDF5, tracings), the pipeline-level cases (tests/hardening/pipeline_cases.py: a
+   bad file inside a small EchoNet / cine MRI / CXR cohort, through the pipeline's own
+   reader or preparer), plus real EchoNet AVIs truncated at 10/50/90 % when
    ../shared/data/real is present - each case in a temporary folder, 30 s limit per case;
 2. runner limits: a hanging, a memory-exploding, a crashing and a raising task beside good
    ones (prep.runner isolated workers: timeout 5 s, memory ceiling 512 MB);
@@ -39,6 +41,7 @@ from corpus import (  # noqa: E402
     real_truncation_cases,
     run_case,
 )
+from pipeline_cases import pipeline_cases  # noqa: E402
 from sweep import local_paths, sweep_failure, sweep_one  # noqa: E402
 from tasks import behave  # noqa: E402
 
@@ -51,7 +54,8 @@ RUNNER_KINDS = {"ok": READ, "hang": SKIP, "memory": SKIP, "crash": SKIP, "raise"
 def corpus_outcomes(root: Path) -> list[Outcome]:
     os.environ[MAX_BYTES_ENV] = str(DICOM_LIMIT)
     try:
-        return [run_case(c, root / c.name) for c in build_corpus() + real_truncation_cases()]
+        cases = build_corpus() + pipeline_cases() + real_truncation_cases()
+        return [run_case(c, root / c.name) for c in cases]
     finally:
         os.environ.pop(MAX_BYTES_ENV, None)
 

@@ -38,6 +38,19 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+#: exit status of a command that finished and wrote its outputs, but skipped inputs
+#: (listed in problems.csv); 2 is unusable input (nothing written), 0 a clean run
+EXIT_PROBLEMS = 3
+
+
+def exit_if_problems(problems: list, where: object) -> None:
+    """Exit with EXIT_PROBLEMS (after the outputs are written) when anything was skipped."""
+    if problems:
+        console.print(f"finished with {len(problems)} problem(s): see {where}", highlight=False,
+                      soft_wrap=True)
+        sys.exit(EXIT_PROBLEMS)
+
+
 def print_problems(problems: list, limit: int = 10) -> None:
     """The first problems of a run, one line each, and how many more are in problems.csv."""
     for p in problems[:limit]:

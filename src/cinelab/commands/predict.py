@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cinelab.cliutil import console, friendly, parse_options, print_problems
+from cinelab.cliutil import console, exit_if_problems, friendly, parse_options, print_problems
 from cinelab.errors import CinelabError, InputError
 from cinelab.infer.contract import read_predictions, read_problems
 from cinelab.pipelines.registry import (
@@ -42,11 +42,20 @@ def predict_cmd(
     batch_size: Annotated[int, typer.Option(help="Items per forward pass.")] = 16,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
     option: OptionOpt = None,
+    engine: Annotated[str | None, typer.Option(help="eager, compiled or onnx (pipelines that "
+                                                    "take --option engine).")] = None,
 ) -> None:
     """Predict with any pipeline's model; write the prediction contract."""
     chosen = pipeline_for_model(model, pipeline)
+    extra = parse_options(option)
+    if engine is not None:
+        if engine != "eager" and engine not in chosen.engines:
+            raise InputError(None, "--engine", f"eager (the {chosen.name} pipeline runs no "
+                             f"other engine)" if not chosen.engines else
+                             f"one of {', '.join(chosen.engines)}", engine)
+        extra["engine"] = engine
     options = Options(split=split, device=device, batch_size=batch_size, labels=labels,
-                      extra=parse_options(option))
+                      extra=extra)
     folder = chosen.predict(model, input, out, options)
     table, problems = read_predictions(folder), read_problems(folder)
     print_problems(problems)
@@ -54,6 +63,7 @@ def predict_cmd(
                   f"-> {folder}")
     if table.empty:
         raise CinelabError(f"{input}: no usable input (see {folder / 'problems.csv'})")
+    exit_if_problems(problems, folder / "problems.csv")  # exit 3: written, something skipped
 
 
 def evaluate_cmd(

@@ -33,6 +33,7 @@ from cinelab.errors import InputError
 from cinelab.evaluate import metrics as em
 from cinelab.evaluate.plots import roc_plot
 from cinelab.infer.contract import read_predictions as read_contract_predictions
+from cinelab.io.table import read_table
 from cinelab.utils import write_csv, write_json
 
 SCORE_COLUMN = "probability"
@@ -81,7 +82,7 @@ def _read_csv(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file", "a CSV file", "no such file")
-    return pd.read_csv(path, dtype={"sample_id": str, "file": str, "path": str})
+    return read_table(path, text_columns=("sample_id", "file", "path"))
 
 
 def member_columns(df: pd.DataFrame) -> list[str]:

@@ -7,7 +7,7 @@ samples whose source hash and spec match; a bad file becomes a row in problems.c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,8 +139,12 @@ def prepare(
     scheduler: Any = None,
     force: bool = False,
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    problems: Sequence[Problem] = (),
 ) -> PrepareSummary:
     """Prepare every manifest row into the store at `out`; resumable and idempotent.
+
+    `problems` found while reading the layout (before this step) come first in the store's
+    problems.csv and in the summary, so a reader's problem is never lost on the way.
 
     Rows with an unsafe or repeated sample id become problems (the first of a repeated id is
     prepared). A complete sample is skipped only when its recorded checksums still match its
@@ -157,7 +161,7 @@ def prepare(
         _write_info(out, spec, status="incomplete")
     except OSError as exc:
         _raise_fault(exc, out)
-    summary = PrepareSummary(store=out)
+    summary = PrepareSummary(store=out, problems=list(problems))
     tasks = []
     seen: dict[str, int] = {}
     for i, row in enumerate(manifest.to_dict("records")):

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pandas as pd
+import pydicom
 import pytest
 
 from cinelab.data.manifest import read_manifest, validate_manifest
@@ -126,3 +127,15 @@ def test_unreadable_file_is_reported_by_key_without_its_path(tmp_path: Path) -> 
     assert "Quorvax" not in f"{bad[0].error} {bad[0].found}"
     idmap = IdMap.open(default_idmap_path(raw))
     assert idmap.files[bad[0].file] == "site_X/Quorvax_Belindra/broken.dcm"
+
+
+def test_burned_in_annotation_is_flagged_by_key(tmp_path: Path) -> None:
+    raw = synth_rvf_cohort(tmp_path / "raw", n=2, seed=2, size=32, frames=4)
+    first = sorted(raw.rglob("*.dcm"))[0]
+    ds = pydicom.dcmread(first)
+    ds.BurnedInAnnotation = "YES"
+    ds.save_as(first)
+    _, problems = _read(raw)
+    flagged = [p for p in problems if p.column == "BurnedInAnnotation"]
+    assert len(flagged) == 1 and re.fullmatch(r"F[0-9a-f]{12}", flagged[0].file)
+    assert str(raw) not in flagged[0].error

@@ -38,6 +38,7 @@ from cinelab.errors import InputError, Problem
 from cinelab.formats.dicoms import candidate_files
 from cinelab.formats.ingest import Ingested, write_ingested
 from cinelab.io.dicom import read_dataset
+from cinelab.io.table import read_table
 from cinelab.utils import write_csv
 
 STAGE = "ingest"
@@ -99,7 +100,7 @@ def view_of(description: str, views: Sequence[str],
 
 def read_mapping(path: str | Path) -> pd.DataFrame:
     """A series-to-view mapping table (view + SeriesInstanceUID and/or SeriesDescription)."""
-    table = pd.read_csv(path, dtype=str).fillna("")
+    table = read_table(path, dtype=str).fillna("")
     keys = [c for c in ("SeriesInstanceUID", "SeriesDescription") if c in table.columns]
     if "view" not in table.columns or not keys:
         raise InputError(path, "columns", "view and SeriesInstanceUID or SeriesDescription",
@@ -147,7 +148,7 @@ def assign_views(headers: pd.DataFrame, views: Sequence[str],
 
 def read_ages(path: str | Path, target: str = "age") -> pd.DataFrame:
     """The ages table keyed by a `subject` column (renamed from SUBJECT_KEYS), as text + target."""
-    table = pd.read_csv(path, dtype=str)
+    table = read_table(path, dtype=str)
     key = next((c for c in SUBJECT_KEYS if c in table.columns), None)
     if key is None or target not in table.columns:
         raise InputError(path, "columns", f"a subject column (one of {SUBJECT_KEYS}) and "

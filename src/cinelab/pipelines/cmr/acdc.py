@@ -26,6 +26,7 @@ import pandas as pd
 
 from cinelab.data.manifest import new_manifest
 from cinelab.errors import InputError, Problem, UnreadableFileError
+from cinelab.io.checks import check_finite, check_keys, check_labels
 from cinelab.io.nifti import read_volume
 
 INFO_FILE = "Info.cfg"
@@ -209,7 +210,11 @@ def read_acdc_h5(root: str | Path) -> tuple[pd.DataFrame, list[Problem]]:
 
 
 def load_acdc_h5(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(image float32 (slices, H, W), label uint8 (slices, H, W)) of one HDF5 sample."""
+    """(image float32 (slices, H, W), label uint8 (slices, H, W)) of one HDF5 sample.
+
+    Refused (InputError): a missing or empty `image`/`label` dataset, images with NaN or
+    infinity (one NaN slice would blank the whole normalised stack while its labels stay),
+    labels outside LABEL_VALUES, image and label of different shapes."""
     path = Path(path)
     try:
         with h5py.File(path, "r") as f:
@@ -217,6 +222,7 @@ def load_acdc_h5(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             if missing:
                 raise InputError(path, ", ".join(missing), f"datasets '{H5_IMAGE}' and "
                                  f"'{H5_LABEL}'", f"datasets {sorted(f.keys())}")
+            check_keys(f, (H5_IMAGE, H5_LABEL), path)
             image = np.asarray(f[H5_IMAGE], dtype=np.float32)
             label = np.asarray(f[H5_LABEL])
     except OSError as exc:
@@ -224,7 +230,6 @@ def load_acdc_h5(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if image.ndim != 3 or image.shape != label.shape:
         raise InputError(path, "shape", "image and label of one shape (slices, H, W)",
                          f"image {image.shape}, label {label.shape}")
-    bad = np.setdiff1d(np.unique(label), LABEL_VALUES)
-    if bad.size:
-        raise InputError(path, H5_LABEL, f"values in {LABEL_VALUES}", f"also {bad.tolist()}")
+    check_finite(image, path, H5_IMAGE)
+    check_labels(label, LABEL_VALUES, path, H5_LABEL)
     return image, label.astype(np.uint8)

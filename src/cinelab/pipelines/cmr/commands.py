@@ -17,6 +17,7 @@ from cinelab.data.manifest import read_manifest
 from cinelab.data.store import PreparedStore
 from cinelab.errors import CinelabError, InputError, Problem
 from cinelab.infer.contract import read_predictions
+from cinelab.io.table import read_table
 from cinelab.measure.volumes import parse_label_map
 from cinelab.pipelines.cmr import pipeline as cmr_pipeline
 from cinelab.pipelines.cmr.dsb import convert_dsb
@@ -146,7 +147,7 @@ def measure(
     _write_problems(problems, out / "problems.csv")
     print_problems(problems)
     if truth is not None:
-        truth_df = pd.read_csv(truth, dtype={truth_id: str})
+        truth_df = read_table(truth, text_columns=(truth_id,))
         write_csv(paired_measures(table, truth_df, truth_on=truth_id),
                   out / "volumes_vs_truth.csv")
         ef = ef_difference_table(table, truth_df, by=None, truth_on=truth_id)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from cinelab.data.manifest import read_manifest
-from cinelab.errors import InputError
+from cinelab.errors import InputError, Problem
 from cinelab.pipelines.cmr.acdc import find_acdc_patients, read_acdc, read_acdc_h5
 from cinelab.pipelines.cmr.pngmasks import read_png_masks
 from cinelab.utils import resolve_beside
@@ -24,22 +24,30 @@ PATH_SUFFIX = "_path"
 TRAIN, TEST = "train", "test"
 
 
-def read_cmr_folder(folder: str | Path) -> pd.DataFrame:
-    """Manifest of a CMR source: ACDC NIfTI (Info.cfg), ACDC HDF5, a folder with
-    manifest.csv (DSB conversion, pseudo-label subset), PNG image/mask folders, or a CSV."""
+def read_cmr_source(folder: str | Path) -> tuple[pd.DataFrame, list[Problem]]:
+    """(manifest, problems) of a CMR source: ACDC NIfTI (Info.cfg), ACDC HDF5, a folder
+    with manifest.csv (DSB conversion, pseudo-label subset), PNG image/mask folders, or a
+    CSV. The problems are the layout reader's (bad Info.cfg, missing frames, broken HDF5,
+    unpaired PNGs): callers hand them on to the store's / the run's problems.csv."""
     folder = Path(folder)
     if folder.is_file() and folder.suffix.lower() == ".csv":
-        return resolve_paths(read_manifest(folder), folder.parent)
+        return resolve_paths(read_manifest(folder), folder.parent), []
     if not folder.is_dir():
         raise InputError(folder, "source", "a folder of CMR data (ACDC, HDF5, DSB conversion, "
                          "PNG pairs) or a manifest CSV", "no such folder")
     if (folder / MANIFEST_FILE).exists():
-        return resolve_paths(read_manifest(folder / MANIFEST_FILE), folder)
+        return resolve_paths(read_manifest(folder / MANIFEST_FILE), folder), []
     if any(folder.rglob("*.h5")):
-        return read_acdc_h5(folder)[0]
+        return read_acdc_h5(folder)
     if find_acdc_patients(folder):
-        return read_acdc(folder, volumes=False)[0]
-    return read_png_masks(folder)[0]
+        return read_acdc(folder, volumes=False)
+    return read_png_masks(folder)
+
+
+def read_cmr_folder(folder: str | Path) -> pd.DataFrame:
+    """The manifest of `read_cmr_source` alone (for inspection; the pipeline's prepare,
+    predict and run use `read_cmr_source` so that no reader problem is dropped)."""
+    return read_cmr_source(folder)[0]
 
 
 def resolve_paths(manifest: pd.DataFrame, base: Path) -> pd.DataFrame:

@@ -20,6 +20,7 @@ import pandas as pd
 
 from cinelab.errors import InputError
 from cinelab.formats.ingest import Ingested, Layout
+from cinelab.io.table import read_table
 from cinelab.pipelines.cmr.acdc import (
     H5_NAME,
     INFO_FILE,
@@ -66,7 +67,7 @@ def with_labels(manifest: pd.DataFrame, labels: str | Path | None) -> pd.DataFra
     """The manifest with the columns of a labels CSV joined on sample_id or patient_id."""
     if labels is None or manifest.empty:
         return manifest
-    table = pd.read_csv(labels, dtype={"sample_id": str, "patient_id": str})
+    table = read_table(labels, text_columns=("sample_id", "patient_id"))
     key = next((c for c in ("sample_id", "patient_id") if c in table.columns), None)
     if key is None:
         raise InputError(labels, "columns", "a sample_id or patient_id column",

@@ -30,7 +30,9 @@ import numpy as np
 import pandas as pd
 
 from cinelab.errors import InputError, Problem
+from cinelab.io.checks import check_spacing
 from cinelab.io.nifti import is_nifti, read_volume
+from cinelab.io.table import read_table
 from cinelab.measure.volumes import (
     ACDC_LABELS,
     MEASURE_COLUMNS,
@@ -62,6 +64,7 @@ NAME_PATTERN = re.compile(
 STAGE = "cmr-measure"
 NO_FRAME = -1
 FLAG_COLUMNS = ("rv_ed_frame", "rv_es_frame", "flags")  # after MEASURE_COLUMNS
+MIN_FRAMES = 2  # ED and ES: a unit with one stack has no EF
 EF_RANGE = (0.0, 100.0)  # below 0, or 100 % and more (no cavity at end-systole): impossible
 
 
@@ -128,7 +131,7 @@ def _image_id(patient: str, phase: str, frame: int) -> str:
 
 
 def _csv_index(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df = read_table(path, dtype=str, keep_default_na=False)
     df = df.rename(columns={k: v for k, v in SPACING_ALIASES.items() if v not in df})
     path_col = next((c for c in PATH_ALIASES if c in df and (df[c] != "").any()), None)
     patient_col = next((c for c in PATIENT_ALIASES if c in df), None)
@@ -151,21 +154,39 @@ def _csv_index(path: Path) -> pd.DataFrame:
     return _finish(out, path)
 
 
+def _with_problems(index: pd.DataFrame, problems: list[Problem]) -> pd.DataFrame:
+    """The index carrying its reader's problems in attrs["problems"] (measure_mask_set
+    reports them first: a bad Info.cfg or HDF5 file is never dropped silently)."""
+    index.attrs["problems"] = list(problems)
+    return index
+
+
 def _acdc_index(root: Path) -> pd.DataFrame:
-    manifest, _ = read_acdc(root, volumes=False)
+    manifest, problems = read_acdc(root, volumes=False)
     df = manifest[manifest["mask_path"] != ""] if len(manifest) else manifest
-    return _finish(pd.DataFrame({"image_id": df["sample_id"], "patient_id": df["patient_id"],
-                                 "phase": df["phase"], "frame": df["frame"],
-                                 "mask_path": df["mask_path"], "image_path": df["path"]}), root)
+    if df.empty:
+        _no_masks(root, problems)
+    return _with_problems(_finish(pd.DataFrame({
+        "image_id": df["sample_id"], "patient_id": df["patient_id"], "phase": df["phase"],
+        "frame": df["frame"], "mask_path": df["mask_path"], "image_path": df["path"]}), root),
+        problems)
 
 
 def _h5_index(root: Path) -> pd.DataFrame:
-    manifest, _ = read_acdc_h5(root)
-    return _finish(pd.DataFrame({"image_id": manifest["sample_id"],
-                                 "patient_id": manifest["patient_id"],
-                                 "phase": manifest["phase"], "frame": manifest["frame"],
-                                 "mask_path": manifest["path"], "image_path": manifest["path"]}),
-                   root)
+    manifest, problems = read_acdc_h5(root)
+    if manifest.empty:
+        _no_masks(root, problems)
+    return _with_problems(_finish(pd.DataFrame({
+        "image_id": manifest["sample_id"], "patient_id": manifest["patient_id"],
+        "phase": manifest["phase"], "frame": manifest["frame"],
+        "mask_path": manifest["path"], "image_path": manifest["path"]}), root), problems)
+
+
+def _no_masks(root: Path, problems: list[Problem]) -> None:
+    """InputError for a layout with no usable label file, quoting its first problem."""
+    first = f": {problems[0].error}" if problems else ""
+    raise InputError(root, "masks", "at least one readable label file",
+                     f"none ({len(problems)} problem(s){first})")
 
 
 def _file_index(root: Path) -> pd.DataFrame:
@@ -219,7 +240,7 @@ def _load_npz(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
             raise InputError(path, "arrays", "a 'labels' array", "an empty archive")
         labels = data[NPZ_LABELS if NPZ_LABELS in data.files else data.files[0]]
         spacing = data[NPZ_SPACING] if NPZ_SPACING in data.files else None
-    return labels, None if spacing is None else tuple(float(v) for v in spacing[-3:])
+    return labels, None if spacing is None else check_spacing(spacing[-3:], path, NPZ_SPACING)
 
 
 def _spacing(spacing: Sequence[float] | None) -> tuple[float, ...] | None:
@@ -247,7 +268,7 @@ def row_spacing(row: pd.Series, spacing: Sequence[float] | None,
     if all(c in row.index for c in SPACING_COLUMNS):
         values = [str(row[c]).strip() for c in SPACING_COLUMNS]
         if all(v not in ("", "nan", "None") for v in values):
-            return tuple(float(v) for v in values)
+            return check_spacing(values, row.get("mask_path"), "spacing_z/y/x")
         return spacing
     return file_spacing if file_spacing is not None else spacing
 
@@ -290,17 +311,24 @@ def patient_frame_volumes(rows: pd.DataFrame, spacing: Sequence[float] | None,
 
 
 def measure_mask_set(source: str | Path | pd.DataFrame, label_map: LabelMap = ACDC_LABELS,
-                     spacing: Sequence[float] | None = None
+                     spacing: Sequence[float] | None = None, report_single: bool = True
                      ) -> tuple[pd.DataFrame, pd.DataFrame, list[Problem]]:
     """(per-unit table: patient_id, patient, n_frames, ed/es image, MEASURE_COLUMNS;
     per-frame volumes; problems). A unit is a patient's stacks, or one 4D cine (patient_id
-    then is the cine's image id); ED/ES are found by LV volume over the unit's frames."""
+    then is the cine's image id); ED/ES are found by LV volume over the unit's frames. A
+    unit with one frame only (a patient's ED or ES file missing) is not measured (it would
+    give EF 0.0) and, with `report_single`, is a problem row."""
     index = source if isinstance(source, pd.DataFrame) else mask_index(source)
-    rows, frames, problems = [], [], []
+    rows, frames = [], []
+    problems: list[Problem] = list(index.attrs.get("problems", []))
     for patient, group in index.groupby("patient_id", sort=True):
         try:
             units = patient_frame_volumes(group, spacing, label_map)
             for unit, volumes, physical in units:
+                if len(volumes) < MIN_FRAMES:  # its volume is kept, no EF from it
+                    frames.append(volumes.assign(patient_id=unit))
+                    problems += [_one_frame_problem(unit, group)] if report_single else []
+                    continue
                 measures = measures_from_volumes(volumes, UNITS_ML if physical else UNITS_VOXELS)
                 measures = checked_measures({**measures, **rv_phases(volumes)})
                 ed, es = volumes["LV_ml"].idxmax(), volumes["LV_ml"].idxmin()
@@ -324,6 +352,17 @@ def measure_mask_set(source: str | Path | pd.DataFrame, label_map: LabelMap = AC
         first = ["patient_id", "image_id", "phase", "frame"]
         per_frame = per_frame[first + [c for c in per_frame.columns if c not in first]]
     return table, per_frame, problems
+
+
+def _one_frame_problem(unit: str, group: pd.DataFrame) -> Problem:
+    """A unit with a single label stack (its ED or ES file missing): not measured, since
+    ED = ES would give EF 0.0."""
+    found = ", ".join(f"{p or '?'} ({Path(m).name})" for p, m in
+                      zip(group["phase"], group["mask_path"], strict=True))
+    return Problem(str(group["mask_path"].iloc[0]), STAGE,
+                   f"{unit}: one label stack only (ED or ES missing): not measured",
+                   column="phase", expected="ED and ES label stacks (or a label cine)",
+                   found=found)
 
 
 def rv_phases(volumes: pd.DataFrame) -> dict[str, object]:

@@ -19,6 +19,7 @@ source keeps its spacing (``volume_unit``), else voxel counts.
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +28,23 @@ import pandas as pd
 
 from cinelab.data.manifest import read_manifest, write_manifest
 from cinelab.data.store import PreparedStore
-from cinelab.errors import InputError
+from cinelab.errors import InputError, Problem
 from cinelab.evaluate.metrics import json_safe
-from cinelab.infer.contract import read_predictions, read_run, run_record, write_contract
+from cinelab.infer.contract import (
+    read_predictions,
+    read_problems,
+    read_run,
+    run_record,
+    write_contract,
+)
+from cinelab.infer.engines import engine_checkpoint
 from cinelab.pipelines.cmr.evaluate import METRICS_JSON, evaluate_cmr
-from cinelab.pipelines.cmr.layout import assign_splits, read_cmr_folder
+from cinelab.pipelines.cmr.layout import assign_splits, read_cmr_source
 from cinelab.pipelines.cmr.measure import indexed_measures, measure_mask_set
 from cinelab.pipelines.cmr.predict import (
     INDEX_FILE,
     LCC_AUTO,
+    STORE_DIR,
     checkpoint_classes,
     predict_cmr,
     record_postprocess,
@@ -45,6 +54,7 @@ from cinelab.pipelines.cmr.predict import (
 from cinelab.pipelines.cmr.prepare import KIND_CINE, prepare_cmr
 from cinelab.pipelines.cmr.report import build_cmr_report
 from cinelab.pipelines.cmr.synth import ACDC_DIR, synth_cmr_cohort
+from cinelab.pipelines.cmr.uncertainty import annotate_cmr, cmr_interval_metrics
 from cinelab.pipelines.registry import Options
 from cinelab.train.checkpoint import load_checkpoint
 from cinelab.train.fit import fit
@@ -75,9 +85,12 @@ def predict(model: Path, source: Path, out: Path, options: Options) -> Path:
     grids, default true), ``format`` (nifti or npz), ``largest_component`` ("auto", the
     default: the labels the checkpoint's validation kept; "all"; "none"; or label values),
     ``mirror`` (mirror test-time augmentation), ``ensemble`` (more checkpoints, e.g. the
-    other folds', averaged with `model`)."""
+    other folds', averaged with `model`), ``engine`` (eager, compiled or onnx: what runs
+    `model`; `cinelab.infer.engines`), ``coverage`` (of ``edv/esv/ef_lo/_hi`` when the
+    checkpoint was calibrated, `cinelab calibrate`; default its 90 %)."""
     started = time.time()
-    loaded = load_checkpoint(model)
+    engine = str(options.get("engine", "eager"))
+    loaded = engine_checkpoint(load_checkpoint(model), engine, options.device)
     out = Path(out)
     native = bool(options.get("native", True))
     index = predict_cmr(loaded, source, out, fmt=str(options.get("format", "nifti")),
@@ -87,13 +100,17 @@ def predict(model: Path, source: Path, out: Path, options: Options) -> Path:
                         mirror=bool(options.get("mirror", False)),
                         ensemble=[Path(p) for p in options.get("ensemble", []) or []])
     table, problems = contract_table(index, out)
+    table = annotate_cmr(table, loaded.info.get("extra"), options.get("coverage"))
+    if not (Path(source) / "store.json").is_file():  # a raw folder, prepared into out/store
+        problems = read_problems(out / STORE_DIR) + problems
     record = run_record(PIPELINE, TASK, model, source, started,
                         recipe=loaded.recipe.get("name"), input_spec=loaded.input_spec.to_dict(),
                         classes=checkpoint_classes(loaded), native=native, split=options.split,
                         largest_component_labels=resolve_largest_component(
                             loaded, options.get("largest_component", LCC_AUTO)),
                         options={"device": options.device, "batch_size": options.batch_size,
-                                 **options.extra})
+                                 **options.extra},
+                        engine={"name": engine, **dict(getattr(loaded.model, "info", {}))})
     return write_contract(out, table, problems, record)
 
 
@@ -101,7 +118,7 @@ def contract_table(index: pd.DataFrame, out: Path) -> tuple[pd.DataFrame, list]:
     """predict_cmr's index + the standard volume columns of each row's unit (see module)."""
     index = index.assign(image_id=index["sample_id"].astype(str))
     write_csv(index, out / INDEX_FILE)  # image ids keep each cine its own unit
-    units, per_frame, problems = measure_mask_set(out / INDEX_FILE)
+    units, per_frame, problems = measure_mask_set(out / INDEX_FILE, report_single=False)
     units = units.set_index(units["patient_id"].astype(str))
     rows = []
     for _, row in index.iterrows():
@@ -158,6 +175,7 @@ def evaluate(predictions: Path, out: Path, options: Options) -> dict[str, Any]:
                          "from", "none recorded", "give the truth labels with --labels")
     result = evaluate_cmr({MODEL_NAME: predictions}, Path(truth), out)
     metrics = {"pipeline": PIPELINE, **flat_metrics(result.summary, result.volumes),
+               **cmr_interval_metrics(read_predictions(predictions), result.volumes),
                "truth": str(truth), "models": read_json(out / METRICS_JSON)}
     write_json(out / METRICS_JSON, json_safe(metrics))
     return metrics
@@ -240,18 +258,23 @@ def _store(data: Path, out: Path, recipe: Recipe, options: Options) -> PreparedS
         return PreparedStore(data)
     ingest = out / "ingest"
     if not is_done(ingest):
-        manifest = assign_splits(read_cmr_folder(data),
-                                 float(options.get("test_fraction", DEFAULT_TEST_FRACTION)),
-                                 options.seed)
+        manifest, problems = read_cmr_source(data)
+        manifest = assign_splits(manifest, float(options.get("test_fraction",
+                                                             DEFAULT_TEST_FRACTION)),
+                                 options.seed) if len(manifest) else manifest
         write_manifest(manifest, ingest / "manifest.csv")
-        mark_done(ingest, ["manifest.csv"])
+        write_csv(pd.DataFrame([asdict(p) for p in problems],
+                               columns=list(Problem.__dataclass_fields__)),
+                  ingest / "problems.csv")
+        mark_done(ingest, ["manifest.csv", "problems.csv"])
     store = out / "store"
     if not is_done(store):
         size = recipe.data.size if isinstance(recipe.data.size, int) else recipe.data.size[0]
         summary = prepare_cmr(read_manifest(ingest / "manifest.csv"), store, size=int(size),
                               channels=int(recipe.model.kwargs.get("in_channels", 1)),
                               crop=str(options.get("crop", "none")),
-                              workers=options.get("workers", 1))
+                              workers=options.get("workers", 1),
+                              problems=read_problems(ingest))
         if not summary.usable:
             raise InputError(data, "images", "at least one readable labelled CMR stack",
                              f"none ({len(summary.problems)} problem(s))")

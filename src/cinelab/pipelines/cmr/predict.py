@@ -28,7 +28,7 @@ from torch import nn
 from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError
 from cinelab.io.nifti import is_nifti, write_volume
-from cinelab.pipelines.cmr.layout import read_cmr_folder
+from cinelab.pipelines.cmr.layout import read_cmr_source
 from cinelab.pipelines.cmr.prepare import (
     KIND_CINE,
     ML_PER_MM3,
@@ -311,9 +311,9 @@ def _as_store(source: str | Path | PreparedStore, loaded: LoadedCheckpoint,
 
 def _prepare_folder(folder: Path, spec: InputSpec, crop: str, out: Path) -> PreparedStore:
     """Read a raw CMR folder (layout detected) and prepare it at the checkpoint's size."""
-    manifest = read_cmr_folder(folder)
+    manifest, problems = read_cmr_source(folder)  # kept in out/problems.csv
     summary = prepare_cmr(manifest, out, size=spec.size, channels=spec.channels, crop=crop,
-                          workers=1)
+                          workers=1, problems=problems)
     if not summary.usable:
         raise InputError(folder, "images", "at least one readable CMR stack",
                          f"none ({len(summary.problems)} problem(s))")

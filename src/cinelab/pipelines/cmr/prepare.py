@@ -42,8 +42,8 @@ from cinelab.data.store import channel_stats, write_sample
 from cinelab.errors import InputError, Problem
 from cinelab.io.image import read_image
 from cinelab.io.nifti import is_nifti, read_volume
-from cinelab.pipelines.cmr.acdc import load_acdc_h5
-from cinelab.pipelines.cmr.layout import assign_splits, read_cmr_folder
+from cinelab.pipelines.cmr.acdc import LABEL_VALUES, load_acdc_h5
+from cinelab.pipelines.cmr.layout import assign_splits, read_cmr_source
 from cinelab.prep.prepare import PrepSpec, prepare
 
 PERCENTILES = (1.0, 99.0)  # intensity range mapped to 0-255, per volume
@@ -232,7 +232,7 @@ def _nifti_source(path: Path, mask_path: str) -> CmrSource:
                          f"shape {image.shape}")
     labels = None
     if mask_path:
-        labels, _ = read_volume(mask_path)
+        labels, _ = read_volume(mask_path, labels=LABEL_VALUES)  # none outside the set
         if labels.shape != image.shape:
             raise InputError(mask_path, "shape", f"the image's {image.shape}", str(labels.shape))
         labels = labels.astype(np.uint8)
@@ -360,22 +360,30 @@ def _voxel_volumes(manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def prepare_cmr(manifest: pd.DataFrame, out: str | Path, size: int = 128, channels: int = 1,
-                crop: str = "none", workers: int | None = None, force: bool = False) -> Any:
+                crop: str = "none", workers: int | None = None, force: bool = False,
+                problems: Sequence[Problem] = ()) -> Any:
     """`cmr_manifest` + `prep.prepare.prepare` at `size` px, `channels` and `crop` (see
-    `crop_box`); returns the prepare summary."""
+    `crop_box`); the reader's `problems` go first into the store's problems.csv; returns the
+    prepare summary."""
     spec = PrepSpec(size=size, channels=channels, crop=crop, blank=False)
-    return prepare(cmr_manifest(manifest), out, spec, workers=workers, force=force)
+    if manifest.empty:
+        raise InputError(None, "samples", "at least one readable CMR sample",
+                         f"none ({len(problems)} problem(s): "
+                         f"{problems[0].error if problems else 'an empty source'})")
+    return prepare(cmr_manifest(manifest), out, spec, workers=workers, force=force,
+                   problems=problems)
 
 
 def prepare_cmr_folder(source: str | Path, out: str | Path, size: int = 128,
                        channels: int = 1, crop: str = "none", test_fraction: float = 0.0,
                        seed: int = 0, workers: int | None = None, force: bool = False) -> Any:
-    """Any CMR source (`formats.cmr_folder.read_cmr_folder`: ACDC, HDF5, DSB conversion,
+    """Any CMR source (`layout.read_cmr_source`: ACDC, HDF5, DSB conversion,
     PNG pairs, pseudo-label subset, manifest CSV) into a store, rows without a split given
     one by patient (`assign_splits`); returns the prepare summary."""
-    manifest = assign_splits(read_cmr_folder(source), test_fraction, seed)
+    manifest, problems = read_cmr_source(source)
+    manifest = assign_splits(manifest, test_fraction, seed) if len(manifest) else manifest
     return prepare_cmr(manifest, out, size=size, channels=channels, crop=crop,
-                       workers=workers, force=force)
+                       workers=workers, force=force, problems=problems)
 
 
 def sample_volume_ml(labels: np.ndarray, meta: dict[str, Any], label: int = LV_LABEL) -> float:

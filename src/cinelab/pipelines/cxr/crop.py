@@ -31,8 +31,9 @@ import numpy as np
 
 from cinelab.data.store import channel_stats, write_sample
 from cinelab.errors import InputError, Problem
-from cinelab.io.cxr_dicom import read_cxr
+from cinelab.io.cxr_dicom import CxrAcceptance, read_cxr
 from cinelab.io.image import read_image
+from cinelab.pipelines.registry import Options
 from cinelab.prep.geometry import Box, square_box
 
 DEFAULT_SIZES = (224, 331)
@@ -45,9 +46,13 @@ FITS = ("stretch", "pad")
 VARIANTS = ("crop", "uncrop")
 NO_CROP_MODES = ("never", "none", "uncrop")  # PrepSpec.crop values that keep the full image
 MASK_LEVEL = 127  # mask PNG values above this are lung
+ASPECT_TOLERANCE = 0.02  # relative width/height difference a lung mask may have
 REASON_OK = "ok"
 REASON_NO_MASK = "no lung mask"
 REASON_NOT_REQUESTED = "crop not requested"
+#: Where a cohort's lung masks came from, recorded in stores.json and ensemble.json
+#: ("crop_source") and used by predict: the lung U-Net for every image, mask files, none.
+CROP_SOURCES = ("unet", "files", "none")
 STAGE = "prepare"
 
 
@@ -188,13 +193,31 @@ def crop_decision(shape: tuple[int, ...], lung_mask: np.ndarray | None,
 
 
 def fit_mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """A bool mask at the image's (H, W) (nearest neighbour when the sizes differ)."""
+    """A bool mask at the image's (H, W) (nearest neighbour when the sizes differ).
+
+    A mask whose aspect ratio differs from the image's by more than ASPECT_TOLERANCE is an
+    InputError (it belongs to another image or was cropped): never stretched onto the image.
+    """
     mask = np.asarray(mask)
     mask = mask.reshape(mask.shape[:2]) if mask.ndim == 3 and mask.shape[2] == 1 else mask
+    check_mask_aspect(mask.shape[:2], shape[:2])
     if mask.shape[:2] != tuple(shape[:2]):
         mask = cv2.resize((mask > 0).astype(np.uint8), (int(shape[1]), int(shape[0])),
                           interpolation=cv2.INTER_NEAREST)
     return mask > 0
+
+
+def check_mask_aspect(mask_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> None:
+    """InputError when a mask's width/height differs from the image's by more than
+    ASPECT_TOLERANCE (relative); a resized mask of the same aspect is fine."""
+    (mh, mw), (ih, iw) = (int(v) for v in mask_shape[:2]), (int(v) for v in image_shape[:2])
+    mask_aspect, image_aspect = mw / max(mh, 1), iw / max(ih, 1)
+    if abs(mask_aspect / image_aspect - 1.0) > ASPECT_TOLERANCE:
+        raise InputError(None, "lung mask shape",
+                         f"the image's aspect ratio ({ih}x{iw}, width/height "
+                         f"{image_aspect:.3f}, within {ASPECT_TOLERANCE:.0%})",
+                         f"{mh}x{mw} (width/height {mask_aspect:.3f})",
+                         "the mask belongs to another image or was cropped; fix or remove it")
 
 
 def restore_map(values: np.ndarray, transform: dict[str, Any]) -> np.ndarray:
@@ -210,6 +233,29 @@ def restore_map(values: np.ndarray, transform: dict[str, Any]) -> np.ndarray:
     out = np.zeros((height, width), np.float32)
     out[y0:y1, x0:x1] = full[top:top + y1 - y0, left:left + x1 - x0]
     return out
+
+
+def acceptance(options: Options) -> CxrAcceptance:
+    """The DICOM acceptance of ``--option modalities=[CR,DX] views=[PA] min_side=512``
+    (each defaults to `CxrAcceptance`'s: CR/DX/DR, PA/AP, 256 px)."""
+    default = CxrAcceptance()
+    return CxrAcceptance(
+        tuple(str(m).upper() for m in options.get("modalities", default.modalities)),
+        tuple(str(v).upper() for v in options.get("views", default.views)),
+        int(options.get("min_side", default.min_side)))
+
+
+def resolve_mask_source(asked: str, recorded: str | None, has_lung: bool) -> str:
+    """The mask source predict uses: `asked` unless "auto"; "auto" follows the source the
+    ensemble was trained with (`recorded`), else the U-Net when there is one, else files.
+    A U-Net source without a U-Net is an InputError (never a silent whole-image run)."""
+    if recorded is not None and recorded not in CROP_SOURCES:
+        raise InputError(None, "crop_source", f"one of {list(CROP_SOURCES)}", repr(recorded))
+    source = asked if asked != "auto" else recorded or ("unet" if has_lung else "files")
+    if source == "unet" and not has_lung:
+        raise InputError(None, "mask_source", "a lung U-Net (lung/model.pt) in the ensemble",
+                         "none", "train-ensemble --lung-model FILE, or masks=files")
+    return source
 
 
 def read_lung_mask(path: object) -> np.ndarray | None:
@@ -231,7 +277,7 @@ def prepare_cxr_sample(task: dict[str, Any]) -> dict[str, Any]:
     row, root, spec = task["row"], Path(task["root"]), task["spec"]
     path = Path(str(row["path"]))
     try:
-        image = read_cxr(path)
+        image = read_cxr(path, accept=CxrAcceptance())  # non-CXR DICOMs become problems
         size, fit = int(spec["size"]), str(spec.get("fit", "stretch"))
         box, reason, mask = _sample_crop(row, image.shape, str(spec.get("crop", "auto")))
         frame = crop_and_resize(image, box, (size,), fit)[size]

@@ -29,6 +29,7 @@ from cinelab.data.manifest import REQUIRED, new_manifest, normalise_split
 from cinelab.errors import InputError, Problem, UnreadableFileError
 from cinelab.io.cxr_dicom import DICOM_SUFFIXES, is_dicom_file, read_cxr, read_cxr_header
 from cinelab.io.image import IMAGE_SUFFIXES, probe_image
+from cinelab.io.table import read_table
 
 MODALITY = "cxr"
 STAGE = "cxr-ingest"
@@ -256,9 +257,8 @@ def cxr_manifest(rows: list[dict[str, Any]]) -> pd.DataFrame:
 def _read_csv(csv: Path) -> pd.DataFrame:
     if not csv.is_file():
         raise InputError(csv, "labels_csv", "an existing CSV file", "nothing at that path")
-    header = list(pd.read_csv(csv, nrows=0).columns)
-    text = {c.casefold() for c in (*FILE_CANDIDATES, *PATIENT_CANDIDATES, *SPLIT_CANDIDATES)}
-    return pd.read_csv(csv, dtype={c: str for c in header if c.casefold() in text})
+    return read_table(csv, text_columns=(*FILE_CANDIDATES, *PATIENT_CANDIDATES,
+                                         *SPLIT_CANDIDATES))
 
 
 def _require(csv: Path, columns: list[str], wanted: str, candidates: tuple[str, ...],

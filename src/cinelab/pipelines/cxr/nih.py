@@ -28,6 +28,7 @@ import pandas as pd
 from cinelab.data.manifest import SPLITS
 from cinelab.errors import InputError, Problem
 from cinelab.io.image import IMAGE_SUFFIXES
+from cinelab.io.table import read_table
 from cinelab.pipelines.cxr.layout import (
     CxrCohort,
     check_mode,
@@ -162,8 +163,8 @@ def _find_csv(root: Path) -> Path:
 def _read_table(csv: Path) -> pd.DataFrame:
     if not csv.is_file():
         raise InputError(csv, "csv", "an existing NIH label CSV", "nothing at that path")
-    table = pd.read_csv(csv, dtype={IMAGE_COLUMN: str, FINDINGS_COLUMN: str,
-                                    PATIENT_COLUMN: str})
+    table = read_table(csv, dtype={IMAGE_COLUMN: str, FINDINGS_COLUMN: str,
+                                   PATIENT_COLUMN: str})
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
         raise InputError(csv, ", ".join(missing), f"columns {list(REQUIRED_COLUMNS)}",

@@ -10,8 +10,11 @@ Layout under `root`::
     Truth/<FileName>.csv  per-frame ground truth              (optional, synthetic cohorts)
 
 One bad row or file is reported as a `Problem` and skipped; only an unusable layout (no
-FileList, a required FileList column missing, no Videos folder) raises `InputError`.
-Problem rows are 0-based data rows of the CSV they name.
+FileList, an empty/binary/ragged FileList or one without a required column, no Videos folder)
+raises `InputError`. Both CSVs are read through `io.table.read_table`; an unreadable
+VolumeTracings.csv is a problem row (the videos are kept, without tracings). A video's
+tracings are dropped (with a problem) when a traced frame lies beyond the video's frame count
+or a coordinate outside its frame. Problem rows are 0-based data rows of the CSV they name.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ import pandas as pd
 from cinelab.data.manifest import new_manifest, normalise_split, validate_manifest
 from cinelab.errors import InputError, Problem
 from cinelab.formats.ingest import Ingested
+from cinelab.io.table import read_table
 from cinelab.io.video import probe_video, read_video
+from cinelab.measure.ef import check_tracing_frame, check_tracing_lines
 
 FILELIST = "FileList.csv"
 TRACINGS = "VolumeTracings.csv"
@@ -70,15 +75,17 @@ def read_echonet(root: str | Path, check_videos: bool = True) -> EchonetCohort:
     root = Path(root).resolve()
     filelist = _read_filelist(root / FILELIST)
     videos = _list_videos(root / VIDEOS_DIR)
-    problems: list[Problem] = []
+    problems: list[Problem] = _encoding_notes(filelist, root / FILELIST)
     table = _clean_filelist(filelist, root / FILELIST, problems)
     problems += _unlisted_videos(videos, set(filelist["sample_id"]), root / FILELIST)
     table = _attach_videos(table, videos, root / VIDEOS_DIR, problems)
+    shapes = _listed_shapes(table)
     if check_videos:
-        table = _check_videos(table, problems)
+        table = _check_videos(table, problems, shapes)
     manifest = _to_manifest(table, root)
     tracings = _read_tracings(root / TRACINGS, set(table["sample_id"]),
                               set(filelist["sample_id"]), problems)
+    tracings = _drop_outside_tracings(tracings, shapes, root / TRACINGS, problems)
     return EchonetCohort(manifest, tracings, problems, root)
 
 
@@ -107,7 +114,7 @@ def _read_filelist(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise InputError(path, "file", f"an EchoNet {FILELIST}", "nothing at that path",
                          f"put {FILELIST} in the dataset root")
-    df = pd.read_csv(path, dtype={"FileName": str, "Split": str})
+    df = read_table(path, dtype={"FileName": str, "Split": str})
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise InputError(path, ", ".join(missing), f"columns {list(REQUIRED_COLUMNS)}",
@@ -115,6 +122,12 @@ def _read_filelist(path: Path) -> pd.DataFrame:
     df["sample_id"] = [None if pd.isna(n) else sample_id_from_filename(n)
                        for n in df["FileName"]]
     return df
+
+
+def _encoding_notes(df: pd.DataFrame, path: Path) -> list[Problem]:
+    """A problem row (table kept) for each note `read_table` made, e.g. read as Latin-1."""
+    return [_problem(path, f"{note}: kept", column="encoding", expected="UTF-8 text",
+                     found=str(df.attrs.get("encoding"))) for note in df.attrs.get("warnings", [])]
 
 
 def _list_videos(folder: Path) -> dict[str, Path]:
@@ -198,8 +211,23 @@ def _attach_videos(table: pd.DataFrame, videos: dict[str, Path], folder: Path,
     return table.reset_index(drop=True)
 
 
-def _check_videos(table: pd.DataFrame, problems: list[Problem]) -> pd.DataFrame:
-    """Drop unreadable videos; note frame-count/FPS disagreements with FileList."""
+def _listed_shapes(table: pd.DataFrame) -> dict[str, tuple[int | None, int | None, int | None]]:
+    """sample_id -> (frames, height, width) as FileList gives them (None where absent)."""
+    def column(name: str) -> list[int | None]:
+        values = pd.to_numeric(table[name], errors="coerce") if name in table.columns \
+            else pd.Series([np.nan] * len(table))
+        return [int(v) if pd.notna(v) and v > 0 else None for v in values]
+
+    rows = zip(column("NumberOfFrames"), column("FrameHeight"), column("FrameWidth"),
+               strict=True)
+    return dict(zip(table["sample_id"], rows, strict=True))
+
+
+def _check_videos(table: pd.DataFrame, problems: list[Problem],
+                  shapes: dict[str, tuple[int | None, int | None, int | None]]
+                  ) -> pd.DataFrame:
+    """Drop unreadable videos; note frame-count/FPS disagreements with FileList; record
+    each readable video's (frames, height, width) in `shapes` (they bound its tracings)."""
     keep = []
     for _, r in table.iterrows():
         try:
@@ -210,6 +238,7 @@ def _check_videos(table: pd.DataFrame, problems: list[Problem]) -> pd.DataFrame:
             keep.append(False)
             continue
         problems += _header_mismatches(r, info.frames, info.fps)
+        shapes[r["sample_id"]] = (info.frames, info.height, info.width)
         keep.append(True)
     return table.loc[keep].reset_index(drop=True)
 
@@ -264,7 +293,13 @@ def _read_tracings(path: Path, kept: set[str], listed: set[str],
     """Tracings (sample_id, frame, X1, Y1, X2, Y2) in file order for the kept videos."""
     if not path.is_file():
         return _empty_tracings()
-    df = pd.read_csv(path, dtype={"FileName": str})
+    try:
+        df = read_table(path, dtype={"FileName": str})
+    except InputError as exc:
+        problems.append(_problem(path, f"tracings unusable: {exc.found}: no tracings read",
+                                 None, exc.field, exc.expected, exc.found))
+        return _empty_tracings()
+    problems += _encoding_notes(df, path)
     missing = [c for c in TRACING_COLUMNS if c not in df.columns]
     if missing:
         problems.append(_problem(path, f"tracings unusable: missing {missing}", None,
@@ -315,6 +350,35 @@ def _drop_bad_tracings(df: pd.DataFrame, path: Path, problems: list[Problem]) ->
                                      f"most frames have {usual}: kept", None, "Frame",
                                      f"{usual} lines", f"{n} lines"))
     return df.loc[~df["sample_id"].isin(bad)]
+
+
+def _drop_outside_tracings(tracings: pd.DataFrame,
+                           shapes: dict[str, tuple[int | None, int | None, int | None]],
+                           path: Path, problems: list[Problem]) -> pd.DataFrame:
+    """Drop a video's tracings when a traced frame lies beyond its frame count or a
+    coordinate outside its frame (never measured: 1e9 would give an EDV of 1e26)."""
+    bad = set()
+    for sid, lines in tracings.groupby("sample_id", sort=False):
+        frames, height, width = shapes.get(str(sid), (None, None, None))
+        size = (height, width) if height and width else None
+        try:
+            _check_sample_bounds(lines, frames, size)
+        except InputError as exc:
+            bad.add(sid)
+            problems.append(_problem(path, f"'{sid}' {exc.field}: {exc.found}: tracings of "
+                                     "this video dropped", None, exc.field, exc.expected,
+                                     exc.found))
+    return tracings.loc[~tracings["sample_id"].isin(bad)].reset_index(drop=True)
+
+
+def _check_sample_bounds(lines: pd.DataFrame, n_frames: int | None,
+                         size: tuple[int, int] | None) -> None:
+    """InputError when a traced frame or coordinate of one video is outside the video."""
+    for frame, group in lines.groupby("frame", sort=False):
+        field = f"frame {int(frame)}"
+        check_tracing_frame(frame, n_frames, field=field)
+        check_tracing_lines(group[list(COORDS)].to_numpy(float), size, min_chords=0,
+                            field=f"{field} lines")
 
 
 def is_echonet(root: Path) -> bool:

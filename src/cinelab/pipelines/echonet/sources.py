@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from cinelab.data.manifest import REQUIRED
 from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError, Problem
+from cinelab.io.table import read_table
 from cinelab.io.video import VIDEO_SUFFIXES
 from cinelab.models.registry import UnknownModelError, model_task
 from cinelab.prep.echo import preprocess_echo
@@ -245,7 +245,7 @@ def read_labels(path: str | Path) -> dict[str, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "labels", "a CSV file of labels", "nothing at that path")
-    table = pd.read_csv(path)
+    table = read_table(path, text_columns=LABEL_ID_COLUMNS)
     key = next((c for c in LABEL_ID_COLUMNS if c in table.columns), None)
     if key is None:
         raise InputError(path, "columns", f"one id column of {', '.join(LABEL_ID_COLUMNS)}",
@@ -270,6 +270,8 @@ def _store_items(store: PreparedStore, split: str | None = None) -> list[SourceI
 
 
 def _folder_items(root: Path, exclude: Path | None) -> list[SourceItem]:
+    if exclude is not None and root.resolve().is_relative_to(exclude):
+        exclude = None  # the input lies inside the output (de-identified copies): keep it
     files = sorted(p for p in root.rglob("*") if p.is_file() and not _hidden(p, root)
                    and not (exclude is not None and p.resolve().is_relative_to(exclude))
                    and (p.suffix.lower() in VIDEO_SUFFIXES or is_dicom_path(p)))

@@ -28,7 +28,9 @@ import pandas as pd
 from cinelab.data.manifest import new_manifest, normalise_split, validate_manifest, write_manifest
 from cinelab.errors import InputError, Problem
 from cinelab.formats.dicoms import read_dicom_folder
+from cinelab.io.table import read_table
 from cinelab.prep.deid import IdMap, default_idmap_path, safe_id, scrub_value, write_deidentified
+from cinelab.prep.deid_ingest import burned_in_problems
 from cinelab.utils import write_csv
 
 STAGE = "ingest"
@@ -71,7 +73,7 @@ def read_rvf_cohort(
             continue
         rows.append(_video_row(row, ids))
     rows = _number_videos(rows, ids)
-    problems += class_problems + split_problems
+    problems += class_problems + split_problems + _burned_in(videos, ids)
     problems += _label_problems(rows, classes, conflicted, classes_csv, splits)
     labelled = [dict(r, **{"class": classes[r["study"]],
                            "label": names.index(classes[r["study"]]),
@@ -99,12 +101,18 @@ def read_unlabelled(dicom_root: str | Path, idmap_path: str | Path | None = None
                  if path in no_pid]
     rows = _number_videos([_video_row(r, ids) for r in videos.to_dict("records")
                            if r["path"] not in no_pid], ids)
+    problems += _burned_in(videos, ids)
     idmap.save()
     manifest = _manifest([dict(r, **{"class": "", "label": np.nan, "split": ""})
                           for r in rows], labelled=False)
     manifest.attrs.update(class_names=[], pseudonymised=True, dicom_root=str(root),
                           idmap_path=str(idmap.path))
     return manifest, problems
+
+
+def _burned_in(videos: pd.DataFrame, ids: _Ids) -> list[Problem]:
+    """BurnedInAnnotation = YES flags, each naming the file's key (never its raw path)."""
+    return burned_in_problems(videos, {p: ids.file_key(p) for p in videos["path"]})
 
 
 class _Ids:
@@ -184,7 +192,7 @@ def _read_table(path: str | Path, value_columns: tuple[str, ...], what: str) -> 
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file", f"a {what} CSV (id,{what})", "nothing at that path")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table = read_table(path, dtype=str, keep_default_na=False)
     id_col = _pick(table, ID_COLUMNS, 0)
     value_col = _pick(table, value_columns, 1)
     if id_col is None or value_col is None or id_col == value_col:
