@@ -187,3 +187,18 @@ def test_plateau_schedule_watches_validation_auc():
     scheduler = config["lr_scheduler"]
     assert scheduler["monitor"] == "val/auc" and scheduler["scheduler"].mode == "max"
     assert scheduler["scheduler"].patience == 3 and scheduler["scheduler"].factor == 0.1
+
+
+def test_per_architecture_start_weights_and_frozen_without_them(store, tmp_path):
+    recipe = load_recipe("cxr-ensemble", ["ensemble.pretrained.densenet121=/w/dense.pt",
+                                          "ensemble.sizes=[224]", "ensemble.crops=[crop]"])
+    members = dict(ensemble_members(recipe))
+    assert members["densenet121-224-crop"].model.pretrained == "/w/dense.pt"
+    assert members["resnet50-224-crop"].model.pretrained is None
+    own = load_recipe("cxr-ensemble", ["ensemble.pretrained.resnet50=/w/r.pt",
+                                       "ensemble.members=[{model: resnet50, size: 224, "
+                                       "crop: crop, pretrained: /w/own.pt}]"])
+    assert ensemble_members(own)[0][1].model.pretrained == "/w/own.pt"  # the member's wins
+    frozen = load_recipe("cxr-ensemble-cpu", [*TINY, "model.freeze_epochs=2"])
+    with pytest.raises(InputError, match="model.pretrained"):
+        fit(frozen, store, tmp_path / "run", progress=False)

@@ -19,6 +19,7 @@ from cinelab.train.tune import (
     check_space,
     overrides_from_best,
     recipe_with_best,
+    space_for_recipe,
     tune,
     write_best_params,
 )
@@ -79,3 +80,14 @@ def test_best_params_round_trip_and_errors(tmp_path):
         check_space({"optim.nope": {"low": 0, "high": 1}}, recipe)
     with pytest.raises(InputError, match="low < high"):
         check_space({"optim.lr": {"low": 1.0, "high": 0.1}}, recipe)
+
+
+def test_space_follows_the_optimiser():
+    sgd = load_recipe("cxr-ensemble-cpu", ["optim.name=sgd"])
+    adam = load_recipe("cxr-ensemble-cpu", ["optim.name=adam"])
+    assert "optim.momentum" in space_for_recipe(None, sgd)
+    default_adam = space_for_recipe(None, adam)
+    assert "optim.momentum" not in default_adam and "optim.lr" in default_adam
+    with pytest.raises(InputError, match="momentum"):
+        space_for_recipe(SPACE, adam)
+    assert space_for_recipe(SPACE, sgd) == SPACE

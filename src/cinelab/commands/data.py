@@ -11,7 +11,10 @@ from rich.progress import Progress
 from cinelab.cliutil import console, friendly, parse_options, print_problems
 from cinelab.errors import CinelabError
 from cinelab.formats.ingest import LAYOUTS, Ingested, ingest, load_ingested, write_ingested
+from cinelab.prep.deid_ingest import protect_dicom_ingest
 from cinelab.prep.prepare import PrepSpec, prepare
+
+DICOM_LAYOUT = "dicom"
 
 
 def ingest_cmd(
@@ -23,9 +26,14 @@ def ingest_cmd(
     option: Annotated[list[str] | None, typer.Option(help="Layout option key=value "
                                                           "(repeatable).")] = None,
 ) -> None:
-    """Read a cohort layout into a validated manifest and a problems report."""
+    """Read a cohort layout into a validated manifest and a problems report. A DICOM folder
+    (layout dicom) with --option pseudonymise=true [--option idmap=PATH] gets keyed pseudonyms
+    and de-identified copies (`cinelab.prep.deid_ingest`); burned-in annotation is flagged."""
     options = {"out": out, **parse_options(option)}  # layouts that de-identify write beside it
     result = ingest(root, layout=layout, labels=labels, options=options)
+    if result.layout == DICOM_LAYOUT:  # pseudonymise=true: no names, raw ids or raw paths
+        result = protect_dicom_ingest(result, root, out, bool(options.get("pseudonymise")),
+                                      options.get("idmap"))
     write_ingested(result, out)
     print_problems(result.problems)
     console.print(f"{result.layout}: {len(result.manifest)} samples, "

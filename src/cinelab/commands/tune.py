@@ -30,7 +30,8 @@ def tune_cmd(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override: trainer.max_"
                                                    "epochs=10")] = None,
 ) -> None:
-    """Search learning rate, momentum and dropout (pruning bad trials); save the best."""
+    """Search learning rate, momentum (SGD only: the parameters the recipe's optimiser uses)
+    and dropout (pruning bad trials); save the best."""
 
     result = tune(load_recipe(recipe, set_ or []), data, out, n_trials=trials, timeout=timeout)
     counts = result.trials["state"].value_counts().to_dict()

@@ -19,6 +19,9 @@ Methods of `fit_ensemble_weights` (fitted on validation predictions only, never 
   proposal, so the estimate still targets the same posterior. ``temperature`` (default 1)
   divides the log-likelihood (tempered posterior: > 1 spreads the weight over more
   combinations).
+- ``"search"`` — DeepCOVID-XR's own procedure: the best of ``n_draws`` seeded random weight
+  vectors by validation AUC (regression: RMSE); how it differs from ``"bmc"`` is written in
+  `cinelab.infer.weight_search`.
 - ``"nnls"`` — constrained least squares: minimise ``||P w - y||²`` over the simplex (SLSQP).
 - ``"logloss"`` — binary only: minimise the mean Bernoulli negative log-likelihood of
   ``P w`` over the simplex (SLSQP).
@@ -40,9 +43,10 @@ from scipy.optimize import minimize
 from scipy.special import logsumexp
 
 from cinelab.errors import InputError
+from cinelab.infer.weight_search import search_weights
 from cinelab.utils import read_json, write_json
 
-METHODS = ("bmc", "nnls", "logloss", "mean")
+METHODS = ("bmc", "search", "nnls", "logloss", "mean")
 TASKS = ("binary", "regression")
 DEFAULT_ALPHA = 1.0
 DEFAULT_N_SAMPLES = 4000
@@ -261,9 +265,9 @@ def fit_ensemble_weights(
 ) -> EnsembleWeights:
     """Weights on the simplex for a ``(n, n_members)`` validation prediction matrix.
 
-    `opts` go to the method (bmc: alpha, n_samples, rounds, temperature). `details` records
-    the options and the validation score (NLL for binary, RMSE for regression) of the
-    weighted ensemble, of the plain average and of every member.
+    `opts` go to the method (bmc: alpha, n_samples, rounds, temperature; search:
+    n_draws). `details` records the options and the validation score (NLL for binary,
+    RMSE for regression) of the weighted ensemble, of the plain average and of every member.
     """
     _check_choice("method", method, METHODS)
     _check_choice("task", task, TASKS)
@@ -276,6 +280,8 @@ def fit_ensemble_weights(
     details: dict[str, Any] = {}
     if method == "bmc":
         w, details = _bmc(p, t, task, seed, **opts)
+    elif method == "search":
+        w, details = search_weights(p, t, task, seed, **opts)
     elif method == "nnls":
         w = _nnls(p, t)
     elif method == "logloss":

@@ -2,7 +2,9 @@
 
 Reading follows the DICOM grayscale pipeline: stored values -> Modality LUT (rescale) ->
 VOI (a VOI LUT Sequence when present, else Window Center/Width, pydicom's `apply_voi_lut`)
--> 0..255, then MONOCHROME1 (bright = air) is inverted so that bone is always bright.
+-> 0..255, then MONOCHROME1 (bright = air) or a Presentation LUT Shape INVERSE is inverted so
+that bone is always bright. `CxrAcceptance` / `check_cxr_header` refuse DICOMs that are not
+frontal chest radiographs (Modality, ViewPosition, size) before any pixel is decoded.
 The VOI output is mapped to 0..255 over its own output range (the window's full range, or the
 LUT's smallest..largest entry), so a window wider than the data keeps its intended contrast.
 Without any VOI, 12/16-bit data are scaled like 16-bit PNGs (robust 0.5-99.5 percentiles by
@@ -38,7 +40,13 @@ from cinelab.io.image import (
 )
 from cinelab.utils import atomic_path
 
-CXR_MODALITIES = ("CR", "DX")
+CXR_MODALITIES = ("CR", "DX")  # what write_cxr_dicom writes and require_cxr=True accepts
+#: Modalities accepted as chest radiographs by default (DR is a retired code still found in
+#: archives); a CT, MR, US or secondary capture in a CXR folder is refused, not classified.
+ACCEPTED_MODALITIES = ("CR", "DX", "DR")
+ACCEPTED_VIEWS = ("PA", "AP")  # ViewPosition, when present ("AP SUPINE" counts as AP)
+MIN_SIDE = 256  # px: a smaller DICOM is an icon, a thumbnail or not a radiograph
+INVERSE = "INVERSE"  # Presentation LUT Shape that displays low values bright
 GREY_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
 SOP_CLASSES = {"CR": ComputedRadiographyImageStorage, "DX": DigitalXRayImageStorageForPresentation}
 DEFER_BYTES = 1024  # header reads locate the pixel data without loading it
@@ -62,9 +70,42 @@ class CxrHeader:
     voi: str  # "lut", "window" or "none"
 
 
+@dataclass(frozen=True)
+class CxrAcceptance:
+    """Which DICOMs count as chest radiographs: Modality in `modalities`, ViewPosition (when
+    the file has one) in `views`, both sides at least `min_side` px. Empty tuples or
+    min_side 0 switch a check off."""
+
+    modalities: tuple[str, ...] = ACCEPTED_MODALITIES
+    views: tuple[str, ...] = ACCEPTED_VIEWS
+    min_side: int = MIN_SIDE
+
+
+def check_cxr_header(path: str | Path, header: CxrHeader, accept: CxrAcceptance) -> None:
+    """Raise InputError (field, expected, found) when the header is not a CXR to classify."""
+    modality = header.modality.upper()
+    if accept.modalities and modality not in accept.modalities:
+        raise InputError(path, "Modality", f"one of {list(accept.modalities)}",
+                         repr(header.modality or "no Modality"),
+                         "only chest radiographs are classified; allow others explicitly")
+    view = header.view.upper().split()[0] if header.view.strip() else ""
+    if view and accept.views and view not in accept.views:
+        raise InputError(path, "ViewPosition", f"one of {list(accept.views)} (frontal)",
+                         repr(header.view), "lateral and other views are not classified")
+    side = min(header.rows, header.columns)
+    if side < accept.min_side:
+        raise InputError(path, "Rows/Columns", f"both sides >= {accept.min_side} px",
+                         f"{header.rows} x {header.columns}",
+                         "a thumbnail or icon is not a radiograph; lower min_side to allow it")
+
+
 def read_cxr_header(path: str | Path) -> CxrHeader:
     """Header fields of a CXR DICOM; unreadable files raise UnreadableFileError."""
-    ds = read_dataset(path, defer_size=DEFER_BYTES)
+    return header_from_dataset(read_dataset(path, defer_size=DEFER_BYTES))
+
+
+def header_from_dataset(ds: Dataset) -> CxrHeader:
+    """The `CxrHeader` of a dataset already read."""
     return CxrHeader(
         patient_id=_text(ds.get("PatientID")), view=_text(ds.get("ViewPosition")) or "",
         modality=_text(ds.get("Modality")) or "",
@@ -75,14 +116,20 @@ def read_cxr_header(path: str | Path) -> CxrHeader:
 
 
 def read_cxr_dicom(path: str | Path, scale16: str = "robust",
-                   require_cxr: bool = False) -> np.ndarray:
-    """A CR/DX DICOM as uint8 (H, W), VOI applied and MONOCHROME1 inverted.
+                   require_cxr: bool = False,
+                   accept: CxrAcceptance | None = None) -> np.ndarray:
+    """A CR/DX DICOM as uint8 (H, W), VOI applied, bone bright.
 
-    `require_cxr=True` rejects modalities other than CR/DX. Colour (RGB/YBR) secondary
-    captures are converted to greyscale; a multi-frame file gives its first frame.
+    `require_cxr=True` rejects modalities other than CR/DX; `accept` checks modality, view
+    and size (`check_cxr_header`) before decoding. Colour (RGB/YBR) secondary captures are
+    converted to greyscale; a multi-frame file gives its first frame. MONOCHROME1 is
+    inverted; so is MONOCHROME2 with Presentation LUT Shape INVERSE (MONOCHROME1 + INVERSE
+    is the standard DX pairing and is inverted once).
     """
     path = Path(path)
     ds = read_dataset(path)
+    if accept is not None:
+        check_cxr_header(path, header_from_dataset(ds), accept)
     if require_cxr and str(ds.get("Modality", "")).upper() not in CXR_MODALITIES:
         raise InputError(path, "Modality", f"one of {CXR_MODALITIES}",
                          repr(str(ds.get("Modality", ""))),
@@ -92,7 +139,15 @@ def read_cxr_dicom(path: str | Path, scale16: str = "robust",
     if photometric not in GREY_PHOTOMETRICS:
         return _colour_to_grey(arr)
     image = _grey_to_uint8(path, ds, arr, scale16)
-    return UINT8_MAX - image if photometric == "MONOCHROME1" else image
+    return UINT8_MAX - image if displays_inverted(ds) else image
+
+
+def displays_inverted(ds: Dataset) -> bool:
+    """True when a viewer shows low stored values bright: MONOCHROME1, or Presentation LUT
+    Shape INVERSE."""
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
+    return photometric == "MONOCHROME1" or shape == INVERSE
 
 
 def _pixels(path: Path, ds: Dataset) -> np.ndarray:
@@ -262,8 +317,10 @@ def is_dicom_file(path: str | Path) -> bool:
         return f.read(PREAMBLE_END)[PREAMBLE_BYTES:PREAMBLE_END] == b"DICM"
 
 
-def read_cxr(path: str | Path, scale16: str = "robust") -> np.ndarray:
-    """Any chest radiograph file (DICOM, PNG, JPEG, ...) as uint8 (H, W) greyscale."""
+def read_cxr(path: str | Path, scale16: str = "robust",
+             accept: CxrAcceptance | None = None) -> np.ndarray:
+    """Any chest radiograph file (DICOM, PNG, JPEG, ...) as uint8 (H, W) greyscale; DICOMs
+    are checked against `accept` when given (PNG/JPEG carry no modality to check)."""
     if is_dicom_file(path):
-        return read_cxr_dicom(path, scale16=scale16)
+        return read_cxr_dicom(path, scale16=scale16, accept=accept)
     return read_image(path, scale16=scale16)

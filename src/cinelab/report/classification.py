@@ -41,7 +41,17 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
              "without a label",
              f"threshold {thr:.3f} ({metrics.get('threshold_source', 'given')})"
              if thr is not None else "threshold: n/a"]
-    return lines + [_entry(metrics, m) for m in SUMMARY_METRICS]
+    return lines + crop_lines(metrics) + [_entry(metrics, m) for m in SUMMARY_METRICS]
+
+
+def crop_lines(metrics: dict[str, Any]) -> list[str]:
+    """The lung-crop fallback line (images classified whole, without a plausible lung
+    mask), when the evaluation recorded it."""
+    rate = metrics.get("crop_fallback_rate")
+    if rate is None:
+        return []
+    return [f"lung crop fell back to the whole image for {metrics.get('n_crop_fallback', 0)} "
+            f"image(s) ({100 * float(rate):.1f} %): no plausible lung mask"]
 
 
 def _members_table(members: pd.DataFrame) -> pd.DataFrame:
@@ -69,6 +79,9 @@ def _weights_section(rep: HtmlReport, ensemble_dir: Path) -> None:
         info = read_json(ensemble_dir / ENSEMBLE_FILE)
         details = info.get("details", {})
         text = f"method {info.get('method')}"
+        if info.get("method") == "search":
+            text += (f": best of {details.get('n_draws')} seeded random weight draws by "
+                     f"validation {details.get('criterion')} (DeepCOVID-XR's search)")
         if info.get("method") == "bmc":
             text += (f": Bayesian model combination, {details.get('prior', 'Dirichlet prior')}, "
                      f"{details.get('n_samples')} samples x {details.get('rounds')} rounds, "

@@ -135,6 +135,10 @@ class EnsembleSpec:
     sizes: list[int] = field(default_factory=list)
     crops: list[str] = field(default_factory=list)
     members: list[dict[str, Any]] = field(default_factory=list)
+    #: start weights per architecture ({densenet121: <nih run>/model.pt, ...}): member
+    #: <arch>-* trains with model.pretrained=<file> (a member's own `pretrained` or
+    #: overrides win); `--set ensemble.pretrained.<arch>=<file>` on the command line
+    pretrained: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -158,7 +162,8 @@ class Recipe:
 
 def ensemble_members(recipe: Recipe) -> list[tuple[str, Recipe]]:
     """(member id "<model>-<size>-<crop>", member recipe) for the recipe's ensemble: its
-    `members` list, else every archs x sizes x crops combination; [] when none."""
+    `members` list, else every archs x sizes x crops combination; [] when none. A member's
+    start weights: its own ``pretrained``, else ``ensemble.pretrained[<model>]``."""
     spec = recipe.ensemble
     members = spec.members or [{"model": a, "size": s, "crop": c}
                                for a in spec.archs for s in spec.sizes for c in spec.crops]
@@ -167,8 +172,10 @@ def ensemble_members(recipe: Recipe) -> list[tuple[str, Recipe]]:
         missing = [k for k in ("model", "size", "crop") if k not in member]
         if missing:
             raise InputError(None, f"ensemble.members[{i}].{missing[0]}", "a value", "nothing")
+        weights = member.get("pretrained") or spec.pretrained.get(str(member["model"]))
+        start = [f"model.pretrained={weights}"] if weights else []
         overrides = [f"model.name={member['model']}", f"data.size={member['size']}",
-                     f"data.crop={member['crop']}", *member.get("overrides", [])]
+                     f"data.crop={member['crop']}", *start, *member.get("overrides", [])]
         out.append((f"{member['model']}-{member['size']}-{member['crop']}",
                     apply_overrides(recipe, overrides)))
     return out

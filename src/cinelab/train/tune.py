@@ -1,7 +1,8 @@
 """Hyperparameter search with optuna: every trial is an ordinary `fit` with overrides.
 
 The search space maps recipe override keys to ranges (`DEFAULT_SPACE`: learning rate on a log
-scale, SGD momentum, dropout before the classifier head, as DeepCOVID-XR tuned them)::
+scale, SGD momentum, dropout before the classifier head, as DeepCOVID-XR tuned them; only the
+parameters the recipe's optimiser uses are searched, see `space_for_recipe`)::
 
     {"optim.lr": {"low": 1e-4, "high": 1e-1, "log": true}, "optim.momentum": {...}, ...}
 
@@ -37,6 +38,7 @@ import yaml
 from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError
 from cinelab.train.fit import build_task, fit
+from cinelab.train.modules import MOMENTUM_OPTIMIZERS
 from cinelab.train.recipe import Recipe, apply_overrides, load_recipe, parse_override
 from cinelab.utils import atomic_path, write_csv
 
@@ -47,6 +49,7 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "optim.momentum": {"low": 0.5, "high": 0.99},
     "model.kwargs.drop_rate": {"low": 0.0, "high": 0.6},
 }
+MOMENTUM_KEY = "optim.momentum"
 BEST_FILE = "best_params.yaml"
 TRIALS_FILE = "trials.csv"
 STUDY_FILE = "study.db"
@@ -101,6 +104,23 @@ def check_space(space: Mapping[str, Mapping[str, Any]], recipe: Recipe) -> dict[
     return checked
 
 
+def space_for_recipe(space: Mapping[str, Mapping[str, Any]] | None,
+                     recipe: Recipe) -> dict[str, Mapping[str, Any]]:
+    """The space limited to parameters the recipe's optimiser uses: the default space drops
+    ``optim.momentum`` for an optimiser without momentum (Adam, AdamW); an explicit space that
+    names it there is an InputError (trials would differ only in an ignored value)."""
+    uses_momentum = str(recipe.optim.name) in MOMENTUM_OPTIMIZERS
+    if space is None:
+        return {k: v for k, v in DEFAULT_SPACE.items()
+                if uses_momentum or k != MOMENTUM_KEY}
+    if MOMENTUM_KEY in space and not uses_momentum:
+        raise InputError(None, f"space.{MOMENTUM_KEY}",
+                         f"a parameter the optimiser uses (momentum only for "
+                         f"{list(MOMENTUM_OPTIMIZERS)})", f"optim.name={recipe.optim.name}",
+                         f"drop {MOMENTUM_KEY} from the space or tune with optim.name=sgd")
+    return dict(space)
+
+
 def suggest(trial: optuna.Trial, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """One value per space entry from the trial's sampler."""
     values = {}
@@ -140,7 +160,7 @@ def tune(recipe: Recipe | str | Path, store: PreparedStore | str | Path, out_dir
     best parameters to out_dir/best_params.yaml and every trial to out_dir/trials.csv."""
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     store = store if isinstance(store, PreparedStore) else PreparedStore(store)
-    space = check_space(space or DEFAULT_SPACE, recipe)
+    space = check_space(space_for_recipe(space, recipe), recipe)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     monitor, mode = task_monitor(recipe, store)

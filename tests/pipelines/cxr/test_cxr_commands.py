@@ -16,6 +16,7 @@ from cinelab.evaluate.metrics import roc_auc
 from cinelab.pipelines.cxr.layout import read_cxr_folders
 from cinelab.pipelines.cxr.synth import synth_cxr_cohort
 from cinelab.pipelines.registry import get_pipeline
+from cinelab.train.checkpoint import load_checkpoint
 
 runner = CliRunner()
 TWO = ("ensemble.members=[{model: resnet10t, size: 32, crop: crop}, "
@@ -104,11 +105,16 @@ def test_whole_chain_trains_once_and_resumes(raw, tmp_path):
     assert "trained 1, already finished 1" in out and model_pt.read_bytes() == first
     weights = json.loads((ens / "ensemble.json").read_text())
     assert sum(weights["weights"]) == pytest.approx(1.0) and weights["method"] == "bmc"
+    # one crop source (the mask files), recorded in the stores, the member and the ensemble
+    assert weights["details"]["crop_source"] == "files"
+    assert load_checkpoint(model_pt).info["extra"]["crop_source"] == "files"
 
     # `cxr run` reuses the stores and the finished ensemble, then predicts val and test
     out = _ok(["cxr", "run", raw, "--out", tmp_path, "--tta", 2, "--max-epochs", 1,
                *SETTINGS]).output
     assert model_pt.read_bytes() == first and "test AUC" in out
+    run = json.loads((tmp_path / "predictions" / "run.json").read_text())
+    assert (run["mask_source"], run["crop_source"]) == ("files", "files")
     metrics = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
     assert metrics["threshold_source"].startswith("Youden")
     test = pd.read_csv(tmp_path / "predictions" / "predictions.csv", dtype={"sample_id": str})

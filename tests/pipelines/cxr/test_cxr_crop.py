@@ -182,7 +182,7 @@ def _cohort(root: Path) -> pd.DataFrame:
                                         _two_lungs((120, 100)).astype(np.uint8) * 255))
         rows.append({"sample_id": f"g{i}", "path": str(path), "mask_path": mask_path,
                      "split": "train", "label": i % 2})
-    write_cxr_dicom(root / "m1.dcm", np.full((64, 64), 4000, np.uint16),
+    write_cxr_dicom(root / "m1.dcm", np.full((256, 256), 4000, np.uint16),
                     photometric="MONOCHROME1", bits_stored=12, window=(2048, 4096))
     (root / "empty.png").write_bytes(b"")
     one_lung = _two_lungs((120, 100))

@@ -95,6 +95,7 @@ def test_predict_a_split_then_evaluate_from_the_contract(raw, ensemble_dir, tmp_
     html = CXR.report(tmp_path / "eval", None)
     assert html == tmp_path / "eval" / "report.html"
     assert f"auc: {metrics['auc']:.3f}" in html.read_text()
+    assert "lung crop fell back to the whole image for 0 image(s) (0.0 %)" in html.read_text()
 
 
 def test_the_generic_verbs_dispatch_to_cxr(raw, ensemble_dir, tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cinelab.errors import InputError
 from cinelab.infer.contract import read_predictions, read_problems, read_run
 from cinelab.infer.ensemble import EnsembleWeights, save_ensemble_weights
 from cinelab.io.cxr_dicom import write_cxr_dicom
@@ -17,10 +18,12 @@ from cinelab.models.registry import create_model
 from cinelab.pipelines.cxr.gradcam import cxr_gradcam
 from cinelab.pipelines.cxr.predict import (
     load_cxr_ensemble,
+    predict,
     predict_cxr,
     to_batch,
 )
 from cinelab.pipelines.cxr.synth import synth_cxr_cohort
+from cinelab.pipelines.registry import Options
 from cinelab.train.checkpoint import InputSpec, save_checkpoint
 from conftest import real_path
 
@@ -41,7 +44,7 @@ def _checkpoint(path: Path, name: str, size: int, channels: int, task: str,
     return str(path.relative_to(path.parents[2] if task != "segmentation" else path.parents[1]))
 
 
-def make_ensemble(root: Path, lung: bool = True) -> Path:
+def make_ensemble(root: Path, lung: bool = True, crop_source: str | None = None) -> Path:
     """A two-member ensemble folder (+ a lung U-Net) as train_ensemble lays it out."""
     info = {}
     for name, (model, size, crop, channels) in MEMBERS.items():
@@ -49,6 +52,8 @@ def make_ensemble(root: Path, lung: bool = True) -> Path:
                           "image_classification", num_outputs=1)
         info[name] = {"model": model, "size": size, "crop": crop, "checkpoint": rel}
     details = {"member_info": info, "threshold": 0.5}
+    if crop_source:
+        details["crop_source"] = crop_source
     if lung:
         details["lung_model"] = _checkpoint(root / "lung" / "model.pt", "unet_small", 32, 1,
                                             "segmentation", out_channels=1)
@@ -74,11 +79,15 @@ def _bad_folder(root: Path) -> Path:
     write_image(folder / "deep16.png", img.astype(np.uint16) * 257)
     rgba = np.dstack([img, img, img, np.full_like(img, 255)])
     Image.fromarray(rgba, "RGBA").save(folder / "rgba.png")
-    write_cxr_dicom(folder / "mono1.dcm", (4095 - img.astype(np.uint16) * 16),
+    big = np.kron(img, np.ones((3, 3), np.uint8))  # 288 px: above the DICOM minimum side
+    write_cxr_dicom(folder / "mono1.dcm", (4095 - big.astype(np.uint16) * 16),
                     photometric="MONOCHROME1", bits_stored=12)
+    write_cxr_dicom(folder / "ct.dcm", big, Modality="CT")  # not a radiograph
+    write_cxr_dicom(folder / "lateral.dcm", big, ViewPosition="LL")
+    write_cxr_dicom(folder / "thumb.dcm", img)  # 96 px: a thumbnail
     (folder / "empty.png").write_bytes(b"")
     (folder / "trunc.png").write_bytes((folder / "good.png").read_bytes()[:300])
-    nopix = write_cxr_dicom(folder / "nopix.dcm", img)
+    nopix = write_cxr_dicom(folder / "nopix.dcm", big)
     ds = pydicom.dcmread(nopix)
     del ds.PixelData
     ds.save_as(nopix)
@@ -91,8 +100,11 @@ def test_good_and_bad_files(ensemble_dir, tmp_path):
     table = result.table.set_index("sample_id")
     assert sorted(table.index) == ["deep16", "good.jpg", "good.png", "mono1", "rgba"]
     bad = {Path(p.file).name: p.error for p in result.problems}
-    assert sorted(bad) == ["empty.png", "nopix.dcm", "trunc.png"]
+    assert sorted(bad) == ["ct.dcm", "empty.png", "lateral.dcm", "nopix.dcm", "thumb.dcm",
+                           "trunc.png"]
     assert "0 bytes" in bad["empty.png"] and "PixelData" in bad["nopix.dcm"]
+    assert "Modality" in bad["ct.dcm"] and "ViewPosition" in bad["lateral.dcm"]
+    assert "256" in bad["thumb.dcm"]
     members = table[[f"probability_{n}" for n in MEMBERS]].to_numpy()
     np.testing.assert_allclose(table["probability"], members @ np.array(WEIGHTS), rtol=1e-6)
     assert table["probability"].between(0, 1).all()
@@ -131,6 +143,20 @@ def test_mask_files_give_a_lung_crop(tmp_path):
     assert not table["cropped"].any()
 
 
+def test_predict_uses_the_crop_source_the_ensemble_was_trained_with(tmp_path):
+    cohort = synth_cxr_cohort(tmp_path / "synth", n=2, size=SIDE, seed=4)
+    files = make_ensemble(tmp_path / "files", lung=True, crop_source="files")
+    result = predict_cxr(files, cohort, tmp_path / "out")  # auto: mask files, not the U-Net
+    assert result.table["cropped"].all() and (result.table["crop_reason"] == "ok").all()
+    run = read_run(tmp_path / "out")
+    assert (run["mask_source"], run["crop_source"]) == ("files", "files")
+    unet = make_ensemble(tmp_path / "unet", lung=False, crop_source="unet")
+    with pytest.raises(InputError, match="lung U-Net"):
+        predict_cxr(unet, cohort)  # never a silent whole-image run
+    fallback = predict_cxr(files, cohort, mask_source="none").table
+    assert not fallback["cropped"].any() and (fallback["crop_reason"] == "no lung mask").all()
+
+
 def test_gradcam_on_the_original_image(ensemble_dir, tmp_path):
     folder = _bad_folder(tmp_path)
     ens = load_cxr_ensemble(ensemble_dir)
@@ -156,3 +182,12 @@ def test_real_images_go_through_predict(ensemble_dir, tmp_path):
     assert result.table["probability"].between(0, 1).all()
     assert result.table["sample_id"].is_unique
     assert (result.table[["height", "width"]] > 200).all().all()
+
+
+def test_dicom_acceptance_is_an_option(ensemble_dir, tmp_path):
+    folder = _bad_folder(tmp_path)
+    options = Options(extra={"modalities": ["DX", "CT"], "min_side": 64})
+    predict(Path(ensemble_dir), folder, tmp_path / "out", options)
+    ids = set(read_predictions(tmp_path / "out")["sample_id"])
+    assert {"ct", "thumb", "mono1"} <= ids and "lateral" not in ids
+    assert read_run(tmp_path / "out")["accept"]["min_side"] == 64

@@ -15,12 +15,14 @@ from cinelab.pipelines.cxr.layout import read_cxr_folders
 from cinelab.pipelines.cxr.prepare import (
     CROPS_CSV,
     SOURCE_COLUMN,
+    crop_source,
     lung_dice,
     mask_file_name,
     predict_lung_masks,
     prepare_cxr_stores,
     read_store_index,
     store_name,
+    stores_crop_source,
     stores_for_recipe,
     train_lung_unet,
 )
@@ -65,6 +67,9 @@ def test_every_crop_and_size_store_with_reasons(manifest, tmp_path):
     assert not crops.loc[ids[0], "crop_applied"] and crops.loc[ids[3], "crop_applied"]
     assert crops.loc[ids[0], SOURCE_COLUMN] == "none" and crops.loc[ids[3], SOURCE_COLUMN] == "file"
     assert read_store_index(tmp_path) == result.stores
+    assert stores_crop_source(tmp_path) == "files"  # recorded for the ensemble and predict
+    assert all(PreparedStore(p).info["crop_source"] == "files" for p in result.stores.values())
+    assert stores_crop_source(result.stores) == "files"
     cropped = PreparedStore(result.stores[("crop", 32)]).frames(ids[3])
     whole = PreparedStore(result.stores[("uncrop", 32)]).frames(ids[3])
     assert not np.array_equal(cropped, whole)
@@ -88,7 +93,8 @@ def test_lung_unet_trains_and_fills_missing_masks(manifest, tmp_path):
     assert checkpoint.is_file() and (tmp_path / "lung" / "store").is_dir()
     unmasked = manifest.copy()
     unmasked.loc[2, "mask_path"] = ""  # the empty file: no mask, and unreadable
-    filled, problems = predict_lung_masks(unmasked, checkpoint, tmp_path / "masks")
+    filled, problems = predict_lung_masks(unmasked, checkpoint, tmp_path / "masks",
+                                          only_missing=True)
     assert len(problems) == 1 and "empty.png" in problems[0].file
     assert filled.loc[0, SOURCE_COLUMN] == "predicted"
     assert filled.loc[0, "mask_path"].endswith(mask_file_name(str(filled.loc[0, "sample_id"])))
@@ -96,6 +102,10 @@ def test_lung_unet_trains_and_fills_missing_masks(manifest, tmp_path):
     assert predicted.shape == (64, 64) and set(np.unique(predicted)) <= {0, 255}
     assert filled.loc[3, SOURCE_COLUMN] == "file"
     assert filled.loc[3, "mask_path"] == manifest.loc[3, "mask_path"]
+    every, _ = predict_lung_masks(unmasked, checkpoint, tmp_path / "all")  # one source
+    assert every.loc[3, SOURCE_COLUMN] == "predicted" and crop_source(every) == "unet"
+    assert crop_source(manifest) == "files" and crop_source(manifest.drop(
+        columns="mask_path")) == "none"
     scores = lung_dice(checkpoint, usable.iloc[1:3])
     assert len(scores) == 2 and scores["dice"].between(0, 1).all()
     with pytest.raises(InputError, match="mask_path"):

@@ -7,6 +7,7 @@ ChestX-ray14, auto-detected by `cinelab ingest`) and the "cxr" preparer (lung cr
 
 from cinelab.formats.ingest import register_layout
 from cinelab.pipelines.cxr import commands
+from cinelab.pipelines.cxr.calibrate import calibrate_cxr
 from cinelab.pipelines.cxr.cohort import LAYOUTS
 from cinelab.pipelines.cxr.crop import prepare_cxr_sample
 from cinelab.pipelines.cxr.evaluate import evaluate, report
@@ -45,4 +46,5 @@ PIPELINE = register_pipeline(Pipeline(
     explain=explain,
     owns_model=is_cxr_ensemble,
     commands=commands.register,
+    calibrate=calibrate_cxr,
 ))

@@ -24,6 +24,7 @@ import typer
 
 from cinelab.cliutil import console, friendly, print_problems
 from cinelab.errors import CinelabError
+from cinelab.models.xrv import import_torchxrayvision
 from cinelab.pipelines.cxr.cohort import load_cxr_cohort
 from cinelab.pipelines.cxr.ensemble import train_ensemble
 from cinelab.pipelines.cxr.evaluate import evaluate
@@ -96,7 +97,9 @@ def train_ensemble_cmd(
     member: Annotated[list[str] | None, typer.Option(help="Train only this member "
                                                      "(repeatable).")] = None,
     processes: Annotated[int, typer.Option(help="Members trained at once.")] = 1,
-    method: Annotated[str, typer.Option(help="Weights: bmc, nnls, logloss or mean.")] = "bmc",
+    method: Annotated[str, typer.Option(
+        help="Weights: bmc (Bayesian model combination), search (the paper's best of N "
+             "random draws by validation AUC), nnls, logloss or mean.")] = "bmc",
     lung_model: Annotated[Path | None, typer.Option(help="Lung U-Net kept with the "
                                                     "ensemble for predict.")] = None,
     max_epochs: Annotated[int | None, typer.Option(help="Override trainer.max_epochs.")]
@@ -219,6 +222,21 @@ def run_cmd(
     console.print(f"report -> {CxrPaths(Path(out)).report}")
 
 
+@friendly
+def import_xrv_cmd(
+    source: Annotated[Path, typer.Argument(help="torchxrayvision state_dict file "
+                                           "(torch.save(model.state_dict(), FILE)).")],
+    out: Annotated[Path, typer.Option(help="Weights file to write (for model.pretrained).")],
+    arch: Annotated[str, typer.Option(help="densenet121 (xrv.models.DenseNet) or resnet50 "
+                                      "(xrv.models.ResNet).")] = "densenet121",
+) -> None:
+    """Import torchxrayvision weights into cinelab's timm model of the same architecture;
+    train with --set ensemble.pretrained.<arch>=OUT (or model.pretrained=OUT)."""
+    written = import_torchxrayvision(source, out, arch)
+    console.print(f"{arch} -> {written} (use: --set ensemble.pretrained.{arch}={written})")
+
+
 def register(apps: dict[str, typer.Typer]) -> None:
-    """Add `cinelab cxr ...` to the main app."""
+    """Add `cinelab cxr ...` to the main app and `cinelab import torchxrayvision`."""
     apps["main"].add_typer(cxr_app, name="cxr")
+    apps["import"].command("torchxrayvision")(import_xrv_cmd)

@@ -47,7 +47,7 @@ from cinelab.infer.ensemble import (
     save_ensemble_weights,
 )
 from cinelab.pipelines.cxr.predict import load_member, predict_arrays
-from cinelab.pipelines.cxr.prepare import store_name
+from cinelab.pipelines.cxr.prepare import store_name, stores_crop_source
 from cinelab.train.fit import fit
 from cinelab.train.recipe import Recipe, ensemble_members, load_recipe
 from cinelab.utils import atomic_path, file_hash, is_done, mark_done, write_csv
@@ -270,14 +270,17 @@ def train_ensemble(recipe: Recipe | str | Path,
         _copy_lung_model(lung_model, out)
     every = plan_members(recipe, stores, out) if members else chosen
     if all(is_finished(m.out_dir) for m in every):
-        run.val_predictions, run.weights = finish_ensemble(every, out, method,
-                                                           recipe.trainer.seed, **weight_opts)
+        run.val_predictions, run.weights = finish_ensemble(
+            every, out, method, recipe.trainer.seed, crop_source=stores_crop_source(stores),
+            **weight_opts)
     return run
 
 
 def finish_ensemble(members: list[Member], out: Path, method: str = DEFAULT_METHOD,
-                    seed: int = 0, **weight_opts: Any) -> tuple[pd.DataFrame, EnsembleWeights]:
-    """Validation predictions -> weights -> ensemble.json, members.csv, val_predictions.csv."""
+                    seed: int = 0, crop_source: str | None = None,
+                    **weight_opts: Any) -> tuple[pd.DataFrame, EnsembleWeights]:
+    """Validation predictions -> weights -> ensemble.json, members.csv, val_predictions.csv
+    (`crop_source`: the stores' lung-mask source, which predict then uses)."""
     names = [m.name for m in members]
     val = collect_val_predictions(members)
     ens = fit_weights(val, names, method, seed, **weight_opts)
@@ -288,6 +291,8 @@ def finish_ensemble(members: list[Member], out: Path, method: str = DEFAULT_METH
                                   for m in members}
     if (out / LUNG_DIR / MODEL_FILE).is_file():
         ens.details["lung_model"] = str(Path(LUNG_DIR) / MODEL_FILE)
+    if crop_source is not None:
+        ens.details["crop_source"] = crop_source
     save_ensemble_weights(out / ENSEMBLE_FILE, ens)
     write_csv(val, out / VAL_PREDICTIONS)
     table = pd.DataFrame([{"member": m.name, "model": m.recipe.model.name, "size": m.key[1],

@@ -28,6 +28,7 @@ from cinelab.evaluate.classification import (
 from cinelab.infer.contract import read_predictions, read_run
 from cinelab.pipelines.cxr.cohort import cxr_label_table, is_cxr_tree
 from cinelab.pipelines.cxr.predict import MEMBER_PREFIX, PIPELINE
+from cinelab.pipelines.cxr.uncertainty import calibration_metrics
 from cinelab.pipelines.registry import Options
 from cinelab.report.classification import build_classification_report
 from cinelab.utils import read_json, write_json
@@ -77,8 +78,10 @@ def evaluate(predictions: Path, out: Path, options: Options) -> dict[str, Any]:
                                  seed=options.seed)
     ev.report.update(pipeline=PIPELINE, predictions=str(predictions),
                      model=read_run(predictions).get("model"), **crop_fallback(table))
+    ev.report["uncertainty"] = calibration_metrics(read_predictions(predictions), labels, out)
     write_json(Path(out) / METRICS_JSON, em.json_safe(ev.report))
-    return headline(ev.report)
+    return {**headline(ev.report), **{k: v for k, v in ev.report["uncertainty"].items()
+                                      if k != "plots"}}
 
 
 def crop_fallback(table: pd.DataFrame) -> dict[str, Any]:

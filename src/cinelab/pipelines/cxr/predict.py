@@ -7,8 +7,10 @@ An ensemble folder is what `cinelab.pipelines.cxr.ensemble.train_ensemble` write
 ``model.pt`` checkpoints (each records its input spec: channels, mean/std) and optionally
 ``lung/model.pt``, the lung U-Net.
 
-Per file: `read_cxr` (PNG/JPEG 8/16-bit, grey/RGB/RGBA, DICOM CR/DX) -> lung mask (the
-ensemble's U-Net; else a mask file beside the image; see `mask_source`) -> crop box or the
+Per file: `read_cxr` (PNG/JPEG 8/16-bit, grey/RGB/RGBA, DICOM CR/DX/DR; other modalities,
+lateral views and thumbnails are refused into problems.csv, `CxrAcceptance`) -> lung mask (the
+source the ensemble was trained with, ensemble.json ``crop_source``: its U-Net or the mask
+file beside the image; `resolve_mask_source`) -> crop box or the
 fallback with its reason (`cinelab.pipelines.cxr.crop`) -> Lanczos resize to every member's size ->
 each member's probability (mean over `tta` seeded views, `cinelab.infer.tta`) -> the
 weighted ensemble probability and the label at the threshold. A file that cannot be read
@@ -25,7 +27,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -36,22 +38,32 @@ import torch
 
 from cinelab.data.transforms import Normalize
 from cinelab.errors import InputError, Problem
-from cinelab.infer.contract import PREDICTIONS_FILE, PROBLEMS_FILE, run_record, write_contract
+from cinelab.infer.contract import (
+    PREDICTIONS_FILE,
+    PROBLEMS_FILE,
+    read_predictions,
+    run_record,
+    write_contract,
+)
 from cinelab.infer.ensemble import EnsembleWeights, load_ensemble_weights
 from cinelab.infer.tta import augment_from_recipe, tta_predict, tta_views
-from cinelab.io.cxr_dicom import read_cxr
+from cinelab.io.cxr_dicom import CxrAcceptance, read_cxr
 from cinelab.pipelines.cxr.cohort import MANIFEST, load_cxr_cohort
 from cinelab.pipelines.cxr.crop import (
     NO_CROP_MODES,
     VARIANTS,
     CxrVariants,
+    acceptance,
     cxr_variants,
     read_lung_mask,
     resize_lanczos,
+    resolve_mask_source,
 )
 from cinelab.pipelines.cxr.layout import find_mask, list_images, unique_ids
+from cinelab.pipelines.cxr.uncertainty import annotate_cxr, read_cxr_state
 from cinelab.pipelines.registry import Options
 from cinelab.train.checkpoint import LoadedCheckpoint, load_checkpoint
+from cinelab.utils import write_csv
 
 PIPELINE = "cxr"
 TASK = "image_classification"
@@ -86,6 +98,8 @@ class CxrEnsemble:
     weights: EnsembleWeights
     threshold: float
     lung: LoadedCheckpoint | None = None
+    crop_source: str | None = None  # the masks its members were trained on (ensemble.json)
+    accept: CxrAcceptance = field(default_factory=CxrAcceptance)  # which DICOMs are CXRs
 
     @property
     def sizes(self) -> list[int]:
@@ -135,7 +149,8 @@ def load_cxr_ensemble(root: str | Path) -> CxrEnsemble:
     lung = load_checkpoint(root / lung_rel) if lung_rel else None
     threshold = weights.details.get("threshold")
     return CxrEnsemble(root, members, weights,
-                       DEFAULT_THRESHOLD if threshold is None else float(threshold), lung)
+                       DEFAULT_THRESHOLD if threshold is None else float(threshold), lung,
+                       weights.details.get("crop_source"))
 
 
 def is_cxr_ensemble(model: str | Path) -> bool:
@@ -160,9 +175,11 @@ def load_cxr_model(model: str | Path) -> CxrEnsemble:
     crop = raw if raw in VARIANTS else "uncrop" if raw in ("", *NO_CROP_MODES) else "crop"
     name = f"{(loaded.recipe.get('model') or {}).get('name', 'model')}-{loaded.input_spec.size}"
     weights = EnsembleWeights(np.ones(1), "single", "binary", [name], {})
-    threshold = (loaded.info.get("extra") or {}).get("threshold")
+    extra = loaded.info.get("extra") or {}
+    threshold = extra.get("threshold")
     return CxrEnsemble(path.parent, [CxrMember(name, crop, int(loaded.input_spec.size), loaded)],
-                       weights, DEFAULT_THRESHOLD if threshold is None else float(threshold))
+                       weights, DEFAULT_THRESHOLD if threshold is None else float(threshold),
+                       crop_source=extra.get("crop_source"))
 
 
 def to_batch(images: np.ndarray, channels: int) -> torch.Tensor:
@@ -224,12 +241,15 @@ def lung_mask(lung: LoadedCheckpoint, image: np.ndarray) -> np.ndarray:
 
 def find_lung_mask(ensemble: CxrEnsemble, image: np.ndarray, path: Path,
                    mask_source: str = "auto") -> np.ndarray | None:
-    """The lung mask used for the crop: U-Net, a mask file beside the image, or None."""
+    """The lung mask used for the crop: U-Net, a mask file beside the image, or None
+    (`resolve_mask_source`: "auto" follows the ensemble's recorded crop source)."""
     if mask_source not in MASK_SOURCES:
         raise InputError(None, "mask_source", f"one of {MASK_SOURCES}", repr(mask_source))
-    if mask_source in ("auto", "unet") and ensemble.lung is not None:
+    mask_source = resolve_mask_source(mask_source, ensemble.crop_source,
+                                      ensemble.lung is not None)
+    if mask_source == "unet":
         return lung_mask(ensemble.lung, image)
-    if mask_source in ("auto", "files"):
+    if mask_source == "files":
         found = find_mask(path)
         return None if found is None else read_lung_mask(found)
     return None
@@ -238,7 +258,7 @@ def find_lung_mask(ensemble: CxrEnsemble, image: np.ndarray, path: Path,
 def prepare_image(ensemble: CxrEnsemble, path: str | Path,
                   mask_source: str = "auto") -> tuple[np.ndarray, CxrVariants]:
     """(original uint8 image, its crop/uncrop variants at every member size)."""
-    image = read_cxr(path)
+    image = read_cxr(path, accept=ensemble.accept)
     mask = find_lung_mask(ensemble, image, Path(path), mask_source)
     return image, cxr_variants(image, mask, ensemble.sizes)
 
@@ -317,6 +337,7 @@ def predict_cxr(ensemble: CxrEnsemble | str | Path,
     if threshold is not None:
         ens.threshold = float(threshold)
     tta_views(tta, seed)  # checks n before any work
+    used = resolve_mask_source(mask_source, ens.crop_source, ens.lung is not None)
     _, files, found_ids = list_inputs(source)
     for name, given in (("ids", ids), ("patient_ids", patient_ids)):
         if given is not None and len(given) != len(files):
@@ -334,7 +355,8 @@ def predict_cxr(ensemble: CxrEnsemble | str | Path,
         run = {"input": None if not isinstance(source, str | Path) else str(source),
                **(record or {})}
         result.files = write_predictions(result, out_dir, ens, started, tta=tta, seed=seed,
-                                         mask_source=mask_source, **run)
+                                         mask_source=used, crop_source=ens.crop_source,
+                                         **run)
     return result
 
 
@@ -365,17 +387,24 @@ def predict(model: Path, source: Path, out: Path, options: Options) -> Path:
     """The pipeline's predict: an ensemble folder (or one member checkpoint) on a
     radiograph, a folder of them, or a cohort (folder tree with ``options.split``, ingest
     folder, prepared store or manifest: its rows, or those of ``options.split``).
-    Options: tta, threshold, masks (auto|unet|files|none); ``labels`` is recorded for
-    evaluate (and read as the label CSV of the images when a split is asked for)."""
+    Options: tta, threshold, masks (auto|unet|files|none), modalities, views, min_side
+    (which DICOMs are accepted, `acceptance`); ``labels`` is recorded for evaluate (and read
+    as the label CSV of the images when a split is asked for)."""
     source = Path(source)
     files, ids, patients = input_files(source, options)
-    record = {"input": str(source), "split": options.split,
+    ensemble = load_cxr_model(model)
+    ensemble.accept = acceptance(options)
+    record = {"input": str(source), "split": options.split, "accept": asdict(ensemble.accept),
               "labels": None if options.labels is None else str(options.labels)}
-    predict_cxr(load_cxr_model(model), files, out, tta=int(options.get("tta", 1)),
+    predict_cxr(ensemble, files, out, tta=int(options.get("tta", 1)),
                 seed=options.seed, batch_size=options.batch_size,
                 threshold=options.get("threshold"),
                 mask_source=str(options.get("masks", "auto")), device=options.device,
                 ids=ids, patient_ids=patients, record=record)
+    written = read_predictions(out)
+    if len(written):  # calibrated probability, disagreement (`uncertainty`)
+        write_csv(annotate_cxr(written, read_cxr_state(Path(model))), Path(out) /
+                  PREDICTIONS_FILE)
     return Path(out)
 
 

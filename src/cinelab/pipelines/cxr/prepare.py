@@ -4,7 +4,8 @@
 
     <out>/crop-224/  crop-331/  uncrop-224/  uncrop-331/    (names: `store_name`)
     <out>/crops.csv      sample_id, mask_source, crop_applied, reason (why not cropped)
-    <out>/stores.json    {name: {crop, size, channels, path, prepared, skipped, failed}}
+    <out>/stores.json    {stores: {name: {crop, size, channels, path, prepared, skipped,
+                         failed}}, crop_source: unet | files | none, cropped, not_cropped}
 
 "crop" stores hold the square lung crop when the sample's lung mask (manifest ``mask_path``)
 is plausible and the whole image otherwise (the reason is recorded per sample, see
@@ -35,7 +36,12 @@ from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError, Problem
 from cinelab.evaluate.metrics import dice
 from cinelab.io.cxr_dicom import read_cxr
-from cinelab.pipelines.cxr.crop import DEFAULT_SIZES, VARIANTS, fit_mask, read_lung_mask
+from cinelab.pipelines.cxr.crop import (
+    DEFAULT_SIZES,
+    VARIANTS,
+    fit_mask,
+    read_lung_mask,
+)
 from cinelab.pipelines.cxr.predict import lung_mask
 from cinelab.prep.prepare import PrepareSummary, PrepSpec, prepare
 from cinelab.train.checkpoint import load_checkpoint
@@ -45,6 +51,8 @@ from cinelab.utils import read_json, write_csv, write_json
 
 CROPS_CSV = "crops.csv"
 STORES_JSON = "stores.json"
+STORE_INFO = "store.json"
+CROP_SOURCE_KEY = "crop_source"
 MASK_COLUMN = "mask_path"
 SOURCE_COLUMN = "mask_source"
 LUNG_CLASSES = {"lung": 1}  # image_segmentation classes of a store's 0/1 lung masks
@@ -85,6 +93,7 @@ def prepare_cxr_stores(manifest: pd.DataFrame, out: str | Path,
     """Prepare every (crop, size) store of a CXR manifest under `out` (resumable)."""
     out = Path(out)
     result = CxrStores(out)
+    source = crop_source(manifest)
     for crop in _unique(crops):
         for size in _unique(int(s) for s in sizes):
             path = out / store_name(crop, size)
@@ -92,10 +101,37 @@ def prepare_cxr_stores(manifest: pd.DataFrame, out: str | Path,
             result.summaries[(crop, size)] = prepare(manifest, path, spec, workers=workers,
                                                      scheduler=scheduler, force=force)
             result.stores[(crop, size)] = path
+            _record_crop_source(path, source)
     result.crops = crop_decisions(result.stores, manifest)
     write_csv(result.crops, out / CROPS_CSV)
-    write_json(out / STORES_JSON, _index(result, int(channels)))
+    write_json(out / STORES_JSON, {**_index(result, int(channels)), "crop_source": source})
     return result
+
+
+def _record_crop_source(store: Path, source: str) -> None:
+    """Add the crop source to a store's store.json (a member's checkpoint copies it)."""
+    info_path = store / STORE_INFO
+    if info_path.is_file():
+        write_json(info_path, {**read_json(info_path), CROP_SOURCE_KEY: source})
+
+
+def crop_source(manifest: pd.DataFrame) -> str:
+    """The cohort's one crop source: "unet" when its masks were predicted (the U-Net masks
+    every image, `predict_lung_masks`), "files" for mask files, "none" without masks."""
+    sources = set(_mask_sources(manifest).values())
+    if "predicted" in sources:
+        return "unet"
+    return "files" if "file" in sources else "none"
+
+
+def stores_crop_source(stores: Any) -> str | None:
+    """The crop source recorded in a stores folder's stores.json, or in the store.json of
+    the first store of a {(crop, size): store} mapping (None: not recorded)."""
+    if isinstance(stores, str | Path):
+        path = Path(stores) / STORES_JSON
+    else:
+        path = Path(next(iter(stores.values()), ".")) / STORE_INFO
+    return read_json(path).get(CROP_SOURCE_KEY) if path.is_file() else None
 
 
 def stores_for_recipe(recipe: Any, manifest: pd.DataFrame, out: str | Path,
@@ -194,8 +230,9 @@ def mask_file_name(sample_id: str) -> str:
 
 
 def predict_lung_masks(manifest: pd.DataFrame, checkpoint: str | Path, out_dir: str | Path,
-                       only_missing: bool = True) -> tuple[pd.DataFrame, list[Problem]]:
-    """Predict lung masks (PNG, 0/255) for rows without one (or all rows); returns the
+                       only_missing: bool = False) -> tuple[pd.DataFrame, list[Problem]]:
+    """Predict lung masks (PNG, 0/255) for every row (one crop source, as predict will use
+    the U-Net on every image), or only for rows without one (`only_missing`); returns the
     manifest with ``mask_path``/``mask_source`` filled and the problems (unreadable images
     keep no mask; `prepare` reports them again)."""
     lung = load_checkpoint(checkpoint)

@@ -123,8 +123,9 @@ def prepare_stores(cohort: CxrCohort, out: str | Path, recipe: str = DEFAULT_REC
                    lung_model: str | Path | None = None, train_lung: bool = False,
                    workers: int | None = None, overrides: list[str] | None = None
                    ) -> tuple[CxrStores, list[Problem]]:
-    """Lung masks for rows without one (a given or freshly trained U-Net), then every
-    (crop, size) store the recipe's members need; also the lung-mask problems."""
+    """Lung masks of every row from a given or freshly trained U-Net (one crop source;
+    without a U-Net the mask files), then every (crop, size) store the recipe's members
+    need; also the lung-mask problems."""
     out = Path(out)
     manifest, problems = cohort.manifest, []
     if train_lung and lung_model is None:

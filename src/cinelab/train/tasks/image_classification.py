@@ -265,6 +265,7 @@ def setup_image_classification(recipe: Recipe, store: PreparedStore, train_ids: 
     train = BalancedImageDataset(store, train_ids, columns, seed) \
         if data.balance == "sampler" else ImageDataset(store, train_ids, columns)
     val = ImageDataset(store, val_ids, columns)
+    _check_frozen_start(recipe)
     model, report = start_model(recipe)
     _check_channels(model, store)
     _check_outputs(model, columns)
@@ -278,8 +279,19 @@ def setup_image_classification(recipe: Recipe, store: PreparedStore, train_ids: 
     extra = {"labels": columns, "crop": data.crop, "train_images": len(train_ids),
              "val_images": len(val_ids), "pos_weight": pos_weight,
              "train_positives": (train.labels > 0.5).sum(axis=0).astype(int).tolist(),
-             "start_weights": report_dict(report)}
+             "start_weights": report_dict(report),
+             "crop_source": store.info.get("crop_source")}  # where the crop masks came from
     return TaskSetup(module, train, val, spec, extra)
+
+
+def _check_frozen_start(recipe: Recipe) -> None:
+    """A frozen backbone needs start weights: frozen random features teach the head nothing."""
+    if recipe.model.freeze_epochs and not recipe.model.pretrained:
+        raise InputError(None, "model.pretrained",
+                         f"start weights for a backbone frozen {recipe.model.freeze_epochs} "
+                         "epoch(s) (model.freeze_epochs)", "none (random initialisation)",
+                         "pass model.pretrained=<file> (per member: --set "
+                         "ensemble.pretrained.<arch>=<file>) or model.freeze_epochs=0")
 
 
 def _check_channels(model: nn.Module, store: PreparedStore) -> None:

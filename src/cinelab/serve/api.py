@@ -1,0 +1,169 @@
+"""The HTTP API (FastAPI): upload, list and read studies and results, download outputs,
+/health, /ready, /metrics and the review page. Every /api and /metrics route needs
+``Authorization: Bearer <token>`` (401 without); uploads over the limit get 413."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.datastructures import UploadFile
+
+from cinelab.errors import InputError
+from cinelab.serve.arrival import Arrival, LimitError, StatePaths
+from cinelab.serve.config import ServeConfig
+from cinelab.serve.metrics import CONTENT_TYPE, prometheus_text
+from cinelab.serve.page import review_page
+from cinelab.serve.queue import JobQueue
+from cinelab.serve.worker import RESULTS_JSON
+from cinelab.utils import inside
+
+MAX_FORM_FIELDS = 8
+CHUNK = 1 << 20
+
+
+class Service(Protocol):
+    """What the app needs from the running service."""
+
+    config: ServeConfig
+    queue: JobQueue
+    paths: StatePaths
+    arrival: Arrival
+
+    def ready(self) -> bool: ...  # noqa: D102
+
+    def uptime(self) -> float: ...  # noqa: D102
+
+
+def _authorizer(token: str) -> Any:
+    """A dependency refusing requests without the bearer token (constant-time compare)."""
+    expected = f"Bearer {token}".encode()
+
+    def check(request: Request) -> None:
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise HTTPException(401, "a valid bearer token is required",
+                                headers={"WWW-Authenticate": "Bearer"})
+    return check
+
+
+def _study_or_404(service: Service, uid: str) -> Any:
+    study = service.queue.get(uid)
+    if study is None:
+        raise HTTPException(404, "no such study")
+    return study
+
+
+def _results(service: Service, uid: str) -> dict[str, Any] | None:
+    path = service.paths.results(uid) / RESULTS_JSON
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+async def _save_upload(item: UploadFile, folder: Path, index: int, budget: int) -> Path:
+    """Write one uploaded part to `folder` (never under its own name); LimitError past
+    `budget` bytes."""
+    target = folder / f"upload{index:04d}{_suffix(item.filename or '')}"
+    written = 0
+    with target.open("wb") as out:
+        while chunk := await item.read(CHUNK):
+            written += len(chunk)
+            if written > budget:
+                raise LimitError("upload larger than limits.upload_bytes")
+            out.write(chunk)
+    return target
+
+
+def _suffix(name: str) -> str:
+    lower = name.lower()
+    return ".nii.gz" if lower.endswith(".nii.gz") else Path(lower).suffix[:8]
+
+
+async def _upload(service: Service, request: Request) -> dict[str, Any]:
+    limit = service.config.limits.upload_bytes
+    length = request.headers.get("content-length")
+    if length is None or not length.isdigit():
+        raise HTTPException(411, "Content-Length required")
+    if int(length) > limit:
+        raise HTTPException(413, f"upload larger than {limit} bytes (limits.upload_bytes)")
+    form = await request.form(max_files=service.config.limits.instances_per_study,
+                              max_fields=MAX_FORM_FIELDS)
+    files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
+    if not files:
+        raise HTTPException(422, "no files (multipart field 'files')")
+    modality = form.get("modality")
+    work = Path(tempfile.mkdtemp(prefix="upload-", dir=service.paths.root))
+    try:
+        saved = [await _save_upload(f, work, i, limit) for i, f in enumerate(files)]
+        studies = service.arrival.accept_files(saved, modality if isinstance(modality, str)
+                                               and modality else None, work)
+    except LimitError as exc:
+        raise HTTPException(413, str(exc)) from None
+    except InputError as exc:
+        raise HTTPException(422, f"{exc.field}: expected {exc.expected}, found {exc.found}"
+                            ) from None
+    finally:
+        await form.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return {"studies": studies, "status": "queued"}
+
+
+def create_app(service: Service) -> FastAPI:
+    """The FastAPI app over a running (or test) service."""
+    app = FastAPI(title="cinelab serve", docs_url=None, redoc_url=None, openapi_url=None)
+    authorized = [Depends(_authorizer(service.config.token))]
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return review_page()
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    def ready() -> JSONResponse:
+        ok = service.ready()
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", dependencies=authorized)
+    def metrics() -> Response:
+        text = prometheus_text(service.queue.counts(), service.queue.latencies(),
+                               service.uptime())
+        return Response(text, media_type=CONTENT_TYPE)
+
+    @app.get("/api/studies", dependencies=authorized)
+    def studies() -> list[dict[str, Any]]:
+        return [s.as_json() for s in service.queue.studies()]
+
+    @app.get("/api/studies/{uid}", dependencies=authorized)
+    def study(uid: str) -> dict[str, Any]:
+        return {**_study_or_404(service, uid).as_json(), "results": _results(service, uid)}
+
+    @app.get("/api/studies/{uid}/results", dependencies=authorized)
+    def results(uid: str) -> dict[str, Any]:
+        _study_or_404(service, uid)
+        found = _results(service, uid)
+        if found is None:
+            raise HTTPException(404, "no results yet")
+        return found
+
+    @app.get("/api/studies/{uid}/files/{name:path}", dependencies=authorized)
+    def download(uid: str, name: str) -> FileResponse:
+        _study_or_404(service, uid)
+        folder = service.paths.results(uid)
+        path = folder / name
+        if not inside(folder, path) or not path.is_file():
+            raise HTTPException(404, "no such file")
+        return FileResponse(path, filename=path.name)
+
+    @app.post("/api/studies", dependencies=authorized, status_code=202)
+    async def upload(request: Request) -> dict[str, Any]:
+        return await _upload(service, request)
+
+    return app

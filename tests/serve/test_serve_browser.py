@@ -1,0 +1,70 @@
+"""The review page in a real browser (Debian's chromium through Playwright): token, upload
+form, study list with status, measurements and the overlay; no request leaves the server."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from serve_fixtures import TOKEN, noise_avi
+
+from cinelab.serve.api import create_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture
+def base_url(service_factory: Any) -> Iterator[str]:
+    """The service's app on a loopback port, served by uvicorn in a thread."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(service_factory()), host="127.0.0.1",
+                                           port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_review_page(base_url: str, tmp_path: Path) -> None:
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium); browsers are never "
+                    "downloaded")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+    clip = noise_avi(tmp_path / "clip.avi")
+    outside: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_page(bypass_csp=True)  # lets Playwright's own polling evaluate
+        page.on("request", lambda r: None if r.url.startswith((base_url, "blob:", "data:"))
+                else outside.append(r.url))
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(base_url)
+        page.fill("#token", "wrong-token-0000000000")
+        page.click("#save-token")
+        page.wait_for_selector("#auth-status:has-text('token refused')")
+        page.fill("#token", TOKEN)
+        page.click("#save-token")
+        page.set_input_files("#files", str(clip))
+        page.click("#upload-form button[type=submit]")
+        page.wait_for_selector("#upload-status:has-text('queued')")
+        page.wait_for_selector("#studies tbody tr td.done")
+        page.locator("#studies tbody tr td.done").first.click()  # re-resolved if refreshed
+        ef = page.wait_for_selector("table.measurements tr[data-key=ef]")
+        assert float(ef.inner_text().split()[-1]) >= 0
+        image = page.wait_for_selector("img.overlay")
+        page.wait_for_function("document.querySelector('img.overlay').naturalWidth > 0")
+        assert image.get_attribute("alt").startswith("overlay-echonet-")
+        browser.close()
+    assert outside == []
