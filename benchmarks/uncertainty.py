@@ -2,18 +2,25 @@
 after calibration, OOD flag rates.
 
     python benchmarks/uncertainty.py [--seed 0] [--coverage 0.9] [--reliability out.png]
+                                     [--pipelines]
 
-Prints one table per mechanism (CPU, about 10 s).
+Prints one table per mechanism (CPU, about 10 s); with --pipelines also the figures of each
+wired pipeline, through its own calibrate and predict (echonet: about 1 min).
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
+from cinelab.data.manifest import new_manifest, write_manifest
+from cinelab.data.store import STORE_FORMAT, channel_stats, combine_stats, write_sample
 from cinelab.evaluate.uncertainty import (
     expected_calibration_error,
     flag_rates,
@@ -21,6 +28,7 @@ from cinelab.evaluate.uncertainty import (
     reliability_diagram,
 )
 from cinelab.infer.calibration import fit_calibrator
+from cinelab.infer.contract import read_predictions
 from cinelab.infer.intervals import IntervalModel
 from cinelab.infer.ood import (
     EnergyDetector,
@@ -28,6 +36,12 @@ from cinelab.infer.ood import (
     last_feature_map,
     penultimate_features,
 )
+from cinelab.models.registry import create_model, output_layer
+from cinelab.pipelines.cxr.synth import cxr_phantom, draw_anatomy
+from cinelab.pipelines.echonet.calibrate import calibrate_echonet
+from cinelab.pipelines.echonet.predict import predict, predict_video
+from cinelab.pipelines.registry import Options
+from cinelab.synth.echo import echo_phantom_video
 from cinelab.synth.uncertainty import (
     OOD_KINDS,
     ood_images,
@@ -36,8 +50,12 @@ from cinelab.synth.uncertainty import (
     shape_images,
     train_shape_classifier,
 )
+from cinelab.train.checkpoint import InputSpec, save_checkpoint
+from cinelab.utils import write_json
 
 N_CAL, N_TEST = 1000, 2000
+ECHO = {"size": 32, "clip": 8, "period": 2, "frames": 16, "fps": 25.0, "noise_sd": 5.0,
+        "n": {"train": 40, "val": 300, "test": 300}, "n_ood": 40}
 
 
 def intervals(seed: int, coverage: float) -> None:
@@ -115,16 +133,101 @@ def ood(seed: int) -> None:
     print("(columns after 'ID flagged' are the fraction of each wrong-kind input caught)")
 
 
+def _echo_store(root: Path, videos: list[np.ndarray], efs: list[float],
+                splits: list[str]) -> Path:
+    rows, stats = [], []
+    for i, (video, ef, split) in enumerate(zip(videos, efs, splits, strict=True)):
+        meta = write_sample(root, f"v{i:04d}", video, {"fps": ECHO["fps"],
+                                                      "stats": channel_stats(video)})
+        stats.append(meta["stats"])
+        rows.append({"sample_id": f"v{i:04d}", "path": f"v{i:04d}.avi", "split": split,
+                     "EF": ef, "modality": "echo"})
+    write_manifest(new_manifest(rows), root / "manifest.csv")
+    mean, std = combine_stats(stats)
+    write_json(root / "store.json", {"format": STORE_FORMAT, "status": "complete",
+                                     "spec": {"size": ECHO["size"]}, "mean": mean, "std": std})
+    return root
+
+
+def _echo_videos(seed: int, n: int, kind: str) -> list[np.ndarray]:
+    size, frames = ECHO["size"], ECHO["frames"]
+    out = []
+    for child in np.random.SeedSequence(seed).spawn(n):
+        rng = np.random.default_rng(child)
+        if kind == "echo":
+            grey = echo_phantom_video(rng, size=size, fps=ECHO["fps"], n_frames=frames)[0]
+        elif kind == "cxr":
+            grey = np.repeat(cxr_phantom(rng, size, draw_anatomy(rng))[0][None], frames, 0)
+        else:
+            grey = rng.integers(0, 256, (frames, size, size), dtype=np.uint8)
+        out.append(np.repeat(grey[..., None], 3, axis=-1))
+    return out
+
+
+def echonet(seed: int, coverage: float) -> None:
+    """EchoNet through `calibrate_echonet` and `predict`: an EF model (tiny_video, fixed
+    random weights) whose truth is its own EF + N(0, 5²), so the ideal interval is known."""
+    n = ECHO["n"]
+    print(f"\n== echonet: EF intervals (target {coverage:.0%}) and OOD flags through calibrate "
+          f"-> model.pt -> predict (phantoms {ECHO['size']} px; train {n['train']}, "
+          f"val {n['val']}, test {n['test']}; truth = model EF + N(0, {ECHO['noise_sd']:g}²))")
+    torch.manual_seed(seed)
+    kw = {"in_channels": 3, "channels": [4, 8]}
+    model = create_model("tiny_video", **kw).eval()
+    spec = InputSpec("video", ECHO["size"], 3, ECHO["clip"], ECHO["period"], [30.0] * 3,
+                     [40.0] * 3, "EF")
+    rng = np.random.default_rng(seed)
+    splits = list(rng.permutation([k for k, v in n.items() for _ in range(v)]))
+    videos = _echo_videos(seed, len(splits), "echo")
+    with torch.no_grad():
+        output_layer(model).weight.mul_(500.0)
+        ef = np.asarray([predict_video(model, None, v, ECHO["fps"], spec, None).ef_all_clips
+                         for v in videos])
+        output_layer(model).bias.sub_(float(ef.mean()) - 50.0)
+    ef = ef - (float(ef.mean()) - 50.0)
+    truth = ef + rng.normal(0.0, ECHO["noise_sd"], len(ef))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        save_checkpoint(root / "run" / "ef" / "model.pt", model,
+                        {"model": {"name": "tiny_video", "kwargs": kw}}, spec)
+        store = _echo_store(root / "store", videos, list(truth), splits)
+        wrong = {k: _echo_videos(seed + 1, ECHO["n_ood"], k) for k in ("cxr", "noise")}
+        ood = _echo_store(root / "ood", wrong["cxr"] + wrong["noise"],
+                          [50.0] * (2 * ECHO["n_ood"]), ["test"] * (2 * ECHO["n_ood"]))
+        t0 = time.time()
+        cal = calibrate_echonet(root / "run", store, root / "cal",
+                                Options(extra={"coverage": coverage}))
+        print(f"calibrated in {time.time() - t0:.1f} s: half-width {cal['ef_half_width']:.2f} "
+              f"(ideal {1.6449 * ECHO['noise_sd']:.2f} at 90 %), OOD threshold "
+              f"{cal['ood_threshold']:.2f}, feature dim {cal['feature_dim']}")
+        test = read_predictions(predict(root / "run", store, root / "p", split="test"))
+        joined = test.merge(pd.DataFrame({"sample_id": [f"v{i:04d}" for i in range(len(truth))],
+                                          "EF": truth}), on="sample_id")
+        c = interval_coverage(joined["EF"], joined["ef_lo"], joined["ef_hi"])
+        flags = read_predictions(predict(root / "run", ood, root / "o"))["ood_flag"].astype(bool)
+        k = ECHO["n_ood"]
+        print(f"{'coverage':>9} {'width':>7} {'ID flagged':>10} {'cxr caught':>10} "
+              f"{'noise caught':>12}")
+        print(f"{c['coverage']:>9.3f} {c['mean_width']:>7.2f} "
+              f"{test['ood_flag'].astype(bool).mean():>10.3f} {flags[:k].mean():>10.3f} "
+              f"{flags[k:].mean():>12.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--coverage", type=float, default=0.9)
     parser.add_argument("--reliability", default=None, help="write a reliability PNG here")
+    parser.add_argument("--pipelines", action="store_true",
+                        help="also the per-pipeline figures (calibrate + predict)")
     args = parser.parse_args()
     np.set_printoptions(precision=3)
     intervals(args.seed, args.coverage)
     calibration(args.seed, args.reliability)
     ood(args.seed)
+    if args.pipelines:
+        torch.set_num_threads(1)
+        echonet(args.seed, args.coverage)
 
 
 if __name__ == "__main__":

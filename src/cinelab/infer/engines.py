@@ -20,7 +20,8 @@ max(1, max|eager|)`` (float32; `output_difference` computes the left side over t
 
 `export_checkpoint(ckpt, out, fmt)` writes ``out`` (ONNX or TorchScript) and a JSON sidecar
 ``out + ".json"``: the input spec, input/output names and shapes, dynamic axes, opset, the
-checkpoint's hash, versions, and the export's measured difference from eager.
+checkpoint's hash, versions, the export's measured difference from eager, and the
+checkpoint's uncertainty state (``uncertainty``: intervals, calibration, OOD; JSON-safe).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from cinelab.errors import CinelabError, InputError
+from cinelab.infer.uncertainty import UncertaintyState
 from cinelab.models import model_task
 from cinelab.train.checkpoint import InputSpec, LoadedCheckpoint, load_checkpoint
 from cinelab.utils import atomic_path, file_hash, read_json, versions, write_json
@@ -328,4 +330,12 @@ def _sidecar(loaded: LoadedCheckpoint, ckpt: str | Path | LoadedCheckpoint, fmt:
         "max_relative_difference_vs_eager": difference,
         "tolerance": TOLERANCE,
         "versions": versions(),
+        "uncertainty": _uncertainty(loaded),
     }
+
+
+def _uncertainty(loaded: LoadedCheckpoint) -> dict[str, Any] | None:
+    """The checkpoint's uncertainty state (intervals, calibration, OOD) as JSON, so that an
+    exported model keeps what says when not to trust it; None when it has none."""
+    state = UncertaintyState.from_extra(loaded.info.get("extra"))
+    return None if state.empty else state.to_dict(json_safe=True)

@@ -75,6 +75,9 @@ ExplainFn = Callable[[Path, Path, Path, Options], Path]
 RunFn = Callable[[Path, Path, Options], dict[str, Any]]
 #: synth(out, n, seed) -> cohort root
 SynthFn = Callable[[Path, int, int], Path]
+#: calibrate(model, data, out, options) -> summary: fits uncertainty state (intervals, OOD,
+#: probability calibration) on a split training never saw and stores it in the checkpoint
+CalibrateFn = Callable[[Path, Path, Path, Options], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,10 @@ class Pipeline:
     explain: ExplainFn | None = None
     owns_model: Callable[[Path], bool] | None = None
     commands: Callable[[dict[str, Any]], None] | None = None
+    calibrate: CalibrateFn | None = None
+    #: execution engines its predict takes as ``--option engine=`` (`infer.engines.ENGINES`);
+    #: empty: only eager (the generic ``--engine`` is then refused, not ignored)
+    engines: tuple[str, ...] = ()
 
     def claims(self, model: Path) -> bool:
         """Whether `model` (a checkpoint file or a model folder) is one of this pipeline's."""

@@ -75,6 +75,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
+def update_checkpoint_extra(path: str | Path, extra: dict[str, Any]) -> Path:
+    """Merge `extra` (tensors, numbers, strings, lists, dicts) into a checkpoint's ``extra``
+    and rewrite it atomically (e.g. uncertainty state fitted after training)."""
+    payload = read_checkpoint(path)
+    payload["extra"] = {**(payload.get("extra") or {}), **extra}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
 def read_checkpoint_task(path: str | Path) -> str | None:
     """The task a cinelab checkpoint file was trained for; None for any other file."""
     try:

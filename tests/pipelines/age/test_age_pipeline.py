@@ -76,6 +76,10 @@ def test_run_writes_out_of_fold_contract_and_scores_it(cohort: Path,
                                                       ["patient_id"])), rel=1e-6)
     page = (out / "evaluation" / "report.html").read_text()
     assert f"{metrics['rmse']:.2f}" in page and f"{metrics['rmse_baseline']:.2f}" in page
+    # cross-conformal intervals: with 8 subjects too few residuals for 90 %: the whole range
+    assert metrics["age_interval_n"] == 8 and metrics["age_coverage"] == 1.0
+    assert (preds["age_lo"] <= preds["age"]).all() and (preds["age"] <= preds["age_hi"]).all()
+    assert "Age intervals" in page
 
 
 def test_run_resumes_without_training(cohort: Path, ran: tuple[Path, dict]) -> None:
@@ -119,7 +123,9 @@ def test_predict_cv_ensemble_on_raw_folder_equals_store(cohort: Path, ran: tuple
     pipeline.predict(out / "cv", cohort, tmp_path / "raw", Options())
     a = read_predictions(tmp_path / "store").set_index("sample_id")
     b = read_predictions(tmp_path / "raw").set_index("sample_id")
-    assert list(a.columns) == list(b.columns) == ["patient_id", "age", "age_3ch", "age_4ch"]
+    assert list(a.columns) == list(b.columns) == ["patient_id", "age", "age_3ch", "age_4ch",
+                                                  "age_lo", "age_hi"]
+    assert (a["age_lo"] <= a["age"]).all() and (a["age"] <= a["age_hi"]).all()
     assert np.allclose(a["age"], b.loc[a.index, "age"], atol=1e-4)
     # method "mean": the ensemble is the mean of the views a subject has
     views = a[["age_3ch", "age_4ch"]]

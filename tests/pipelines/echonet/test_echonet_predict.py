@@ -87,7 +87,8 @@ def test_outputs_complete(ckpts: dict[str, Path], folder: Path, tmp_path: Path) 
     out = predict(ckpts["ef"], folder, tmp_path, seg_checkpoint=ckpts["seg"], batch_size=4,
                   overlays=True, labels=folder.parent / "labels.csv")
     preds = _read(out, "predictions.csv")
-    assert list(preds.columns) == ["sample_id", "patient_id", *PREDICTION_COLUMNS[1:]]
+    assert list(preds.columns) == ["sample_id", "patient_id", *PREDICTION_COLUMNS[1:],
+                                   "ef_beat_sd", "ef_beat_sd_flag"]
     assert sorted(preds["sample_id"]) == ["a", "b"]
     assert np.isfinite(preds[["ef_one_clip", "ef_all_clips", "ef"]].to_numpy()).all()
     assert dict(zip(preds["sample_id"], preds["n_frames"], strict=True)) == {"a": 24, "b": 36}

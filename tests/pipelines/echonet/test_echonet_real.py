@@ -68,7 +68,8 @@ def _predict(run_dir: Path, source: Path, out: Path, labels: Path | None = None)
 def _check_outputs(out: Path, expected_frames: dict[str, int]) -> pd.DataFrame:
     """One row per video, EF finite, n_frames right, one frames.csv row per frame."""
     preds = pd.read_csv(out / "predictions.csv", dtype={"sample_id": str})
-    assert list(preds.columns) == ["sample_id", "patient_id", *PREDICTION_COLUMNS[1:]]
+    assert list(preds.columns) == ["sample_id", "patient_id", *PREDICTION_COLUMNS[1:],
+                                   "ef_beat_sd", "ef_beat_sd_flag"]
     assert sorted(preds["sample_id"]) == sorted(expected_frames)
     assert np.isfinite(preds[["ef_one_clip", "ef_all_clips", "ef"]].to_numpy()).all()
     assert dict(zip(preds["sample_id"], preds["n_frames"], strict=True)) == expected_frames

@@ -16,7 +16,9 @@ then averaged. A single checkpoint predicts each sample, averaged per subject an
 Written (`cinelab.infer.contract`): predictions.csv (sample_id = the subject, patient_id,
 ``age``, ``age_<view>`` per view), problems.csv (ingest and prepare problems) and run.json
 (pipeline "age", task, model, views, and ``labels``: a labels.csv of the input's ages when the
-input has any, for `cinelab evaluate`).
+input has any, for `cinelab evaluate`). With an interval state (`uncertainty`: the cv's
+ensemble/uncertainty.json, or a checkpoint's ``extra``) also ``age_lo`` / ``age_hi`` at the
+``coverage`` option (default the fitted 90 %).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from cinelab.infer.ensemble import weighted_average
 from cinelab.infer.video_regress import predict_store
 from cinelab.pipelines.age.evaluate import ENSEMBLE_DIR
 from cinelab.pipelines.age.layout import AGES_FILE, DEFAULT_VIEWS, dicom_root, ingest_lax
+from cinelab.pipelines.age.uncertainty import annotate_age, read_age_state
 from cinelab.pipelines.registry import Options
 from cinelab.prep.prepare import PrepSpec, prepare
 from cinelab.train.checkpoint import load_checkpoint, read_checkpoint
@@ -259,6 +262,12 @@ def predict_age(model: Path, source: Path, out: Path, options: Options) -> Path:
         table, info = predict_cv(folder, store, samples, options)
     else:
         table, info = predict_checkpoint(model, store, samples, options)
+    state = read_age_state(None if folder is None else folder / ENSEMBLE_DIR,
+                           None if folder is not None else read_checkpoint(model).get("extra"))
+    table = annotate_age(table, state, options.get("coverage"))
+    info["uncertainty"] = {"intervals": sorted(state.intervals),
+                           "coverage": options.get("coverage") or next(
+                               (m.coverage for m in state.intervals.values()), None)}
     labels = options.labels or ages
     if labels is None and (found := _labels(store, samples)) is not None:
         labels = write_csv(found, out / LABELS_FILE)

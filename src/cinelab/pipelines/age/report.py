@@ -118,6 +118,12 @@ def build_evaluation_report(folder: str | Path, out: str | Path | None = None,
              f"the mean ({metrics['baseline_source']}): ratio {metrics['rmse_ratio']:.2f}.",
              f"MAE {metrics['mae']:.2f} vs {metrics['mae_baseline']:.2f}; "
              f"R² {metrics['r2']:.2f}."]
+    if metrics.get("age_interval_n"):
+        nominal = metrics.get("age_coverage_nominal")
+        lines.append(f"Age intervals (age_lo-age_hi, nominal {nominal or 0.9:.0%}): "
+                     f"coverage {metrics['age_coverage']:.1%} of "
+                     f"{metrics['age_interval_n']} subjects, mean width "
+                     f"{metrics['age_interval_width']:.1f} years.")
     rep.section("Summary").bullets(lines)
     if not metrics.get("beats_baseline"):
         rep.paragraph("Warning: the model is not better than predicting the mean (the upper "

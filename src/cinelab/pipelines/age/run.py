@@ -13,7 +13,8 @@
 CSV (``ages.csv`` or ``options.labels``). Options (``--option key=value``): outer (5), inner
 (2), tta (5), views ("3ch,4ch"), size (prepared px, default the recipe's), method (view
 weights, "nnls"), n_boot (1000), workers (prepare processes, 1), set (recipe overrides, a
-list or ";"-separated text).
+list or ";"-separated text), coverage (of the age_lo/age_hi intervals, 0.9: split-conformal on
+the out-of-fold residuals, `uncertainty`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ from cinelab.pipelines.age.metrics import BASELINE_COLUMN, evaluate_age
 from cinelab.pipelines.age.predict import PIPELINE, TARGET, TASK, option_views
 from cinelab.pipelines.age.report import report_age
 from cinelab.pipelines.age.synth import synth_cmr_lax_cohort
+from cinelab.pipelines.age.uncertainty import (
+    UNCERTAINTY_FILE,
+    cross_conformal,
+    fit_age_intervals,
+    write_age_state,
+)
 from cinelab.pipelines.registry import Options
 from cinelab.prep.prepare import PrepSpec, prepare
 from cinelab.train.cv import run_cv
@@ -43,7 +50,7 @@ from cinelab.utils import is_done, mark_done
 DEFAULT_RECIPE = "cmr-age-cpu"
 LIGHTNING_LOGGER = "lightning.pytorch"
 INGEST_OUTPUTS = ("manifest.csv", "problems.csv")
-ENSEMBLE_OUTPUTS = ("metrics.json", "predictions.csv", "age_gap.csv")
+ENSEMBLE_OUTPUTS = ("metrics.json", "predictions.csv", "age_gap.csv", UNCERTAINTY_FILE)
 
 
 def _overrides(options: Options) -> list[str]:
@@ -64,18 +71,27 @@ def ingest_step(data: Path, out: Path, labels: Path, options: Options) -> Ingest
 
 
 def ensemble_step(cv_dir: Path, retrained: bool, options: Options) -> None:
-    """Fold and view ensembles of the cv folder, unless already done with the same units."""
+    """Fold and view ensembles of the cv folder, unless already done with the same units,
+    and the age interval state fitted on their out-of-fold residuals (`UNCERTAINTY_FILE`)."""
     folder = cv_dir / ENSEMBLE_DIR
     if is_done(folder) and not retrained:
         return
     ensemble_cv(cv_dir, folder, method=str(options.get("method", DEFAULT_METHOD)),
                 n_boot=int(options.get("n_boot", 1000)), seed=options.seed)
+    table = pd.read_csv(folder / "predictions.csv")
+    write_age_state(folder, fit_age_intervals(table[TARGET], table["pred"], _coverage(options)))
     mark_done(folder, ENSEMBLE_OUTPUTS)
 
 
+def _coverage(options: Options) -> float:
+    """The ``coverage`` option of the age intervals (default 0.9)."""
+    return float(options.get("coverage", 0.9))
+
+
 def oof_predictions(cv_dir: Path, out: Path, data: Path, labels: Path, problems: list,
-                    started: float, recipe: str) -> Path:
-    """The ensemble's out-of-fold predictions written as the prediction contract."""
+                    started: float, recipe: str, coverage: float = 0.9) -> Path:
+    """The ensemble's out-of-fold predictions written as the prediction contract, with
+    cross-conformal ``age_lo`` / ``age_hi`` (each outer fold from the others' residuals)."""
     table = pd.read_csv(cv_dir / ENSEMBLE_DIR / "predictions.csv", dtype={"subject": str})
     views = [c.removeprefix("pred_") for c in table.columns
              if c.startswith("pred_") and c != "pred_corrected"]  # per view, calibrated
@@ -84,11 +100,14 @@ def oof_predictions(cv_dir: Path, out: Path, data: Path, labels: Path, problems:
     contract[TARGET] = table["pred"]
     for view in views:
         contract[f"{TARGET}_{view}"] = table[f"pred_{view}"]
+    contract[f"{TARGET}_lo"], contract[f"{TARGET}_hi"] = cross_conformal(table, coverage)
     contract[BASELINE_COLUMN] = table["baseline"]
     contract["outer"] = table["outer"]
     run = run_record(PIPELINE, TASK, None, data, started, model=str(cv_dir), recipe=recipe,
                      labels=str(Path(labels).resolve()), target=TARGET, views=views,
-                     model_kind="cv ensemble, out of fold")
+                     model_kind="cv ensemble, out of fold",
+                     uncertainty={"intervals": [TARGET], "coverage": coverage,
+                                  "method": "cross-conformal over the outer folds"})
     return write_contract(out, contract, problems, run)
 
 
@@ -117,7 +136,8 @@ def run_age(data: Path, out: Path, options: Options) -> dict[str, Any]:
                     max_epochs=options.max_epochs, accelerator=accelerator)
     ensemble_step(out / "cv", bool(result.trained), options)
     oof_predictions(out / "cv", out / "predictions", data, labels,
-                    [*ingested.problems, *summary.problems], started, recipe_name)
+                    [*ingested.problems, *summary.problems], started, recipe_name,
+                    _coverage(options))
     metrics = evaluate_age(out / "predictions", out / "evaluation",
                            Options(extra={"n_boot": options.get("n_boot", 1000)}))
     report_age(out / "evaluation", None)

@@ -2,7 +2,9 @@
 RV labels, then EDV/ESV/EF, myocardial mass and RV volumes from the labelled stacks."""
 
 from cinelab.formats.ingest import register_layout
+from cinelab.infer.engines import ENGINES
 from cinelab.pipelines.cmr import commands, pipeline
+from cinelab.pipelines.cmr.calibrate import calibrate_cmr
 from cinelab.pipelines.cmr.layouts import CMR_LAYOUTS
 from cinelab.pipelines.cmr.prepare import prepare_cmr_sample
 from cinelab.pipelines.registry import Options, Pipeline, Target, register_pipeline
@@ -32,4 +34,6 @@ CMR = register_pipeline(Pipeline(
                          extra={"set": list(DEMO_SET)}),
     targets=(Target("lv_dice", ">=", 0.85), Target("lv_volume_error", "<=", 0.10)),
     commands=commands.register,
+    calibrate=calibrate_cmr,
+    engines=ENGINES,
 ))

@@ -10,12 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from cinelab.formats.ingest import Layout, register_layout
+from cinelab.infer.engines import ENGINES
 from cinelab.pipelines.echonet import commands, seg_video, tasks  # noqa: F401  (model, task)
 from cinelab.pipelines.echonet.api import (
     evaluate_echonet_predictions,
     predict_echonet,
     report_echonet,
 )
+from cinelab.pipelines.echonet.calibrate import calibrate_echonet
 from cinelab.pipelines.echonet.layout import ingest_echonet, is_echonet
 from cinelab.pipelines.echonet.run import DEMO_OPTIONS, RECIPES, TARGETS, run_echonet, synth
 from cinelab.pipelines.echonet.sources import EF_DIR, MODEL_FILE, SEG_DIR
@@ -50,4 +52,6 @@ PIPELINE = register_pipeline(Pipeline(
     targets=TARGETS,
     owns_model=owns_model,
     commands=commands.register,
+    calibrate=calibrate_echonet,
+    engines=ENGINES,
 ))

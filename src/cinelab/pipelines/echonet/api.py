@@ -29,23 +29,33 @@ from cinelab.pipelines.echonet.evaluate import METRICS_JSON, evaluate_echonet
 from cinelab.pipelines.echonet.predict import PIPELINE, predict
 from cinelab.pipelines.echonet.report import REPORT_HTML, build_echonet_report
 from cinelab.pipelines.echonet.sources import read_labels
+from cinelab.pipelines.echonet.uncertainty import BEAT_SD_THRESHOLD, evaluate_uncertainty
 from cinelab.pipelines.registry import Options
+from cinelab.prep.deid_ingest import deidentified_folder
 from cinelab.utils import read_json, write_json
 
 log = logging.getLogger(__name__)
 
 PREDICTIONS, EVALUATION = "predictions", "evaluation"
 PREDICT_OPTIONS = {"seg": "segmentation checkpoint (when MODEL is the EF one alone)",
+                   "pseudonymise": "true: a DICOM folder is first copied de-identified into "
+                                   "OUT/ingest (sample ids <pseudonym>_<k>, burned-in "
+                                   "annotation flagged in OUT/ingest/problems.csv)",
                    "overlays": "write LV-outline overlay videos (true/false)",
                    "max_beats": "beats averaged beat by beat (default: every beat, as "
                                 "EchoNet-Dynamic)",
                    "stride": "step between all-clips start frames (default 1)",
                    "fps": "frame rate videos are resampled to (default auto: the EF "
-                          "checkpoint's training rate; none: never)"}
+                          "checkpoint's training rate; none: never)",
+                   "engine": "eager (default), compiled (torch.compile) or onnx (ONNX Runtime)",
+                   "coverage": "coverage of ef_lo/ef_hi (default: the calibrated 0.9)",
+                   "beat_sd_threshold": "beat-to-beat EF SD (points) above which "
+                                        f"ef_beat_sd_flag is set (default {BEAT_SD_THRESHOLD:g})"}
 EVALUATE_OPTIONS = {"n_boot": "bootstrap resamples for the CIs (default 1000)"}
 DEFAULT_N_BOOT = 1000
 STORE_INFO, FILELIST = "store.json", "FileList.csv"
 TRAIN = "train"
+DEID_DIR = "ingest"
 
 
 def check_options(options: Options, known: dict[str, str]) -> None:
@@ -67,11 +77,16 @@ def predict_echonet(model: Path, input: Path, out: Path, options: Options) -> Pa
     if not isinstance(overlays, bool):
         raise InputError(None, "overlays", "true or false", repr(overlays))
     seg = options.get("seg")
+    if options.get("pseudonymise"):  # never sample ids or PatientIDs from the raw folder
+        input = deidentified_folder(input, Path(out) / DEID_DIR)
     return predict(model, input, out, seg_checkpoint=None if seg is None else Path(str(seg)),
                    batch_size=options.batch_size, device=options.device, overlays=overlays,
                    max_beats=options.get("max_beats", DEFAULT_MAX_BEATS),
                    all_clips_stride=options.get("stride", 1), labels=options.labels,
-                   split=options.split, fps=_fps_option(options.get("fps", "auto")))
+                   split=options.split, fps=_fps_option(options.get("fps", "auto")),
+                   engine=str(options.get("engine", "eager")),
+                   coverage=options.get("coverage"),
+                   beat_sd_threshold=options.get("beat_sd_threshold", BEAT_SD_THRESHOLD))
 
 
 def _fps_option(value: Any) -> float | str | None:
@@ -232,6 +247,9 @@ def evaluate_echonet_predictions(pred: Path, out: Path, options: Options) -> dic
     metrics = evaluate_echonet(pred_dir, labels, tracings=truth.tracings,
                                truth_masks=truth.truth_masks, out_dir=out, **boot)
     flat = headline(metrics)
+    nominal = (read_run(pred_dir).get("uncertainty") or {}).get("coverage")
+    metrics["uncertainty"] = evaluate_uncertainty(read_predictions(pred_dir), labels, nominal)
+    flat.update(metrics["uncertainty"])
     mean, how = baseline_ef(truth)
     base = baseline_report(pred_dir, labels, mean, boot) if "ef_mae" in flat else {}
     if base.get("n"):

@@ -19,7 +19,9 @@ known (DICOM regions).
 `predict` writes the prediction contract (`cinelab.infer.contract`): predictions.csv with
 ``ef`` (beat by beat, the headline estimate), ``ef_all_clips``, ``ef_one_clip``, ``n_beats``
 (beats averaged), ``n_beats_clipped`` (their clip starts at 0), ``n_beats_past_end`` (no
-clip: not averaged), ``fallback``, ``edv``, ``esv``, ``n_frames``, ``fps``, ``ef_fps``;
+clip: not averaged), ``fallback``, ``edv``, ``esv``, ``n_frames``, ``fps``, ``ef_fps``,
+``ef_beat_sd``/``ef_beat_sd_flag`` and, for a calibrated EF checkpoint, ``ef_lo``/``ef_hi``
+and ``ood_score``/``ood_flag`` (`pipelines.echonet.uncertainty`, `calibrate`);
 problems.csv; run.json. Beside them: beats.csv (one row per ES frame with ``flag`` and
 ``used``), clips.csv (EF of every all-clips start), frames.csv (LV area per frame, ED/ES
 flags), masks/<id>.npz and overlays/<id>.avi.
@@ -46,6 +48,8 @@ from cinelab.data.sampling import all_clip_starts, iter_clip_batches
 from cinelab.errors import InputError, Problem
 from cinelab.explain.overlay import write_overlay_video
 from cinelab.infer.contract import run_record, write_contract
+from cinelab.infer.engines import engine_checkpoint
+from cinelab.infer.uncertainty import UncertaintyState
 from cinelab.measure.ef import disc_volume
 from cinelab.pipelines.echonet.beats import (
     DEFAULT_MAX_BEATS,
@@ -68,6 +72,15 @@ from cinelab.pipelines.echonet.sources import (
     load_item,
     resolve_checkpoints,
     resolve_pair,
+)
+from cinelab.pipelines.echonet.uncertainty import (
+    BEAT_SD_THRESHOLD,
+    annotate_predictions,
+    checkpoint_state,
+    detector_of,
+    usable_state,
+    video_features,
+    video_ood_score,
 )
 from cinelab.train.checkpoint import InputSpec, LoadedCheckpoint
 from cinelab.utils import atomic_path, file_hash, read_json, write_csv, write_json
@@ -113,6 +126,7 @@ class VideoPrediction:
     masks: np.ndarray | None = None
     spacing: tuple[float, float] | None = None  # (dy, dx) mm of the masks' pixels
     ef_fps: float | None = None  # frame rate of the EF clips (after any resampling)
+    ood_score: float = math.nan  # Mahalanobis score of the mean clip feature (`uncertainty`)
 
     @property
     def n_beats(self) -> int:
@@ -341,6 +355,9 @@ class _Run:
         return loaded.input_spec  # type: ignore[union-attr]
 
     target_fps: float | None = None  # the EF model's training frame rate
+    uncertainty: UncertaintyState = field(default_factory=UncertaintyState)
+    coverage: float | None = None  # of ef_lo/ef_hi (None: the calibrated default)
+    beat_sd_threshold: float = BEAT_SD_THRESHOLD
 
     def predict_video(self, sample: Sample) -> VideoPrediction:
         """`predict_video` with this run's models and settings; EF clips come from the video
@@ -350,10 +367,15 @@ class _Run:
         if sample.spacing is not None and seg is not None:
             scale = sample.frames.shape[1] / seg.input_spec.size  # sample size -> model size
             spacing = (sample.spacing[0] * scale, sample.spacing[1] * scale)
-        return predict_video(ef.model if ef else None, seg.model if seg else None,
-                             sample.frames, sample.fps, ef.input_spec if ef else None,
-                             seg.input_spec if seg else None, self.batch_size, self.device,
-                             spacing=spacing, target_fps=self.target_fps, **self.settings)
+        detector = detector_of(self.uncertainty)
+        with video_features(ef.model if ef else None, detector) as found:
+            pred = predict_video(ef.model if ef else None, seg.model if seg else None,
+                                 sample.frames, sample.fps, ef.input_spec if ef else None,
+                                 seg.input_spec if seg else None, self.batch_size,
+                                 self.device, spacing=spacing, target_fps=self.target_fps,
+                                 **self.settings)
+        pred.ood_score = video_ood_score(detector, found)
+        return pred
 
 
 def training_fps(loaded: LoadedCheckpoint | None) -> float | None:
@@ -396,6 +418,10 @@ def predict(
     progress: Callable[[str, str], None] | None = None,
     split: str | None = None,
     fps: float | str | None = "auto",
+    engine: str = "eager",
+    coverage: float | None = None,
+    beat_sd_threshold: float = BEAT_SD_THRESHOLD,
+    uncertainty: UncertaintyState | None = None,
 ) -> Path:
     """Predict every sample of `input` (store, folder, video or DICOM) into `out_dir`.
 
@@ -407,18 +433,27 @@ def predict(
     `progress(sample_id, status)` is called with "done", "skipped" or "failed".
     `split` keeps one split of a prepared store. `fps`: the frame rate videos are resampled
     to before prediction ("auto": the EF checkpoint's training frame rate when recorded;
-    None: never resample); run.json's ``frame_rate`` says what was done. Returns `out_dir`.
+    None: never resample); run.json's ``frame_rate`` says what was done. `engine` runs both
+    models with `infer.engines` ("eager", "compiled" or "onnx"; run.json ``engine``).
+    `coverage` / `beat_sd_threshold` / `uncertainty` (default: the EF checkpoint's state):
+    see `pipelines.echonet.uncertainty` (run.json ``uncertainty``).
+    Returns `out_dir`.
     """
     started = time.time()
     settings = {"max_beats": max_beats, "all_clips_stride": all_clips_stride,
                 "lv_class": lv_class}
     _check_settings(batch_size=batch_size, **settings)
     ef_path, seg_path = resolve_pair(ef_checkpoint, seg_checkpoint)
-    run = _Run(Path(out_dir), load_for_task(ef_path, EF_TASK), load_for_task(seg_path, SEG_TASK),
+    run = _Run(Path(out_dir), _engine(load_for_task(ef_path, EF_TASK), engine, device),
+               _engine(load_for_task(seg_path, SEG_TASK), engine, device),
                settings, batch_size, device, overlays)
     run.target_fps, frame_rate = _target_fps(run.ef, fps)
+    run.uncertainty = usable_state(checkpoint_state(run.ef) if uncertainty is None
+                                   else uncertainty, run.ef)
+    run.coverage, run.beat_sd_threshold = coverage, beat_sd_threshold
     run.key = {"ef": _hash(ef_path), "seg": _hash(seg_path), **settings,
-               "fps": run.target_fps}
+               "fps": run.target_fps, **({} if engine == "eager" else {"engine": engine}),
+               "ood": detector_of(run.uncertainty) is not None}
     items = list_items(input, labels, exclude=run.out, split=split)
     for item in items:
         status = "skipped" if _is_done(run, item.sample_id) else _predict_item(run, item)
@@ -433,9 +468,33 @@ def predict(
         checkpoint_hashes={"ef": run.key["ef"], "seg": run.key["seg"]},
         input_spec=run.spec.to_dict(), settings={**settings, "batch_size": batch_size,
                                                   "overlays": overlays},
-        frame_rate=frame_rate)
+        frame_rate=frame_rate, engine=_engine_record(run, engine),
+        uncertainty=_uncertainty_record(run))
     _write_tables(run, items, record)
     return run.out
+
+
+def _uncertainty_record(run: _Run) -> dict[str, Any]:
+    """run.json's account of the uncertainty columns and their settings."""
+    state, fitted = run.uncertainty, run.uncertainty.intervals.get("ef")
+    return {"intervals": sorted(state.intervals),
+            "coverage": run.coverage or (None if fitted is None else fitted.coverage),
+            "ood": None if state.ood is None else state.ood.kind,
+            "ood_threshold": None if state.ood is None else state.ood.threshold,
+            "beat_sd_threshold": run.beat_sd_threshold}
+
+
+def _engine(loaded: LoadedCheckpoint | None, engine: str, device: str | torch.device
+            ) -> LoadedCheckpoint | None:
+    """The checkpoint with its model behind `engine` (None stays None)."""
+    return None if loaded is None else engine_checkpoint(loaded, engine, device)
+
+
+def _engine_record(run: _Run, engine: str) -> dict[str, Any]:
+    """run.json's ``engine``: its name and, per model, what runs it (ONNX providers)."""
+    info = {name: dict(loaded.model.info) for name, loaded in (("ef", run.ef), ("seg", run.seg))
+            if loaded is not None and getattr(loaded.model, "info", None)}
+    return {"name": engine, **info}
 
 
 def _target_fps(ef: LoadedCheckpoint | None, fps: float | str | None
@@ -484,6 +543,8 @@ def _write_sample(run: _Run, sample: Sample, pred: VideoPrediction) -> None:
                                 conform(sample.frames, spec.size, spec.channels), pred.masks,
                                 sample.fps or OVERLAY_FPS)
     row = {"sample_id": sid, **pred.summary()}
+    if detector_of(run.uncertainty) is not None:
+        row["ood_score"] = pred.ood_score
     if sample.labels.get("patient_id"):
         row["patient_id"] = str(sample.labels["patient_id"])
     frames = None if pred.area is None else {"lv_area": pred.area.tolist(),
@@ -546,11 +607,15 @@ def _write_tables(run: _Run, items: list[SourceItem], record: dict[str, Any]) ->
             curve = part["frames"]
             frames.append(_frame_rows(item.sample_id, curve["lv_area"], curve["ed"],
                                       curve["es"]))
-    columns = PREDICTION_COLUMNS[:1] + ["patient_id"] + PREDICTION_COLUMNS[1:]
+    columns = PREDICTION_COLUMNS[:1] + ["patient_id"] + PREDICTION_COLUMNS[1:] + (
+        ["ood_score"] if detector_of(run.uncertainty) is not None else [])
     table = pd.DataFrame(preds, columns=columns)
     table["patient_id"] = table["patient_id"].fillna(table["sample_id"])
+    beats = _typed_beats(pd.DataFrame(beats, columns=BEAT_COLUMNS))
+    table = annotate_predictions(table, beats, run.uncertainty, run.coverage,
+                                 run.beat_sd_threshold)
     write_contract(run.out, table, run.problems, record)
-    write_csv(_typed_beats(pd.DataFrame(beats, columns=BEAT_COLUMNS)), run.out / "beats.csv")
+    write_csv(beats, run.out / "beats.csv")
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=FRAME_COLUMNS)
     write_csv(table, run.out / "frames.csv")

@@ -43,7 +43,10 @@ FONT_SCALE = 0.35
 SECTIONS = (("headline", "Headline metrics"), ("baseline", "Predict-the-mean baseline"),
             ("summary", "Cohort"), ("settings", "Settings"), ("ef", "EF regression"),
             ("classification", "Classification (true EF below threshold)"),
-            ("segmentation", "Segmentation (Dice)"), ("phase", "ED/ES frame error (frames)"))
+            ("segmentation", "Segmentation (Dice)"), ("phase", "ED/ES frame error (frames)"),
+            ("uncertainty", "When not to trust it: EF interval coverage, OOD and beat-spread "
+                            "flag rates"))
+UNCAPTIONED = ("summary", "settings", "uncertainty")
 
 
 # --------------------------------------------------------------------------- images
@@ -230,7 +233,7 @@ def _metric_sections(rep: HtmlReport, metrics: Mapping[str, Any], eval_dir: Path
     for key, heading in SECTIONS:
         if not metrics.get(key):
             continue
-        caption = f"{level:.0f}% CI" if key not in ("summary", "settings") else None
+        caption = f"{level:.0f}% CI" if key not in UNCAPTIONED else None
         rep.section(heading).metrics_table(metrics[key], caption=caption)
         if key == "ef":
             rep.gallery(_plot_items(eval_dir, made, "scatter_"))

@@ -1,7 +1,8 @@
 """The whole EchoNet-Dynamic chain on an EchoNet-layout folder, resumable step by step:
 
 ingest -> prepare -> measure EF from tracings -> train segmentation -> train EF (seg_video on
-the trained segmenter for the CPU recipes) -> predict the test split (one clip, all clips,
+the trained segmenter for the CPU recipes) -> calibrate on the val split (EF intervals and an
+OOD detector stored in ef/model.pt, `calibrate`) -> predict the test split (one clip, all clips,
 beat by beat, masks) -> evaluate -> report.
 
 Everything lands under `out`: ingest/, store/, tracings_ef.csv, seg/ and ef/ (so `out` is a
@@ -30,6 +31,7 @@ from cinelab.pipelines.echonet.api import (
     evaluate_echonet_predictions,
     report_echonet,
 )
+from cinelab.pipelines.echonet.calibrate import CALIBRATION_JSON, calibrate_echonet
 from cinelab.pipelines.echonet.evaluate import METRICS_JSON
 from cinelab.pipelines.echonet.predict import predict
 from cinelab.pipelines.echonet.report import REPORT_HTML
@@ -48,6 +50,7 @@ RECIPES = ("echonet-seg", "echonet-ef", "echonet-seg-cpu", "echonet-ef-cpu")
 PAIRS = {"cpu": ("echonet-seg-cpu", "echonet-ef-cpu"), "full": ("echonet-seg", "echonet-ef")}
 PRETRAINED_ON_SEG = "seg_video"  # EF models that run the trained segmenter
 INGEST, STORE, TRACINGS_EF, REPORT = "ingest", "store", "tracings_ef.csv", REPORT_HTML
+CALIBRATION, CALIBRATION_SPLIT = "calibration", "val"
 TEST_SPLIT = "test"
 RUN_OPTIONS = {
     "size": "frame size of the store and both recipes (default: the recipes' data.size)",
@@ -149,6 +152,25 @@ def _train_steps(out: Path, options: Options, seg: Recipe, ef: Recipe) -> None:
                       max_epochs=options.max_epochs))
 
 
+def _calibration_step(out: Path, options: Options) -> None:
+    """calibration/: EF intervals and the OOD detector fitted on the val split and stored in
+    ef/model.pt (`calibrate`); ef/ is marked done again for the rewritten checkpoint.
+    Skipped when the store has no val split."""
+    splits = set(pd.read_csv(out / STORE / "manifest.csv", usecols=["split"])["split"]
+                 .astype(str).str.lower())
+    if CALIBRATION_SPLIT not in splits:
+        log.info("calibrate: no %s split, skipped", CALIBRATION_SPLIT)
+        return
+
+    def do_calibrate() -> None:
+        calibrate_echonet(out, out / STORE, out / CALIBRATION,
+                          Options(split=CALIBRATION_SPLIT, device=options.device,
+                                  batch_size=options.batch_size))
+        mark_done(out / EF_DIR, [MODEL_FILE, "metrics.json"], step="train EF + calibrate")
+
+    _step(out / CALIBRATION, [CALIBRATION_JSON], "calibrate (EF intervals, OOD)", do_calibrate)
+
+
 def _predict_split(store: Path, wanted: str | None) -> str | None:
     """The split to predict: the one asked for, else test when the store has one, else all."""
     splits = set(pd.read_csv(store / "manifest.csv", usecols=["split"])["split"].astype(str))
@@ -191,6 +213,7 @@ def run_echonet(data: Path, out: Path, options: Options) -> dict[str, Any]:
                          f"{seg.data.size} and {ef.data.size}", fix="set --option size=N")
     metrics = _data_steps(data, out, options, seg.data.size)
     _train_steps(out, options, seg, ef)
+    _calibration_step(out, options)
     metrics.update(_evaluation_steps(out, options))
     metrics.update(recipes=f"{seg.name} + {ef.name}", report=str(out / REPORT))
     write_json(out / "metrics.json", {"pipeline": "echonet", **metrics})
