@@ -13,7 +13,8 @@ from cinelab.pipelines.cxr.crop import prepare_cxr_sample
 from cinelab.pipelines.cxr.evaluate import evaluate, report
 from cinelab.pipelines.cxr.gradcam import explain
 from cinelab.pipelines.cxr.layout import MODALITY
-from cinelab.pipelines.cxr.predict import is_cxr_ensemble, predict
+from cinelab.pipelines.cxr.ood import predict_with_ood
+from cinelab.pipelines.cxr.predict import is_cxr_ensemble
 from cinelab.pipelines.cxr.run import run
 from cinelab.pipelines.cxr.synth import synth_cohort
 from cinelab.pipelines.registry import Options, Pipeline, Target, register_pipeline
@@ -36,7 +37,7 @@ PIPELINE = register_pipeline(Pipeline(
     tasks=("image_classification",),
     layouts=tuple(layout.name for layout in LAYOUTS),
     recipes=("cxr-ensemble", "cxr-ensemble-cpu", "cxr-lungseg-cpu", "cxr-nih-pretrain-cpu"),
-    predict=predict,
+    predict=predict_with_ood,
     evaluate=evaluate,
     report=report,
     run=run,

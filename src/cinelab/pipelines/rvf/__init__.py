@@ -4,7 +4,8 @@ Two-stream (greyscale + optical flow) 3D CNN video classifier, probabilities ave
 random clips per video and over videos per patient. Modules: layout (DICOM folder + class
 CSV + split CSV -> pseudonymised manifest), discover (the registered layout "rvf"),
 prepare (frames + flow), predict (the contract), evaluate, explain (guided backprop),
-report, run (the whole chain, resumable), pretrain (Kinetics -> EF pretraining of
+report, calibrate + uncertainty (temperature, member disagreement, OOD flag), run (the
+whole chain, resumable), pretrain (Kinetics -> EF pretraining of
 each stream), ensemble (repeated patient-wise splits, averaged members), synth
 (synthetic cohorts with known class and planted PHI), commands (`cinelab rvf ...`).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cinelab.pipelines.registry import Options, Pipeline, Target, register_pipeline
+from cinelab.pipelines.rvf.calibrate import calibrate_rvf
 from cinelab.pipelines.rvf.commands import register
 from cinelab.pipelines.rvf.discover import LAYOUT_NAME
 from cinelab.pipelines.rvf.ensemble import is_ensemble, predict_any
@@ -68,6 +70,7 @@ PIPELINE = register_pipeline(Pipeline(
     demo_options=DEMO_OPTIONS,
     targets=(Target("auc", ">=", 0.8),),
     explain=explain_rvf,
+    calibrate=calibrate_rvf,
     owns_model=owns_model,
     commands=register,
 ))

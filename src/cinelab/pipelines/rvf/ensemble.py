@@ -16,7 +16,11 @@ An ensemble folder:
 
 `predict_ensemble` (what `predict_rvf` does for an ensemble folder): every member predicts
 the same videos with the same clips; the ensemble's probability (and each ``p_<stream>``) is
-the mean of the members'. members.csv holds each member's per-video probability.
+the mean of the members'. members.csv holds each member's per-video probability. With a
+calibration (``"uncertainty"`` in ensemble.json, `cinelab calibrate`) the mean is calibrated
+(``probability_raw`` kept, threshold mapped alike); ``disagreement`` is the SD of the
+members' probabilities; members carrying OOD detectors give ``ood_score`` (their mean) and
+``ood_flag`` (at least half of them flag).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from cinelab.pipelines.rvf.predict import (
     patient_probabilities,
     predict_rvf,
 )
+from cinelab.pipelines.rvf.uncertainty import annotate_rvf, member_matrix, read_rvf_state
 from cinelab.train.fit import fit
 from cinelab.train.recipe import Recipe
 from cinelab.utils import is_done, mark_done, read_json, write_csv, write_json
@@ -166,6 +171,9 @@ def train_ensemble(recipe: Recipe, store: str | Path, out: str | Path, n: int,
             "val_fraction": val_fraction,
             "store": str(store), "threshold": threshold, "threshold_source": source,
             "recipe": recipe.name}
+    previous = read_json(out / ENSEMBLE_FILE) if (out / ENSEMBLE_FILE).is_file() else {}
+    if previous.get("members") == members and "uncertainty" in previous:
+        info["uncertainty"] = previous["uncertainty"]  # a resumed run keeps its calibration
     write_json(out / ENSEMBLE_FILE, info)
     return info
 
@@ -228,12 +236,16 @@ def predict_ensemble(folder: Path, input_path: Path, out: Path, options: Options
         clip_tables.append(pd.read_csv(member_out / CLIPS_FILE, dtype={"sample_id": str})
                            .assign(member=k))
     videos = average_members(tables)
+    ood = member_ood(tables, videos["sample_id"])
     given = options.get("threshold")
     threshold, source = (float(given), "given") if given is not None else \
         (float(info.get("threshold", DEFAULT_THRESHOLD)),
          str(info.get("threshold_source", "default")))
     videos.insert(4, "prediction", (videos[SCORE] >= threshold).astype(int))
     videos.insert(5, "threshold", threshold)
+    videos = annotate_rvf(videos, read_rvf_state(folder),
+                          member_probs=member_matrix(tables, videos["sample_id"]))
+    videos = videos.assign(**ood) if ood else videos
     out.mkdir(parents=True, exist_ok=True)
     write_csv(pd.concat([t.assign(member=k) for k, t in enumerate(tables)],
                         ignore_index=True), out / MEMBERS_FILE)
@@ -249,6 +261,25 @@ def predict_ensemble(folder: Path, input_path: Path, out: Path, options: Options
                      input_spec=member_run.get("input_spec"),
                      class_names=member_run.get("class_names"))
     return write_contract(out, videos, problems, run)
+
+
+def _member_column(table: pd.DataFrame, name: str, ids: pd.Series) -> np.ndarray:
+    """One member's column in the order of `ids` (flags as 1.0 / 0.0)."""
+    values = table.set_index(table["sample_id"].astype(str))[name].reindex(ids)
+    if name == "ood_flag":
+        values = values.astype(str).str.lower().map({"true": 1.0, "false": 0.0})
+    return values.to_numpy(float)
+
+
+def member_ood(tables: list[pd.DataFrame], order: pd.Series) -> dict[str, np.ndarray]:
+    """``ood_score`` (the members' mean) and ``ood_flag`` (flagged by at least half the
+    members) when every member has an OOD detector (its own ``ood_score``/``ood_flag``)."""
+    if not tables or not all("ood_flag" in t.columns for t in tables):
+        return {}
+    ids = order.astype(str)
+    scores = np.stack([_member_column(t, "ood_score", ids) for t in tables])
+    flags = np.stack([_member_column(t, "ood_flag", ids) for t in tables])
+    return {"ood_score": scores.mean(axis=0), "ood_flag": flags.mean(axis=0) >= 0.5}
 
 
 def predict_any(model: Path, input_path: Path, out: Path, options: Options) -> Path:

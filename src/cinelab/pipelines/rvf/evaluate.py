@@ -7,7 +7,9 @@ evaluated beside the fused one (members.csv).
 
 Files in `out`: metrics.json ("pipeline": "rvf"; top level: the per-video auc,
 auc_ci_low/high, sensitivity, specificity with CIs, then the full "video" and "patient"
-reports), members.csv, confusion.csv, per_sample.csv, patients.csv, roc.png.
+reports; "uncertainty": ECE of the (calibrated) probability and of probability_raw,
+mean disagreement, OOD-flagged fraction, also flat at the top), members.csv, confusion.csv,
+per_sample.csv, patients.csv, roc.png, reliability.png.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from cinelab.evaluate.classification import (
 from cinelab.evaluate.plots import roc_plot
 from cinelab.infer.contract import read_predictions, read_run
 from cinelab.pipelines.registry import Options
+from cinelab.pipelines.rvf.uncertainty import calibration_metrics
 from cinelab.utils import write_csv, write_json
 
 PIPELINE = "rvf"
@@ -109,7 +112,9 @@ def evaluate_rvf(pred_dir: Path, out: Path, options: Options) -> dict[str, Any]:
                "threshold_source": read_run(pred_dir).get("threshold_source", "recorded"),
                "n": video.report["n"], "patient_auc": patient.get("auc", {}).get("value"),
                "predictions": str(pred_dir), "video": video.report, "patient": patient,
-               "streams": video.members.to_dict("records")}
+               "streams": video.members.to_dict("records"),
+               "uncertainty": calibration_metrics(labelled, out)}
+    metrics.update({k: v for k, v in metrics["uncertainty"].items() if k != "plots"})
     write_json(out / METRICS_FILE, em.json_safe(metrics))
     return metrics
 

@@ -12,7 +12,10 @@ too (``p_grey``, ``p_flow``). Files in `out`:
   run.json         the contract's run record + store, split, clips, seed, threshold
 
 The threshold is, in order: options "threshold", the checkpoint's recorded one
-(``extra.threshold``), 0.5; run.json records which (``threshold_source``).
+(``extra.threshold``), 0.5; run.json records which (``threshold_source``). A calibrated
+checkpoint (`cinelab calibrate`, see `uncertainty`) adds ``probability_raw`` (the model's)
+beside the calibrated ``probability``, the threshold mapped alike (same decisions), and
+``ood_score`` / ``ood_flag`` when it carries an OOD detector.
 """
 
 from __future__ import annotations
@@ -36,6 +39,13 @@ from cinelab.infer.contract import read_problems, run_record, write_contract
 from cinelab.infer.video_classify import DEFAULT_THRESHOLD, clip_starts, recipe_clips, select_ids
 from cinelab.pipelines.registry import Options
 from cinelab.pipelines.rvf.prepare import store_for
+from cinelab.pipelines.rvf.uncertainty import (
+    annotate_rvf,
+    ood_detector,
+    read_rvf_state,
+    stream_features,
+    video_feature,
+)
 from cinelab.train.checkpoint import InputSpec, LoadedCheckpoint, load_checkpoint
 from cinelab.utils import write_csv
 
@@ -94,8 +104,10 @@ def clip_outputs(model: nn.Module, store: PreparedStore, sample_id: str, spec: I
 
 def predict_store(loaded: LoadedCheckpoint, store: PreparedStore, ids: Sequence[str],
                   n_clips: int | str, seed: int = 0, batch_size: int = 8,
-                  device: str = "cpu") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per-video table, per-clip table): the mean of each output over the video's clips."""
+                  device: str = "cpu", features: list[np.ndarray | None] | None = None
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-video table, per-clip table): the mean of each output over the video's clips.
+    With a `features` list, each video's penultimate feature (`video_feature`) is appended."""
     spec = loaded.input_spec
     if spec.frames is None:
         raise InputError(None, "input_spec.frames", "a clip length (a video model)", "None")
@@ -106,7 +118,10 @@ def predict_store(loaded: LoadedCheckpoint, store: PreparedStore, ids: Sequence[
     for sid in ids:
         n_total = int(store.frames(sid).shape[0])
         starts = clip_starts(sid, n_total, spec.frames, spec.period or 1, n_clips, seed)
-        outs = clip_outputs(loaded.model, store, sid, spec, starts, batch_size, device)
+        with stream_features(None if features is None else loaded.model) as found:
+            outs = clip_outputs(loaded.model, store, sid, spec, starts, batch_size, device)
+        if features is not None:
+            features.append(video_feature(found))
         clips.append(pd.DataFrame({"sample_id": sid, "clip": np.arange(len(starts)),
                                    "start": starts, **outs}))
         row = m.loc[sid]
@@ -154,11 +169,14 @@ def predict_rvf(model: Path, input_path: Path, out: Path, options: Options) -> P
     store = PreparedStore(store_for(input_path, out / PREPARED_DIR, size, options.extra))
     ids = select_ids(store, options.split, options.get("ids"))
     clips = options.get("clips") or recipe_clips(loaded)
+    state = read_rvf_state(ckpt)
+    found: list[np.ndarray | None] | None = [] if ood_detector(state) is not None else None
     videos, clip_table = predict_store(loaded, store, ids, clips, options.seed,
-                                       options.batch_size, options.device)
+                                       options.batch_size, options.device, found)
     threshold, source = model_threshold(loaded, options)
     videos.insert(4, "prediction", (videos[SCORE] >= threshold).astype(int))
     videos.insert(5, "threshold", threshold)
+    videos = annotate_rvf(videos, state, features=stacked_features(found))
     out.mkdir(parents=True, exist_ok=True)
     write_csv(patient_probabilities(videos), out / PATIENTS_FILE)
     write_csv(clip_table, out / CLIPS_FILE)
@@ -168,6 +186,16 @@ def predict_rvf(model: Path, input_path: Path, out: Path, options: Options) -> P
                      recipe=loaded.recipe.get("name"), input_spec=_spec(loaded.input_spec),
                      class_names=(loaded.info.get("extra") or {}).get("class_names"))
     return write_contract(out, videos, read_problems(store.root), run)
+
+
+def stacked_features(found: list[np.ndarray | None] | None) -> np.ndarray | None:
+    """(videos, D) features, NaN rows where a video gave none (None without features)."""
+    if not found:
+        return None
+    width = next((len(f) for f in found if f is not None), 0)
+    if width == 0:
+        return None
+    return np.stack([np.full(width, np.nan) if f is None else f for f in found])
 
 
 def _spec(spec: InputSpec) -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """The RV-failure report: one self-contained HTML page of an evaluation.
 
 Sections: what was predicted (clips averaged, threshold), metrics per video and per patient
-with bootstrap CIs, the ROC plot, confusion counts, fused vs each stream alone, training
-metrics (when the run folder is known), the per-patient table and the guided-backpropagation
-strips. Everything shown comes from the evaluation, prediction and saliency folders, which
-hold pseudonymous ids only.
+with bootstrap CIs, the ROC plot, confusion counts, fused vs each stream alone, calibration
+(ECE, reliability diagram), training metrics (when the run folder is known), the per-patient
+table and the guided-backpropagation strips. Everything shown comes from the evaluation,
+prediction and saliency folders, which hold pseudonymous ids only.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from cinelab.errors import InputError
 from cinelab.evaluate.classification import ENSEMBLE_NAME, MEMBERS_CSV
 from cinelab.infer.contract import read_run
 from cinelab.pipelines.rvf.evaluate import METRICS_FILE, PATIENTS_FILE, ROC_FILE
+from cinelab.pipelines.rvf.uncertainty import RELIABILITY_PNG
 from cinelab.report.html import HtmlReport, format_value
 from cinelab.utils import read_json
 
@@ -92,6 +93,7 @@ def rvf_report(eval_dir: str | Path, out: str | Path | None = None,
     if (eval_dir / ROC_FILE).exists():
         page.image(eval_dir / ROC_FILE, "ROC curves (videos, patients)")
     _streams_section(page, eval_dir)
+    _uncertainty_section(page, eval_dir, metrics)
     run_dir = run_dir or (Path(run["checkpoint"]).parent if run.get("checkpoint") else None)
     if run_dir is not None:
         _training_section(page, Path(run_dir))
@@ -115,6 +117,17 @@ def _streams_section(page: HtmlReport, eval_dir: Path) -> None:
             table["model"] = table["model"].replace({ENSEMBLE_NAME: "fused"})
             page.section("Streams")
             page.table(table, caption="fused model vs each stream alone (95% bootstrap CI)")
+
+
+def _uncertainty_section(page: HtmlReport, eval_dir: Path, metrics: dict[str, Any]) -> None:
+    found = {k: v for k, v in (metrics.get("uncertainty") or {}).items() if k != "plots"}
+    if not found:
+        return
+    page.section("Calibration and uncertainty")
+    page.metrics_table(found, caption="ECE of the probability (ece) and of the model's raw "
+                       "probability (ece_raw); mean member disagreement; OOD-flagged fraction")
+    if (eval_dir / RELIABILITY_PNG).exists():
+        page.image(eval_dir / RELIABILITY_PNG, "reliability diagram (raw vs calibrated)")
 
 
 def _metrics_section(page: HtmlReport, metrics: dict[str, Any]) -> None:
