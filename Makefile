@@ -19,11 +19,15 @@ browser:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
 		 >/dev/null) || echo "chromium not installed: browser tests will skip"; }
 
+# Two pytest workers (one per core), one thread each, a test file per worker at a time
+# (module fixtures built once); OMP_NUM_THREADS reaches the tests' subprocesses too.
+PYTEST := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile
+
 test: $(STAMP) browser
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -28,6 +28,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_synth_ingest_prepare_measure(cohort: Path, tmp_path: Path) -> None:
     _ok(["ingest", str(cohort), "--out", str(tmp_path / "ingest")])
     manifest = pd.read_csv(tmp_path / "ingest" / "manifest.csv")
@@ -62,6 +63,7 @@ def test_unusable_input_exits_nonzero_with_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_real_echonet_mini(tmp_path: Path) -> None:
     root = real_path("echonet-mini")
     _ok(["ingest", str(root), "--out", str(tmp_path / "ingest")])
@@ -78,6 +80,7 @@ def test_real_echonet_mini(tmp_path: Path) -> None:
     assert len(table) == 10 and (table["EF_frustum"] - table["label_EF"]).abs().max() <= 1.5
 
 
+@pytest.mark.slow
 def test_real_echo_dicom_folder(tmp_path: Path) -> None:
     root = real_path("echo-dicom")
     _ok(["ingest", str(root), "--out", str(tmp_path / "ingest")])

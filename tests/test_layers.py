@@ -25,6 +25,7 @@ def _is_cinelab(node: ast.AST) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_no_cinelab_import_inside_a_function() -> None:
     found = []
     for path, tree in _modules():
@@ -35,6 +36,7 @@ def test_no_cinelab_import_inside_a_function() -> None:
     assert found == []
 
 
+@pytest.mark.slow
 def test_no_import_error_guard_around_cinelab_modules() -> None:
     found = []
     for path, tree in _modules():

@@ -49,6 +49,7 @@ def _cohort(root: Path, bad: bool) -> pd.DataFrame:
                          for r in rows])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_bad_files_are_reported_and_good_ones_unchanged(tmp_path: Path, workers: int) -> None:
     alone = prepare(_cohort(tmp_path / "a", bad=False), tmp_path / "alone", PrepSpec(size=32),

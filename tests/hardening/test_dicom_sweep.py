@@ -24,6 +24,7 @@ def sweep_rows() -> dict[str, dict[str, str]]:
     return {Path(r["path"]).name: r for r in rows}
 
 
+@pytest.mark.slow
 def test_every_file_reads_or_is_reported(sweep_rows: dict) -> None:
     counts = Counter(r["outcome"] for r in sweep_rows.values())
     bad = {n: r["detail"] for n, r in sweep_rows.items()

@@ -223,6 +223,7 @@ prepare(pd.read_csv({manifest!r}), {out!r}, PrepSpec(size=32), workers=1)
 """
 
 
+@pytest.mark.slow
 def test_sigkill_during_prepare_then_rerun_gives_the_same_store(
         cohort: Path, reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "store"
@@ -284,6 +285,7 @@ def test_hostile_sample_ids_never_write_outside_out(cohort: Path, tmp_path: Path
     assert read_json(sample_files(out, "v0")["meta"])["source"] == rows[0]["path"]
 
 
+@pytest.mark.slow
 def test_importing_cinelab_and_plotting_writes_nothing_under_home(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()

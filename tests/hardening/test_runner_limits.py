@@ -18,6 +18,7 @@ def _items() -> list[dict]:
             for i, k in enumerate(KINDS)]
 
 
+@pytest.mark.slow
 def test_bad_tasks_become_problem_rows_and_the_run_goes_on() -> None:
     start = time.monotonic()
     results = {r["sample_id"]: r for r in run_tasks(

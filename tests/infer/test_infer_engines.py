@@ -66,6 +66,7 @@ def _batch(path: Path, batch: int = 3) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", list(CASES))
 def test_onnx_engine_equals_eager(checkpoints: dict[str, Path], task: str) -> None:
     x = _batch(checkpoints[task])  # batch 3: export traced batch 1, so the axis is dynamic
@@ -77,6 +78,7 @@ def test_onnx_engine_equals_eager(checkpoints: dict[str, Path], task: str) -> No
     assert output_difference(out, eager) <= TOLERANCE
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit")
 @pytest.mark.parametrize("task", list(CASES))
 def test_torchscript_export_reloads_and_matches(checkpoints: dict[str, Path], task: str,
@@ -150,6 +152,7 @@ def test_onnx_file_without_sidecar(tmp_path: Path) -> None:
     assert (err.value.field, err.value.found) == ("sidecar", "no sidecar")
 
 
+@pytest.mark.slow
 def test_export_cli_writes_files(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "seg.onnx"
     result = runner.invoke(app, ["export", str(checkpoints["segmentation"]), "--format", "onnx",

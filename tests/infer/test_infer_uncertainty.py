@@ -191,6 +191,7 @@ def shapes():
             "x_test": x_test, "y_test": y_test}
 
 
+@pytest.mark.slow
 def test_shape_classifier_learns(shapes):
     with torch.no_grad():
         pred = shapes["model"](shapes["x_test"]).argmax(1)

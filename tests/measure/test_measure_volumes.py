@@ -140,6 +140,7 @@ def test_index_csv_with_relative_paths_and_spacing(cohort, tmp_path: Path) -> No
     assert table["ed_image"].iloc[0] == "P_ED"
 
 
+@pytest.mark.slow
 def test_real_acdc_h5_voxel_ef() -> None:
     root = real_path("acdc-h5", "data")
     table, _, problems = measure_mask_set(root)

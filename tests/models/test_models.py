@@ -63,6 +63,7 @@ def test_registry_has_the_builtin_models():
     assert set(list_models()) == {n for task in TASKS for n in list_models(task)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_model_forward_backward(name):
     _forward_backward(name, in_channels=3)
@@ -72,10 +73,12 @@ def test_model_forward_backward(name):
     ("deeplabv3_resnet50", 1), ("unet_small", 2), ("r2plus1d_18", 1), ("mc3_18", 2),
     ("resnet3d_10", 1), ("tiny_video", 2),
 ])
+@pytest.mark.slow
 def test_model_other_input_channels(name, in_channels):
     _forward_backward(name, in_channels)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models("video"))
 def test_output_layer_is_the_final_linear(name):
     model = create_model(name, num_outputs=VIDEO_OUTPUTS, dropout=0.5).eval()

@@ -29,6 +29,7 @@ def test_resnet34_imagenet_file_loads_into_the_encoder(tmp_path):
             torch.testing.assert_close(enc[key], value)
 
 
+@pytest.mark.slow
 def test_vgg16_imagenet_features_load(tmp_path):
     torch.manual_seed(0)
     features = make_layers(cfgs["D"], batch_norm=True)  # vgg16_bn without its classifier
@@ -40,6 +41,7 @@ def test_vgg16_imagenet_features_load(tmp_path):
     torch.testing.assert_close(model.encoder.features[0].weight, features[0].weight)
 
 
+@pytest.mark.slow
 def test_whole_model_checkpoint_loads_every_tensor_that_fits(tmp_path):
     torch.manual_seed(1)
     source = create_model("unet_resnet34", in_channels=1, out_channels=4)
@@ -56,6 +58,7 @@ def test_whole_model_checkpoint_loads_every_tensor_that_fits(tmp_path):
     assert fewer.segmentation_head[0].weight.shape[0] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["unet_resnet34", "unet_vgg16"])
 def test_any_input_size(name):
     model = create_model(name, in_channels=1, out_channels=4).eval()

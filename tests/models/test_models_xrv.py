@@ -45,6 +45,7 @@ def test_densenet_maps_onto_timm_exactly(tmp_path):
         assert torch.equal(value, original[key]), key
 
 
+@pytest.mark.slow
 def test_legacy_names_resnet_prefix_and_wrong_arch(tmp_path):
     _xrv_densenet_file(tmp_path / "old.pt", legacy=True)
     import_torchxrayvision(tmp_path / "old.pt", tmp_path / "dense.pt")

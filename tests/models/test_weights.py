@@ -110,6 +110,7 @@ def test_shape_mismatch_is_skipped_and_reported(tmp_path):
         load_weights(create_model("tiny_video"), tmp_path / "kinetics.pth", strict=True)
 
 
+@pytest.mark.slow
 def test_stem_is_adapted_to_one_channel(tmp_path):
     src = _perturbed(create_model("r2plus1d_18"))
     torch.save(src.state_dict(), tmp_path / "rgb.pth")
@@ -136,6 +137,7 @@ def test_strip_prefix_removes_one_level():
     assert strip_prefix(state, ("module.",)) == {"a": 1, "model.b": 2, "c": 3}
 
 
+@pytest.mark.slow
 def test_echonet_segmentation_file_loads_into_registry_model(tmp_path):
     echonet = torchvision.models.segmentation.deeplabv3_resnet50(
         weights=None, weights_backbone=None, aux_loss=False)
@@ -156,6 +158,7 @@ def test_echonet_segmentation_file_loads_into_registry_model(tmp_path):
         torch.testing.assert_close(imported(x), echonet.eval()(x)["out"])
 
 
+@pytest.mark.slow
 def test_echonet_ef_file_loads_into_registry_model(tmp_path):
     echonet = torchvision.models.video.r2plus1d_18(weights=None)
     echonet.fc = nn.Linear(echonet.fc.in_features, 1)

@@ -163,6 +163,7 @@ def test_prepare_flow_reports_a_bad_sample_and_keeps_the_rest(tmp_path: Path) ->
             prepare_flow(store, method="tvl1")
 
 
+@pytest.mark.slow
 def test_prepare_flow_after_prepare_in_parallel(tmp_path: Path) -> None:
     from cinelab.io.video import write_video
 

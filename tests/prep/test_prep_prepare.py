@@ -64,6 +64,7 @@ def test_rerun_is_idempotent_and_force_recomputes(tmp_path: Path) -> None:
     assert changed.prepared == 3 and PreparedStore(tmp_path / "store").frames("v001").shape[1] == 24
 
 
+@pytest.mark.slow
 def test_bad_files_are_reported_and_skipped(tmp_path: Path) -> None:
     manifest = _cohort(tmp_path, 3)
     good = Path(manifest.loc[0, "path"])
@@ -95,6 +96,7 @@ def test_corrupt_sample_file_is_not_complete(tmp_path: Path) -> None:
     assert PreparedStore(tmp_path / "store").frames("v000").shape == (20, 32, 32, 3)
 
 
+@pytest.mark.slow
 def test_prepare_killed_midway_then_rerun_completes(tmp_path: Path) -> None:
     manifest = _cohort(tmp_path, 40, frames=60, size=112)
     write_manifest(manifest, tmp_path / "manifest.csv")
@@ -120,6 +122,7 @@ def test_prepare_killed_midway_then_rerun_completes(tmp_path: Path) -> None:
     assert not list((store / "samples").glob("*.tmp*"))
 
 
+@pytest.mark.slow
 def test_dask_local_cluster(tmp_path: Path) -> None:
     distributed = pytest.importorskip("distributed")
     manifest = _cohort(tmp_path, 4)

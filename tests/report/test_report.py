@@ -77,6 +77,7 @@ def built(tmp_path_factory):
     return path, read_json(root / "eval" / "metrics.json")
 
 
+@pytest.mark.slow
 def test_report_is_self_contained(built):
     path, _ = built
     text = path.read_text(encoding="utf-8")
@@ -144,6 +145,7 @@ def test_html_report_builder(tmp_path):
         embed_png(b"GIF89a....")
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(built, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
@@ -161,6 +163,7 @@ def test_report_renders_in_headless_chromium(built, tmp_path):
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_real_echonet_mini_end_to_end(tmp_path):
     """Real tracings and videos: masks drawn from the tracings score Dice 1, the report
     shows outlines on the real frames."""

@@ -104,6 +104,7 @@ def test_upload_processed_results_with_ef(service_factory: Any, tmp_path: Path) 
     assert client.get("/api/studies/9.9.9", headers=AUTH).status_code == 404
 
 
+@pytest.mark.slow
 def test_zip_of_dicoms_and_a_failing_study(service_factory: Any, tmp_path: Path) -> None:
     client = _client(service_factory())
     study = "1.2.826.0.1.3680043.8.498.1"

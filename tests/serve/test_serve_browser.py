@@ -37,6 +37,7 @@ def base_url(service_factory: Any) -> Iterator[str]:
     thread.join(10)
 
 
+@pytest.mark.slow
 def test_review_page(base_url: str, tmp_path: Path) -> None:
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium); browsers are never "

@@ -96,6 +96,7 @@ def test_instance_limit_refused_and_quiet_time(service_factory: Any, tmp_path: P
     assert service.queue.promote_quiet(30, now=time.time() + 31) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*SequenceOfUltrasoundRegions")
 @pytest.mark.filterwarnings("ignore:.*person name")
 def test_real_ultrasound_gets_sr_and_seg(service_factory: Any, tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
+@pytest.mark.slow
 def test_layout_and_columns(cohort, filelist):
     assert filelist.columns.tolist() == FILELIST_COLUMNS
     assert filelist.columns[: len(REAL_COLUMNS)].tolist() == REAL_COLUMNS
@@ -87,6 +88,7 @@ def test_tracings_follow_phantom_masks(cohort):
         assert dice(traced, mask) > 0.8
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_other_seed_differs(cohort, filelist, tmp_path):
     again = synth_echo_cohort(tmp_path / "again", n=8, seed=3, irregular_fraction=0.25,
                               **SMALL)
@@ -110,6 +112,7 @@ def test_irregular_videos_have_variable_rr(cohort, filelist):
     assert len(irregular) == 2 and min(irregular) > max(0.12, max(regular))
 
 
+@pytest.mark.slow
 def test_ef_is_not_encoded_in_brightness(tmp_path):
     root = synth_echo_cohort(tmp_path / "c30", n=30, seed=11, frames_range=(20, 24),
                              fps_range=(30, 30))

@@ -67,6 +67,7 @@ def done_cv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return store, root / "cv"
 
 
+@pytest.mark.slow
 def test_units_predict_every_role_without_leaks(done_cv: tuple[Path, Path]) -> None:
     _, out = done_cv
     folds = pd.read_csv(out / "folds.csv", dtype={"subject": str}).set_index("subject")

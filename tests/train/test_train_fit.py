@@ -114,6 +114,7 @@ def assert_run_outputs(out: Path) -> None:
 # -- fit ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fit_ef_regression_exports_a_loadable_checkpoint(store: Path, tmp_path: Path) -> None:
     result = fit(ef_recipe(), store, tmp_path / "run")
     out = tmp_path / "run"
@@ -139,6 +140,7 @@ def test_fit_ef_regression_exports_a_loadable_checkpoint(store: Path, tmp_path: 
     assert load_recipe(out / "recipe.yaml").data.frames == 4
 
 
+@pytest.mark.slow
 def test_fit_segmentation_learns_the_traced_cavity(store: Path, tmp_path: Path) -> None:
     recipe = load_recipe("echonet-seg-cpu", [*SEG_OVERRIDES, "trainer.max_epochs=8",
                                              "optim.lr=1e-2", "data.batch_size=2"])
@@ -185,6 +187,7 @@ def test_resume_continues_from_the_last_checkpoint(store: Path, tmp_path: Path) 
     assert result.metrics["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_weights(store: Path, tmp_path: Path) -> None:
     states = [load_checkpoint(fit(ef_recipe(), store, tmp_path / f"r{i}",
                                   max_epochs=2).best_checkpoint).model.state_dict()

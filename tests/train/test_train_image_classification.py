@@ -56,6 +56,7 @@ def nih_store(tmp_path_factory) -> Path:
     return _store(tmp_path_factory.mktemp("nih"), "nih", 24)
 
 
+@pytest.mark.slow
 def test_one_epoch_exports_a_checkpoint_that_reproduces_its_validation_auc(store, tmp_path):
     recipe = load_recipe("cxr-ensemble-cpu", [*TINY, "data.balance=pos_weight"])
     result = fit(recipe, store, tmp_path / "run", progress=False)
@@ -93,6 +94,7 @@ def _backbone_keys(model: torch.nn.Module) -> list[str]:
     return [k for k, p in model.named_parameters() if id(p) in ids]
 
 
+@pytest.mark.slow
 def test_nih_pretraining_carries_into_a_frozen_then_unfrozen_binary_fine_tune(
         store, nih_store, tmp_path):
     nih = fit(load_recipe("cxr-nih-pretrain-cpu", TINY),

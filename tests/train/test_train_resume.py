@@ -190,6 +190,7 @@ class StopAfterFirstEpoch(Callback):
         trainer.should_stop = True
 
 
+@pytest.mark.slow
 def test_stop_then_resume_in_process_is_bit_identical(store: Path, whole_run: Path,
                                                       tmp_path: Path) -> None:
     run_fit(store, tmp_path / "parts", callbacks=[StopAfterFirstEpoch()])  # same schedule
@@ -216,6 +217,7 @@ def copy_run(run: Path, dest: Path) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_truncated_last_checkpoint_falls_back_to_the_newest_loadable_one(
         finished_run: Path, store: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture) -> None:
@@ -350,6 +352,7 @@ def test_binary_best_params_and_recipe_are_input_errors(tmp_path: Path) -> None:
 # -- disk full while training ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_disk_full_while_training_is_one_line_and_the_rerun_matches(
         store: Path, whole_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture) -> None:

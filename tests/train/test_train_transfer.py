@@ -56,6 +56,7 @@ def _checkpoint(path, name="unet_resnet34", **kwargs):
     return model
 
 
+@pytest.mark.slow
 def test_transfer_starts_from_the_checkpoint_weights(store, tmp_path):
     source = _checkpoint(tmp_path / "dsb.pt", in_channels=1, out_channels=4,
                          decoder_channels=[16, 16, 8, 8, 8])
@@ -92,6 +93,7 @@ def _small_resnet_unet(**kwargs):
     return EncoderUNet(ResNetFeatures(net), 4, [16, 16, 8, 8, 8])
 
 
+@pytest.mark.slow
 def test_frozen_encoder_is_unchanged_then_trains(store, tmp_path, monkeypatch):
     monkeypatch.setattr(transfer, "create_model", lambda name, **kw: _small_resnet_unet())
     start = _small_resnet_unet()
@@ -111,6 +113,7 @@ def test_frozen_encoder_is_unchanged_then_trains(store, tmp_path, monkeypatch):
     assert any(not torch.equal(v, initial[k]) for k, v in enc.items())
 
 
+@pytest.mark.slow
 def test_freeze_callback_switches_requires_grad():
     model = create_model("unet_vgg16", in_channels=1, out_channels=2)
     module, trainer = torch.nn.Module(), type("T", (), {"current_epoch": 0})()
@@ -185,6 +188,7 @@ def test_store_view_shares_samples_with_other_splits(store, tmp_path):
     assert view.mean.shape == store.mean.shape
 
 
+@pytest.mark.slow
 def test_paper_recipe_starts_from_a_local_imagenet_file(store, tmp_path, monkeypatch):
     monkeypatch.setenv("CINELAB_WEIGHTS", str(tmp_path))
     recipe = load_recipe("cmr-seg", [f"data.size={SIZE}"])

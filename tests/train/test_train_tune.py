@@ -49,6 +49,7 @@ def store(tmp_path_factory) -> Path:
     return tmp / "store"
 
 
+@pytest.mark.slow
 def test_two_trials_one_pruned_write_best_params(store, tmp_path):
     recipe = load_recipe("cxr-ensemble-cpu", TINY)
     result = tune(recipe, store, tmp_path / "tune", n_trials=2, space=SPACE,

@@ -37,6 +37,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_synth_and_ingest_make_a_store_with_the_cohort_ages(work: Path) -> None:
     ages = pd.read_csv(work / "cohort" / "ages.csv", dtype={"subject": str})
     store = PreparedStore(work / "store")
@@ -48,6 +49,7 @@ def test_synth_and_ingest_make_a_store_with_the_cohort_ages(work: Path) -> None:
     assert store.frames(store.ids[0]).shape == (25, 16, 16, 1)  # one cycle, 25 frames
 
 
+@pytest.mark.slow
 def test_cv_ensemble_report(work: Path) -> None:
     out = work / "cv"
     args = ["cv", "cmr-age-cpu", "--data", str(work / "store"), "--out", str(out),

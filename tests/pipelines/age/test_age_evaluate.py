@@ -58,6 +58,7 @@ def good_val_bad_test(arm: str, role: str, inner: int, y: np.ndarray,
     return y + rng.normal(0, 1.0 if accurate else 10.0, len(y))
 
 
+@pytest.mark.slow
 def test_view_weights_never_see_test_predictions(tmp_path: Path) -> None:
     a = ensemble_cv(fake_cv(tmp_path / "a", good_val_bad_test), n_boot=50)
     for weights in a["weights"].values():

@@ -52,6 +52,7 @@ def test_layout_claims_a_lax_cohort_but_not_a_plain_dicom_folder(cohort: Path) -
     assert np.allclose(m["age"].to_numpy(float), ages.reindex(m["patient_id"]).to_numpy())
 
 
+@pytest.mark.slow
 def test_run_writes_out_of_fold_contract_and_scores_it(cohort: Path,
                                                       ran: tuple[Path, dict]) -> None:
     out, metrics = ran
@@ -114,6 +115,7 @@ def test_predict_single_checkpoint_on_store_matches_its_unit(ran: tuple[Path, di
     assert metrics["baseline_source"] == "mean of the evaluated ages"
 
 
+@pytest.mark.slow
 def test_predict_cv_ensemble_on_raw_folder_equals_store(cohort: Path, ran: tuple[Path, dict],
                                                         tmp_path: Path) -> None:
     out, _ = ran

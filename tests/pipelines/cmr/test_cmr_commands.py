@@ -76,6 +76,7 @@ def test_pseudo_from_volumes(cohort: Path, tmp_path: Path) -> None:
     assert sorted(ids) == ["patient001", "patient002", "patient003"]
 
 
+@pytest.mark.slow
 def test_evaluate_and_report(cohort: Path, tmp_path: Path) -> None:
     for _, row in mask_index(cohort / "acdc").iterrows():  # an observer with model classes
         labels, spacing = load_mask(row["mask_path"])

@@ -44,6 +44,7 @@ def test_mirror_tta_averages_the_flipped_predictions() -> None:
     assert mirrored.all()
 
 
+@pytest.mark.slow
 def test_cv_cross_validates_a_segmentation_recipe(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     synth = synth_cmr_cohort(tmp_path / "s", n=4, seed=3, layout="acdc", size=(32, 32),

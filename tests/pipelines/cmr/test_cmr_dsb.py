@@ -58,6 +58,7 @@ def _edit(folder: Path, *keywords: str, sax: str | None = None) -> None:
         ds.save_as(path)
 
 
+@pytest.mark.slow
 def test_every_defect_detected_and_resolved(cohort, converted) -> None:
     _, result = converted
     log = result.log

@@ -108,6 +108,7 @@ def test_pairing_keys(tmp_path: Path) -> None:
         compare_mask_sets(by_frame.assign(patient_id="q", image_id=["a", "b"]), by_phase)
 
 
+@pytest.mark.slow
 def test_evaluate_cmr_outputs(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     truth, other, model = {}, {}, {}

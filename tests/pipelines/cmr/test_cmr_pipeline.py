@@ -186,6 +186,7 @@ def test_predict_one_stack_per_patient_leaves_patient_columns_empty(cohort, mode
     assert table.loc[table["patient_id"] == "patient002", "ef"].notna().all()
 
 
+@pytest.mark.slow
 def test_predict_cines_one_row_each_with_their_own_volumes(model, tmp_path: Path) -> None:
     dsb = synth_cmr_cohort(tmp_path / "dsb", n=2, seed=4, layout="dsb", size=(40, 36),
                            n_frames=4, defects=False)
@@ -227,6 +228,7 @@ def _truth_contract(cohort, out: Path, empty_es_lv: bool = False) -> Path:
                                                        "input": str(cohort.acdc_root)})
 
 
+@pytest.mark.slow
 def test_evaluate_against_known_truth(cohort, tmp_path: Path) -> None:
     cmr = get_pipeline("cmr")
     ef = cohort.truth["EF"].to_numpy()

@@ -125,6 +125,7 @@ def test_nothing_confident_writes_no_subset(predictions: Path, tmp_path: Path) -
     assert not (tmp_path / "o" / "confident_5pct").exists()
 
 
+@pytest.mark.slow
 def test_real_acdc_stacks_as_pairs(tmp_path: Path) -> None:
     """The real ACDC HDF5 samples, their reference labels standing in for predictions:
     every slice of every (patient, phase) stack becomes a pair that matches its label."""

@@ -34,6 +34,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "eval"
 
 
+@pytest.mark.slow
 def test_report_is_self_contained(evaluated: Path) -> None:
     path = build_cmr_report(evaluated)
     text = path.read_text()

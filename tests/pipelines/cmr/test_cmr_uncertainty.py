@@ -41,6 +41,7 @@ def _bright(**_: object) -> nn.Module:
     return Bright()
 
 
+@pytest.mark.slow
 def test_calibrated_volume_intervals_reach_predictions(tmp_path: Path) -> None:
     cohort = synth_cmr_cohort(tmp_path / "synth", n=6, seed=5, layout="acdc", size=(40, 36),
                               n_frames=4, defects=False)

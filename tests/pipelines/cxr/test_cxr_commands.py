@@ -51,6 +51,7 @@ def _test_labels(raw: Path) -> pd.Series:
     return m[m["split"] == "test"].set_index("sample_id")["label"]
 
 
+@pytest.mark.slow
 def test_predict_evaluate_gradcam_report(raw, tmp_path):
     ens = make_ensemble(tmp_path / "ens")
     pred, ev = tmp_path / "pred", tmp_path / "eval"

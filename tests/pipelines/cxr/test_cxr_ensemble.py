@@ -76,6 +76,7 @@ def test_plan_names_members_and_checks_stores(stores, tmp_path):
         store_name("lungs", SIZE)
 
 
+@pytest.mark.slow
 def test_resume_never_retrains_a_finished_member(trained):
     out, first, stamp, second = trained
     assert first.trained == [NAMES[0]] and first.weights is None

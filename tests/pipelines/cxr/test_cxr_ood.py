@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torch import nn
@@ -67,6 +68,7 @@ def _ood_folder(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_echo_and_noise_are_flagged_radiographs_are_not(tmp_path: Path) -> None:
     cohort = synth_cxr_cohort(tmp_path / "cohort", n=N, size=SIDE, seed=0)
     ens = _ensemble(tmp_path / "ens")

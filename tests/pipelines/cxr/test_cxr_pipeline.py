@@ -98,6 +98,7 @@ def test_predict_a_split_then_evaluate_from_the_contract(raw, ensemble_dir, tmp_
     assert "lung crop fell back to the whole image for 0 image(s) (0.0 %)" in html.read_text()
 
 
+@pytest.mark.slow
 def test_the_generic_verbs_dispatch_to_cxr(raw, ensemble_dir, tmp_path):
     pred, cams = tmp_path / "pred", tmp_path / "cams"
     run = CliRunner().invoke(app, ["predict", str(ensemble_dir), str(raw), "--out", str(pred),
@@ -140,6 +141,7 @@ def test_evaluate_hand_built_contract_with_a_label_csv(tmp_path):
     assert members.loc["flipped", "auc"] == pytest.approx(1 / 16)
 
 
+@pytest.mark.slow
 def test_a_member_checkpoint_predicts_like_its_ensemble_column(raw, ensemble_dir, tmp_path):
     name = "mobilenetv3_small-40-uncrop"  # its recipe names no crop: uncrop, like its member
     whole = CXR.predict(ensemble_dir, raw / "Test", tmp_path / "ens", Options())
@@ -157,6 +159,7 @@ def test_a_multi_label_member_is_refused(raw, tmp_path):
         CXR.predict(nih, raw / "Test", tmp_path / "out", Options())
 
 
+@pytest.mark.slow
 def test_explain_writes_overlays_and_reports_bad_files(ensemble_dir, raw, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()

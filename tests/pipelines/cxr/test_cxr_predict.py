@@ -143,6 +143,7 @@ def test_mask_files_give_a_lung_crop(tmp_path):
     assert not table["cropped"].any()
 
 
+@pytest.mark.slow
 def test_predict_uses_the_crop_source_the_ensemble_was_trained_with(tmp_path):
     cohort = synth_cxr_cohort(tmp_path / "synth", n=2, size=SIDE, seed=4)
     files = make_ensemble(tmp_path / "files", lung=True, crop_source="files")
@@ -174,6 +175,7 @@ def test_channel_conversion():
     torch.testing.assert_close(to_batch(rgb, 1)[:, 0], torch.from_numpy(grey).float())
 
 
+@pytest.mark.slow
 def test_real_images_go_through_predict(ensemble_dir, tmp_path):
     root = real_path("cxr-covid")
     result = predict_cxr(ensemble_dir, root, tmp_path / "real")

@@ -86,6 +86,7 @@ def test_stores_for_a_recipe_follow_its_members(manifest, tmp_path):
         store_name("lungs", 32)
 
 
+@pytest.mark.slow
 def test_lung_unet_trains_and_fills_missing_masks(manifest, tmp_path):
     usable = manifest.drop(index=[1, 2])  # no full-frame mask, no empty file
     checkpoint = train_lung_unet(usable, tmp_path / "lung", overrides=[

@@ -76,6 +76,7 @@ def cohort(tmp_path):
     return make_echonet_fixture(tmp_path)
 
 
+@pytest.mark.slow
 def test_known_errors_dice_and_phase(cohort, tmp_path):
     pred, labels, tracings, truth = cohort
     out = tmp_path / "eval"
@@ -105,6 +106,7 @@ def test_known_errors_dice_and_phase(cohort, tmp_path):
     assert "segmentation.traced_frames" not in m["omitted"]
 
 
+@pytest.mark.slow
 def test_files_written(cohort, tmp_path):
     pred, labels, tracings, truth = cohort
     out = tmp_path / "eval"

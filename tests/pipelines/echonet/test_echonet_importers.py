@@ -40,6 +40,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
             "ef_path": _echonet_save(ef, root / "r2plus1d_18_32_2_pretrained.pt")}
 
 
+@pytest.mark.slow
 def test_import_both_gives_identical_outputs(release: dict, tmp_path: Path) -> None:
     out = import_echonet(release["seg_path"], release["ef_path"], tmp_path / "ckpt",
                          mean=MEAN, std=STD)

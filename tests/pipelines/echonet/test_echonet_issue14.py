@@ -78,6 +78,7 @@ def fps_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_predict_resamples_to_the_training_frame_rate(fps_run: Path, tmp_path: Path) -> None:
     out = predict(fps_run / "run", fps_run / "videos", tmp_path / "p", batch_size=4)
     run = read_run(out)
@@ -186,6 +187,7 @@ def test_baseline_comparison_hand_computed() -> None:
     assert "collapsed" in flat["warning"]
 
 
+@pytest.mark.slow
 def test_under_trained_ef_model_triggers_the_warning(fps_run: Path, tmp_path: Path,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     """An EF model with no training at all (its initial weights) on 12 labelled videos."""

@@ -68,6 +68,7 @@ def evaluated(tmp_path: Path) -> tuple[Path, Path]:
     return pred, store
 
 
+@pytest.mark.slow
 def test_evaluate_finds_the_store_in_run_json(evaluated: tuple[Path, Path],
                                               tmp_path: Path) -> None:
     pred, _ = evaluated
@@ -88,6 +89,7 @@ def test_evaluate_finds_the_store_in_run_json(evaluated: tuple[Path, Path],
     assert saved["baseline"]["ef"] == pytest.approx(45.0)
 
 
+@pytest.mark.slow
 def test_cli_evaluate_with_a_filelist_then_report(evaluated: tuple[Path, Path],
                                                   tmp_path: Path) -> None:
     """`cinelab evaluate PRED --labels FileList.csv` (it used to crash on the label dict)."""
@@ -158,6 +160,7 @@ def _store(root: Path) -> Path:
     return root / "store"
 
 
+@pytest.mark.slow
 def test_predict_then_evaluate_through_the_contract(model_dir: Path, tmp_path: Path) -> None:
     assert pipeline_for_model(model_dir) is ECHONET  # a folder with ef/ and seg/ model.pt
     assert pipeline_for_model(model_dir / "ef" / "model.pt") is ECHONET  # by its task

@@ -83,6 +83,7 @@ def _read(out: Path, name: str) -> pd.DataFrame:
     return pd.read_csv(out / name, dtype={"sample_id": str})
 
 
+@pytest.mark.slow
 def test_outputs_complete(ckpts: dict[str, Path], folder: Path, tmp_path: Path) -> None:
     out = predict(ckpts["ef"], folder, tmp_path, seg_checkpoint=ckpts["seg"], batch_size=4,
                   overlays=True, labels=folder.parent / "labels.csv")
@@ -147,6 +148,7 @@ class _BatchSpy(nn.Module):
         return self.model(x)
 
 
+@pytest.mark.slow
 def test_all_clips_memory_is_bounded(ckpts: dict[str, Path], tmp_path: Path) -> None:
     n = 400
     video = np.lib.format.open_memmap(tmp_path / "long.npy", mode="w+", dtype=np.uint8,
@@ -280,6 +282,7 @@ def _store(root: Path, folder: Path, size: int) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_input_kinds(ckpts: dict[str, Path], folder: Path, tmp_path: Path) -> None:
     for size in (SIZE, 40):  # same size: memory maps as they are; else resized on the fly
         store = _store(tmp_path / f"store{size}", folder, size)
@@ -317,6 +320,7 @@ def test_checkpoint_resolution(ckpts: dict[str, Path], folder: Path, tmp_path: P
         predict(tmp_path, folder, tmp_path / "none")
 
 
+@pytest.mark.slow
 def test_resume_skips_done_samples(ckpts: dict[str, Path], folder: Path, tmp_path: Path) -> None:
     statuses: dict[str, str] = {}
 
@@ -337,6 +341,7 @@ def test_resume_skips_done_samples(ckpts: dict[str, Path], folder: Path, tmp_pat
     assert statuses == {"a": "done", "b": "done", "broken": "failed"}
 
 
+@pytest.mark.slow
 def test_folder_lists_dicoms_and_rejects_bad_settings(
         ckpts: dict[str, Path], folder: Path, tmp_path: Path) -> None:
     write_video(tmp_path / "x.avi", _noise(7, 5), 30)
@@ -351,6 +356,7 @@ def test_folder_lists_dicoms_and_rejects_bad_settings(
         predict(ckpts["ef"], folder, tmp_path / "out", all_clips_stride=0)
 
 
+@pytest.mark.slow
 def test_overlays_requested_later_are_made(ckpts: dict[str, Path], folder: Path,
                                           tmp_path: Path) -> None:
     statuses: list[str] = []

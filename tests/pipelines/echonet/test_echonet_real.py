@@ -98,6 +98,7 @@ def _filelist(root: Path) -> pd.DataFrame:
     return table.set_index("sample_id")
 
 
+@pytest.mark.slow
 def test_every_echonet_mini_video(run_dir: Path, tmp_path: Path) -> None:
     root = real_path("echonet-mini")
     videos = root / "Videos"
@@ -111,6 +112,7 @@ def test_every_echonet_mini_video(run_dir: Path, tmp_path: Path) -> None:
     assert metrics["ef_mae"] == pytest.approx((preds["ef"] - table["EF"]).abs().mean())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("folder", ["Videos", "three_case"])
 def test_every_echonet_extra_video(run_dir: Path, tmp_path: Path, folder: str) -> None:
     root = real_path("echonet-extra")

@@ -54,6 +54,7 @@ def _predict(run: Path, source: Path, out: Path) -> pd.DataFrame:
 
 @pytest.mark.parametrize("folder", [("echonet-mini", "Videos"), ("echonet-extra", "Videos"),
                                     ("echonet-extra", "three_case")])
+@pytest.mark.slow
 def test_every_real_video(run_dir: Path, tmp_path: Path, folder: tuple[str, str]) -> None:
     source = real_path(*folder)
     videos = sorted(source.glob("*.avi"))

@@ -81,6 +81,7 @@ def _auc(labels: pd.Series, scores: pd.Series) -> float:
     return float(wins / (len(pos) * len(neg)))
 
 
+@pytest.mark.slow
 def test_each_step_builds_on_the_last(pipeline: dict[str, Path]) -> None:
     out = pipeline["out"]
     manifest = pd.read_csv(out / "ingest" / "manifest.csv", dtype={"sample_id": str})
@@ -135,6 +136,7 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "error:" in result.output
 
 
+@pytest.mark.slow
 def test_generic_verbs_dispatch_to_rvf(pipeline: dict[str, Path], tmp_path: Path) -> None:
     """`cinelab predict/evaluate/report/explain` find the rvf pipeline from the checkpoint
     and the contract, and give what the `cinelab rvf` verbs gave."""

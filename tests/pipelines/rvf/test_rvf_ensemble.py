@@ -93,6 +93,7 @@ def test_member_store_is_a_view_with_its_own_split(store: Path, tmp_path: Path) 
     assert read_manifest(store / "manifest.csv")["split"].tolist() == m["split"].tolist()
 
 
+@pytest.mark.slow
 def test_ensemble_probability_is_the_mean_of_the_members(store: Path, tmp_path: Path) -> None:
     recipe = load_recipe("rvf-twostream-cpu", TINY)
     info = train_ensemble(recipe, store, tmp_path / "ens", n=2, seed=0)
@@ -132,6 +133,7 @@ def test_ensemble_probability_is_the_mean_of_the_members(store: Path, tmp_path: 
     assert (via_cli["threshold"] == 0.4).all()
 
 
+@pytest.mark.slow
 def test_run_with_members_evaluates_the_ensemble(store: Path, tmp_path: Path) -> None:
     raw = store.parent / "raw"
     options = Options(split="train", extra={"set": TINY, "members": 2, "top": 0, "n_boot": 20,

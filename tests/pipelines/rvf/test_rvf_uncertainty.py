@@ -56,6 +56,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base / "store"
 
 
+@pytest.mark.slow
 def test_calibrate_lowers_ece_and_predict_adds_the_columns(store: Path,
                                                            tmp_path: Path) -> None:
     model = _checkpoint(tmp_path / "run" / "model.pt", PreparedStore(store), 0)
@@ -80,6 +81,7 @@ def test_calibrate_lowers_ece_and_predict_adds_the_columns(store: Path,
     assert "Calibration and uncertainty" in page
 
 
+@pytest.mark.slow
 def test_ensemble_calibration_disagreement_and_ood(store: Path, tmp_path: Path) -> None:
     ens = tmp_path / "ens"
     manifest = PreparedStore(store).manifest
