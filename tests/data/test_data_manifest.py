@@ -161,3 +161,15 @@ def test_check_manifest_raises_listing_everything(tmp_path: Path) -> None:
     text = str(err.value)
     assert text.startswith("cohort.csv: 7 problem(s)")
     assert "row 4, column split" in text and "row 5, column patient_id" in text
+
+
+@pytest.mark.parametrize(("content", "field"), [
+    (b"", "file"), (b"\x00\x01\x02\xff" * 50, "file"),
+    (b"sample_id,path,split\nA,a.avi,train,extra\n", "line 2")])
+def test_a_broken_manifest_is_one_clear_error(tmp_path: Path, content: bytes,
+                                              field: str) -> None:
+    path = tmp_path / "manifest.csv"
+    path.write_bytes(content)
+    with pytest.raises(InputError) as err:
+        read_manifest(path)
+    assert err.value.field == field and "\n" not in str(err.value)

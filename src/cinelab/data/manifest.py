@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cinelab.errors import CinelabError, InputError, Problem
+from cinelab.io.table import read_table
 from cinelab.utils import atomic_path
 
 REQUIRED = ("sample_id", "patient_id", "path", "modality", "view", "split", "fold")
@@ -114,10 +115,10 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     if path.suffix == ".parquet":
         df = pd.read_parquet(path)
     else:
-        header = pd.read_csv(path, nrows=0).columns
+        header = read_table(path, nrows=0).columns
         text = [c for c in header if c in ("sample_id", "patient_id", *_TEXT_COLUMNS)
                 or _is_path_column(c)]
-        df = pd.read_csv(path, dtype={c: str for c in text}, keep_default_na=True)
+        df = read_table(path, dtype={c: str for c in text}, keep_default_na=True)
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise InputError(path, ", ".join(missing), f"columns {list(REQUIRED)}",

@@ -31,6 +31,7 @@ import pandas as pd
 from cinelab.data.store import channel_stats, write_sample
 from cinelab.errors import InputError, Problem
 from cinelab.io.dicom_series import read_mr_image
+from cinelab.io.table import read_table
 from cinelab.prep.geometry import square_box
 from cinelab.prep.prepare import PrepSpec
 
@@ -146,7 +147,7 @@ def preprocess_cine(frames: np.ndarray, times: np.ndarray | None, size: int, cro
 
 def read_series_list(path: str | Path) -> pd.DataFrame:
     """The series list written by the long-axis ingest (file, instance, trigger_time)."""
-    table = pd.read_csv(path)
+    table = read_table(path)
     if "file" not in table.columns or table.empty:
         raise InputError(path, "file", "a series list with a `file` column and >= 1 row",
                          f"columns {list(table.columns)}, {len(table)} row(s)")

@@ -37,6 +37,7 @@ from cinelab.io.dicom_series import (
     slice_normal,
 )
 from cinelab.io.nifti import write_volume
+from cinelab.io.table import read_table
 from cinelab.pipelines.cmr import dsb_clean as dc
 from cinelab.pipelines.cmr.dsb_clean import CleanCine, ConversionLog, SliceSeries
 from cinelab.utils import atomic_path
@@ -274,7 +275,7 @@ def read_dsb_volumes(root: str | Path) -> pd.DataFrame:
 
 def _volume_table(path: Path) -> pd.DataFrame:
     """A wide (Id, Systole, Diastole) or long (Id = <pid>_<phase>, Volume) volume CSV."""
-    df = pd.read_csv(path, dtype={"Id": str})
+    df = read_table(path, dtype={"Id": str})
     if {"Id", "Systole", "Diastole"} <= set(df.columns):
         return df[["Id", "Systole", "Diastole"]].astype({"Id": str})
     if {"Id", "Volume"} <= set(df.columns):

@@ -21,6 +21,7 @@ import pandas as pd
 
 from cinelab.data.manifest import new_manifest
 from cinelab.errors import InputError
+from cinelab.io.table import read_table
 from cinelab.measure.volumes import ACDC_LABELS, LabelMap
 from cinelab.pipelines.cmr.dsb import read_dsb_volumes
 from cinelab.pipelines.cmr.measure import mask_index, measure_mask_set
@@ -52,7 +53,7 @@ def reference_volumes(source: str | Path | pd.DataFrame, id_column: str | None =
                 raise InputError(where, "volumes", "train.csv, validate.csv or solution.csv "
                                  "with Systole/Diastole", "none")
         elif where.is_file():
-            df = pd.read_csv(where, dtype={c: str for c in REFERENCE_ID_ALIASES})
+            df = read_table(where, dtype={c: str for c in REFERENCE_ID_ALIASES})
         else:
             raise InputError(where, "reference", "a DSB folder or a volume CSV", "nothing there")
     if {"Systole", "Diastole"} <= set(df.columns):
