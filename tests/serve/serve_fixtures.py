@@ -1,26 +1,39 @@
-"""Helpers of the serve tests: tiny random-weight EchoNet checkpoints (EF + segmentation),
-a synthetic ultrasound DICOM maker (with planted PHI), noise videos and configs."""
+"""Helpers of the serve tests: tiny EchoNet checkpoints (EF + segmentation), CXR ensemble
+and threshold CMR segmenter; synthetic ultrasound (with planted PHI) and chest DICOMs, noise
+videos, configs; a C-STORE SCU and a wait for a study to be processed."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+from torch import nn
 
+from cinelab.infer.ensemble import EnsembleWeights, save_ensemble_weights
+from cinelab.io.cxr_dicom import write_cxr_dicom
 from cinelab.io.video import write_video
-from cinelab.models.registry import create_model
+from cinelab.models.registry import create_model, register_model
+from cinelab.pipelines.cmr.acdc import LV_LABEL, MYO_LABEL, RV_LABEL
 from cinelab.serve.config import ServeConfig, parse_config
+from cinelab.serve.queue import DONE
 from cinelab.train.checkpoint import InputSpec, save_checkpoint
 
 TOKEN = "test-token-0123456789abcdef"
+WAIT_S = 60.0
+QUICK_DICOM = {"ae_title": "CINELAB", "port": 0, "quiet_seconds": 0.2}
 EF_SIZE, SEG_SIZE, CLIP, PERIOD = 32, 32, 8, 2
 MEAN, STD = [32.0] * 3, [50.0] * 3
 EF_KW = {"in_channels": 3, "channels": [4, 8]}
 SEG_KW = {"in_channels": 3, "out_channels": 1, "channels": [4, 8, 16, 32]}
+CXR_SIZE, CXR_MEMBER = 32, "resnet10t-32-uncrop"
+CMR_CLASSES = {"LV": LV_LABEL, "MYO": MYO_LABEL, "RV": RV_LABEL}
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
 PHI = {"PatientName": "Plantedname^Zebulon", "PatientID": "PHI-ID-777123",
        "PatientBirthDate": "19310417", "InstitutionName": "Planted General Hospital",
@@ -38,6 +51,43 @@ def tiny_echonet(root: Path) -> Path:
         save_checkpoint(root / sub / "model.pt", create_model(name, **kw),
                         {"model": {"name": name, "kwargs": kw}}, spec)
     return root
+
+
+def tiny_cxr(root: Path) -> Path:
+    """A one-member CXR ensemble folder (resnet10t, 32 px, uncropped) with random weights."""
+    torch.manual_seed(0)
+    kw = {"in_channels": 1, "num_outputs": 1}
+    spec = InputSpec(task="image_classification", size=CXR_SIZE, channels=1, mean=[110.0],
+                     std=[60.0])
+    save_checkpoint(root / "members" / CXR_MEMBER / "model.pt", create_model("resnet10t", **kw),
+                    {"model": {"name": "resnet10t", "kwargs": kw}}, spec)
+    info = {CXR_MEMBER: {"model": "resnet10t", "size": CXR_SIZE, "crop": "uncrop",
+                         "checkpoint": f"members/{CXR_MEMBER}/model.pt"}}
+    save_ensemble_weights(root / "ensemble.json", EnsembleWeights(
+        np.array([1.0]), "bmc", "binary", [CXR_MEMBER], {"member_info": info,
+                                                          "threshold": 0.5}))
+    return root
+
+
+class Bright(nn.Module):
+    """Class LV where the normalised input is above 1, else background (a CMR stand-in)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lv = 4 * (x - 1.0)
+        return torch.cat([-lv, lv, torch.full_like(x, -9), torch.full_like(x, -9)], dim=1)
+
+
+@register_model("serve_test_bright", "segmentation")
+def _bright(**_: object) -> nn.Module:
+    return Bright()
+
+
+def tiny_cmr(root: Path) -> Path:
+    """A CMR segmentation checkpoint (LV = bright pixels) at 32 px."""
+    recipe = {"name": "serve-test", "model": {"name": "serve_test_bright", "kwargs": {}},
+              "data": {"classes": CMR_CLASSES}}
+    spec = InputSpec("image_segmentation", 32, 1, mean=[60.0], std=[40.0], target="labels")
+    return save_checkpoint(root / "model.pt", Bright(), recipe, spec, {"classes": CMR_CLASSES})
 
 
 def us_dicom(path: Path, study: str | None = None, frames: int = 20, seed: int = 0,
@@ -97,3 +147,38 @@ def config_dict(state: Path, model: Path, **extra: Any) -> dict[str, Any]:
 def make_config(state: Path, model: Path, **extra: Any) -> ServeConfig:
     """A validated `ServeConfig` from `config_dict`."""
     return parse_config(config_dict(state, model, **extra), state.parent, {})
+
+
+def send_instances(port: int, context: str, *datasets: Dataset) -> list[int]:
+    """C-STORE `datasets` (SOP class `context`) to the node on `port`; their statuses."""
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(context, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="CINELAB")
+    assert assoc.is_established
+    try:
+        return [int(assoc.send_c_store(ds).Status) for ds in datasets]
+    finally:
+        assoc.release()
+
+
+def wait_done(service: Any, uid: str) -> Any:
+    """The study `uid` once processed (asserted done)."""
+    deadline = time.time() + WAIT_S
+    while time.time() < deadline:
+        study = service.queue.get(uid)
+        if study is not None and study.status not in ("receiving", "queued", "running"):
+            assert study.status == DONE, study.reason
+            return study
+        time.sleep(0.1)
+    raise AssertionError("study not processed in time")
+
+
+def chest_dicom(path: Path) -> Dataset:
+    """A 256 px DX PA radiograph (bright body, dark lungs, noise)."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 40, (256, 256)).astype(np.uint8) + np.uint8(150)
+    image[40:220, 40:120] -= 100
+    image[40:220, 136:216] -= 100
+    write_cxr_dicom(path, image, modality="DX", ViewPosition="PA", StudyDate="20240101",
+                    StudyTime="120000", StudyID="1", SeriesNumber=1, InstanceNumber=1)
+    return pydicom.dcmread(path)

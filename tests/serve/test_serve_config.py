@@ -42,6 +42,8 @@ def test_token_from_environment(tmp_path: Path) -> None:
     ({"dicom": {"ae_title": "X" * 17}}, "dicom.ae_title"),
     ({"dicom": {"port": 70000}}, "dicom.port"),
     ({"surprise": 1}, "config"),
+    ({"forward": {"ae_title": "PACS", "host": "h", "port": 104, "link_to_original": "yes"}},
+     "forward.link_to_original"),
     ({"routes": [{"modality": "MR", "series_description": "(", "models": ["echonet"]}]},
      "series_description"),
 ])

@@ -27,10 +27,12 @@ from pydicom.uid import generate_uid
 from cinelab.errors import CinelabError, InputError
 from cinelab.prep.deid import IdMap, deidentify_dataset, pseudonym
 from cinelab.serve.config import Limits
+from cinelab.serve.link import record_links, uids_of
 from cinelab.serve.queue import HTTP_SOURCE, JobQueue
 from cinelab.utils import atomic_path
 
 QUEUE_DB, INCOMING, RESULTS, IDMAP = "queue.db", "incoming", "results", "idmap.csv"
+LINKS, LINKS_SUFFIX = "links", ".tsv"
 PARTIAL_PREFIX = ".partial-"
 DICOM_SUFFIX = ".dcm"
 #: uploaded file kinds that are not DICOM -> the modality they are routed as
@@ -66,6 +68,10 @@ class StatePaths:
         """Folder of one study's finished outputs (appears whole, by one rename)."""
         return self.root / RESULTS / _safe_uid(uid)
 
+    def links(self, uid: str) -> Path:
+        """Pseudonymised -> original UIDs of one study (kept only when asked for)."""
+        return self.root / LINKS / f"{_safe_uid(uid)}{LINKS_SUFFIX}"
+
     def partial(self, uid: str) -> Path:
         """Where one study's outputs are written before that rename."""
         return self.root / RESULTS / f"{PARTIAL_PREFIX}{_safe_uid(uid)}"
@@ -97,9 +103,11 @@ class Arrival:
     """Stores arriving instances and files and records them in the queue."""
 
     def __init__(self, queue: JobQueue, paths: StatePaths, limits: Limits,
-                 pseudonymise: bool, route_of: RouteOf) -> None:
+                 pseudonymise: bool, route_of: RouteOf, link: bool = False) -> None:
+        """`link`: keep each study's pseudonymised -> original UIDs (`StatePaths.links`)."""
         self.queue, self.paths, self.limits, self.route_of = queue, paths, limits, route_of
         self.secret = IdMap.open(paths.root / IDMAP).secret if pseudonymise else None
+        self.link = link and self.secret is not None
 
     def _meta(self, found: dict[str, Any]) -> dict[str, Any]:
         """Modality, SOP class and the index of the route chosen now, before any
@@ -111,6 +119,7 @@ class Arrival:
         """Store one DICOM instance (de-identified first when configured); (study uid,
         whether it was new). LimitError when its study already holds the maximum."""
         meta = self._meta(dataset_meta(ds))
+        original = uids_of(ds) if self.link else {}
         if self.secret is not None:
             pid = str(ds.get("PatientID", "") or "")
             deidentify_dataset(ds, pseudonym(pid, self.secret), self.secret)
@@ -123,6 +132,8 @@ class Arrival:
         path = self.paths.incoming(study) / f"{_safe_uid(sop)}{DICOM_SUFFIX}"
         with atomic_path(path) as tmp:
             ds.save_as(tmp, enforce_file_format=True)
+        if original:
+            record_links(self.paths.links(study), original, uids_of(ds))
         return study, self.queue.add_instance(study, sop, str(path), meta, source)
 
     def _check_room(self, study: str) -> None:

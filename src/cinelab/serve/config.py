@@ -18,6 +18,8 @@ state: serve-state       # queue database, incoming studies, results
 limits: {upload_bytes: 2000000000, instances_per_study: 5000}
 pseudonymise: {enabled: true}
 forward: {ae_title: PACS, host: 127.0.0.1, port: 104}   # optional C-STORE of SR/SEG
+                         # link_to_original: true -> their references name the original
+                         # (not pseudonymised) study, series and instance UIDs
 ```
 """
 
@@ -93,11 +95,13 @@ class DicomConfig:
 
 @dataclass(frozen=True)
 class Forward:
-    """Where results are C-STOREd (optional)."""
+    """Where results are C-STOREd (optional); `link_to_original`: with pseudonymisation on,
+    rewrite their UID references to the originals (kept per study in the state folder)."""
 
     ae_title: str
     host: str
     port: int
+    link_to_original: bool = False
 
 
 @dataclass(frozen=True)
@@ -313,7 +317,11 @@ def _forward(value: Any, where: Path | None) -> Forward | None:
     if value is None:
         return None
     node = _mapping(value, "forward", where)
-    _known(node, {"ae_title", "host", "port"}, "forward", where)
+    _known(node, {"ae_title", "host", "port", "link_to_original"}, "forward", where)
+    link = node.get("link_to_original", False)
+    if not isinstance(link, bool):
+        raise ConfigError(where, "forward.link_to_original", "true or false",
+                          type(link).__name__)
     return Forward(_ae_title(node.get("ae_title"), "forward.ae_title", where),
                    _text(node.get("host"), "forward.host", where),
-                   _port(node.get("port"), "forward.port", where))
+                   _port(node.get("port"), "forward.port", where), link)

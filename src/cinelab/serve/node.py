@@ -4,10 +4,12 @@ C-STORE SCU that forwards results (SR, SEG) to a configured destination."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Comprehensive3DSRStorage,
@@ -56,8 +58,8 @@ def start_node(config: DicomConfig, arrival: Arrival) -> Any:
     return server
 
 
-def forward(files: list[Path], destination: Forward, calling: str) -> int:
-    """C-STORE `files` to `destination`; how many it accepted."""
+def forward(files: Sequence[Path | Dataset], destination: Forward, calling: str) -> int:
+    """C-STORE `files` (paths or datasets) to `destination`; how many it accepted."""
     ae = AE(ae_title=calling)
     for context in (Comprehensive3DSRStorage, SegmentationStorage):
         ae.add_requested_context(context)
@@ -68,7 +70,8 @@ def forward(files: list[Path], destination: Forward, calling: str) -> int:
     sent = 0
     try:
         for path in files:
-            status = assoc.send_c_store(pydicom.dcmread(path))
+            ds = path if isinstance(path, Dataset) else pydicom.dcmread(path)
+            status = assoc.send_c_store(ds)
             sent += int(getattr(status, "Status", -1) == SUCCESS)
     finally:
         assoc.release()

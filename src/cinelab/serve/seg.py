@@ -132,3 +132,42 @@ def write_seg(path: str | Path, source: Dataset, mask: np.ndarray, frame: int,
     with atomic_path(path) as tmp:
         seg.save_as(tmp, enforce_file_format=True)
     return Path(path)
+
+
+#: class name (as the CMR checkpoints name them) -> segmented property type
+CARDIAC_TYPES = {"LV": codes.SCT.LeftVentricle, "RV": codes.SCT.RightVentricle,
+                 "MYO": hd.sr.CodedConcept("74281007", "SCT", "Myocardium")}
+CARDIAC_LABELS = {"LV": "Left ventricle", "RV": "Right ventricle", "MYO": "Myocardium"}
+
+
+def _class_segment(number: int, name: str) -> hd.seg.SegmentDescription:
+    """Segment `number` for class `name` (a generic tissue for unknown names)."""
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="cinelab", version="1", family=codes.cid7162.ArtificialIntelligence)
+    return hd.seg.SegmentDescription(
+        segment_number=number, segment_label=CARDIAC_LABELS.get(name, name),
+        segmented_property_category=codes.SCT.Tissue,
+        segmented_property_type=CARDIAC_TYPES.get(name, codes.SCT.Tissue),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm)
+
+
+def write_label_seg(path: str | Path, sources: list[Dataset], labels: np.ndarray,
+                    classes: dict[str, int], series_uid: str, number: int) -> Path:
+    """A binary SEG of label maps (Z, H, W) on single-frame `sources` (one series, one per
+    slice, headers suffice): one segment per class in `classes` (name -> label value)."""
+    names = sorted(classes, key=classes.__getitem__)
+    segments = np.zeros(labels.shape, np.uint8)
+    for k, name in enumerate(names, 1):
+        segments[labels == classes[name]] = k
+    seg = hd.seg.Segmentation(
+        source_images=sources, pixel_array=segments,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[_class_segment(k, n) for k, n in enumerate(names, 1)],
+        series_instance_uid=series_uid, series_number=SEG_SERIES_NUMBER,
+        sop_instance_uid=generate_uid(), instance_number=number, manufacturer=MANUFACTURER,
+        manufacturer_model_name="cinelab serve", software_versions="1",
+        device_serial_number="0", omit_empty_frames=False)
+    with atomic_path(path) as tmp:
+        seg.save_as(tmp, enforce_file_format=True)
+    return Path(path)

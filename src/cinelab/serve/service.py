@@ -10,11 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import uvicorn
+from pydicom.dataset import Dataset
 
 from cinelab.serve.api import create_app
 from cinelab.serve.arrival import PARTIAL_PREFIX, RESULTS, Arrival, StatePaths
 from cinelab.serve.config import ServeConfig
+from cinelab.serve.link import read_links, relink
 from cinelab.serve.node import forward, start_node
 from cinelab.serve.queue import JobQueue, Study
 from cinelab.serve.worker import Worker
@@ -35,8 +38,9 @@ class Service:
         _remove_partials(self.paths.root / RESULTS)
         if requeued:
             log.info("requeued %d interrupted study(ies)", requeued)
+        link = config.forward is not None and config.forward.link_to_original
         self.arrival = Arrival(self.queue, self.paths, config.limits, config.pseudonymise,
-                               config.route_index)
+                               config.route_index, link)
         self.worker = Worker(config, self.queue, self.paths,
                              on_done=self._forward if config.forward else None)
         self.stop_event = threading.Event()
@@ -88,11 +92,22 @@ class Service:
             return
         files = sorted(results.glob("*.dcm"))
         try:
-            sent = forward(files, destination, self.config.dicom.ae_title)
+            sent = forward(self._outgoing(study, files), destination,
+                           self.config.dicom.ae_title)
         except Exception as exc:  # forwarding never fails the study
             log.warning("forward of study %s failed (%s)", study.uid, type(exc).__name__)
             return
         log.info("forwarded %d/%d result(s) of study %s", sent, len(files), study.uid)
+
+    def _outgoing(self, study: Study, files: list[Path]) -> list[Path | Dataset]:
+        """The results to forward: the files, or copies referencing the original UIDs when
+        the destination asks for them and the study's links were kept."""
+        destination = self.config.forward
+        links = read_links(self.paths.links(study.uid)) \
+            if destination is not None and destination.link_to_original else {}
+        if not links:
+            return list(files)
+        return [relink(pydicom.dcmread(path), links) for path in files]
 
 
 def _remove_partials(results: Path) -> None:

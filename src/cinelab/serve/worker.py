@@ -15,6 +15,7 @@ import shutil
 import threading
 import warnings
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from cinelab.errors import CinelabError
 from cinelab.infer.contract import read_predictions, read_problems
 from cinelab.pipelines.registry import Options, pipeline_for_model
 from cinelab.serve.arrival import DICOM_SUFFIX, StatePaths
+from cinelab.serve.cmr import CMR_PIPELINE, cine_input, cine_segs
 from cinelab.serve.config import ServeConfig
 from cinelab.serve.queue import JobQueue, Study
 from cinelab.serve.seg import overlay_png, read_mask, source_masks, write_seg
@@ -34,6 +36,7 @@ from cinelab.serve.sr import write_sr
 log = logging.getLogger("cinelab.serve")
 
 RESULTS_JSON, SR_FILE, MASKS_DIR, FRAMES_CSV = "results.json", "sr.dcm", "masks", "frames.csv"
+CINE_WORK = ".cine-"  # + model name: the study converted for a cine model (removed after)
 POLL_S = 0.2
 PERSON_NAME_WARNING = ".*unlikely to represent the intended person name"
 TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
@@ -118,26 +121,31 @@ class Worker:
         partial.mkdir(parents=True)
         instances = dict(self.queue.instances(study.uid))
         inputs = self.paths.incoming(study.uid)
-        summary = {name: self._predict(name, inputs, partial) for name in route.models}
+        summary = {name: self._predict(name, inputs, partial, study.uid)
+                   for name in route.models}
         tables = {n: pd.DataFrame(s["predictions"]) for n, s in summary.items()}
         if not any(len(t) for t in tables.values()):
             raise ServeError("no model could use the study (see problems in the results)")
         sources = _headers(instances)
         files = self._dicom_outputs(partial, tables, sources, instances, study.uid)
+        files += self._cine_outputs(partial, summary, sources)
         _write_json(partial / RESULTS_JSON, {"study": study.uid, "models": summary,
                                              "files": files})
         os.replace(partial, final)  # the whole folder appears at once
         return final
 
-    def _predict(self, name: str, inputs: Path, partial: Path) -> dict[str, Any]:
-        """Run model `name` on the study folder; its predictions and problems as records."""
+    def _predict(self, name: str, inputs: Path, partial: Path, uid: str) -> dict[str, Any]:
+        """Run model `name` on the study folder (a cine model on its DICOM instances
+        converted into one cine named `uid`); its predictions and problems as records."""
         spec = self.config.models[name]
         pipeline = pipeline_for_model(spec.path, spec.pipeline)
         out = partial / name
         options = Options(device=self.config.device, extra=dict(spec.options))
+        if pipeline.name == CMR_PIPELINE and any(inputs.glob(f"*{DICOM_SUFFIX}")):
+            inputs = cine_input(inputs, partial / f"{CINE_WORK}{name}", uid)
         pipeline.predict(spec.path, inputs, out, options)
         return {"pipeline": pipeline.name, "predictions": _records(read_predictions(out)),
-                "problems": _records(read_problems(out))}
+                "problems": [asdict(p) for p in read_problems(out)]}
 
     def _dicom_outputs(self, partial: Path, tables: dict[str, pd.DataFrame],
                        sources: dict[str, Dataset], instances: dict[str, str], uid: str
@@ -151,6 +159,18 @@ class Worker:
         for name in tables:
             for npz in sorted((partial / name / MASKS_DIR).glob("*.npz")):
                 files += self._mask_outputs(partial, name, npz, sources, instances, series)
+        return files
+
+    def _cine_outputs(self, partial: Path, summary: dict[str, Any],
+                      sources: dict[str, Dataset]) -> list[str]:
+        """SEGs of the cine models' label volumes (their conversion folders removed)."""
+        files: list[str] = []
+        series = pydicom.uid.generate_uid()
+        for name, result in summary.items():
+            work = partial / f"{CINE_WORK}{name}"
+            if result["pipeline"] == CMR_PIPELINE and result["predictions"]:
+                files += cine_segs(partial, name, work / "cine", sources, series)
+            shutil.rmtree(work, ignore_errors=True)
         return files
 
     def _mask_outputs(self, partial: Path, name: str, npz: Path, sources: dict[str, Dataset],
