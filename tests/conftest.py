@@ -6,9 +6,22 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = Path(os.environ.get("CINELAB_REAL_DATA", ROOT.parent / "shared" / "data" / "real"))
+
+
+#: torch's intra-op threads when the session starts (OMP_NUM_THREADS under `make test`);
+#: every test starts from it, whatever a test module set at import or a test before it.
+BASE_THREADS = torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def same_threads_for_every_test() -> None:
+    """Reset torch's thread count before each test (results depend on it, e.g. the
+    bit-identical resume tests that compare in-process and subprocess training)."""
+    torch.set_num_threads(BASE_THREADS)
 
 
 def real_path(*parts: str) -> Path:

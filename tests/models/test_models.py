@@ -15,8 +15,6 @@ from cinelab.models.registry import (
     set_head,
 )
 
-torch.set_num_threads(2)
-
 BATCH = 2  # BatchNorm in training mode needs more than one value per channel
 VIDEO_SHAPE = (8, 16, 16)  # T, H, W
 IMAGE_SHAPE = (64, 64)

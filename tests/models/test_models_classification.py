@@ -20,8 +20,6 @@ from cinelab.models.classification import (
 )
 from cinelab.models.registry import get_entry
 
-torch.set_num_threads(2)
-
 PAPER = ("densenet121", "efficientnet_b2", "inception_v3", "inception_resnet_v2", "resnet50",
          "xception")
 SMALL = "resnet10t"

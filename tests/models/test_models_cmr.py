@@ -12,8 +12,6 @@ from cinelab.errors import MissingWeightsError
 from cinelab.models import create_model
 from cinelab.train.checkpoint import InputSpec, save_checkpoint
 
-torch.set_num_threads(2)
-
 
 def test_resnet34_imagenet_file_loads_into_the_encoder(tmp_path):
     torch.manual_seed(0)

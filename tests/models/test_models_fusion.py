@@ -12,8 +12,6 @@ from cinelab.models import create_model, output_layer
 from cinelab.models.fusion import FUSIONS, parse_stream_weights
 from cinelab.train.checkpoint import InputSpec, save_checkpoint
 
-torch.set_num_threads(2)
-
 SHAPE = (2, 3, 8, 16, 16)  # B, grey + dx + dy, T, H, W
 TINY = {"backbone": "tiny_video", "backbone_kwargs": {"channels": [4, 8]}}
 

@@ -23,8 +23,6 @@ from cinelab.models.weights import (
 )
 from cinelab.pipelines.echonet.weights import load_echonet_model, load_echonet_state
 
-torch.set_num_threads(2)
-
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()

@@ -31,8 +31,6 @@ from cinelab.train.tasks.image_classification import (
     positive_weights,
 )
 
-torch.set_num_threads(2)
-
 SIDE = 32
 TINY = ["data.size=32", "data.batch_size=8", "trainer.max_epochs=1", "model.freeze_epochs=0",
         "data.augment={}"]

@@ -29,7 +29,6 @@ from cinelab.train.tasks.image_segmentation import (
     multiclass_loss,
 )
 
-torch.set_num_threads(2)
 SIZE = 32
 OVERRIDES = [f"data.size={SIZE}", "data.batch_size=8", "trainer.max_epochs=1",
              "trainer.val_every=1",

@@ -28,7 +28,6 @@ from cinelab.train.transfer import (
     subset_items,
 )
 
-torch.set_num_threads(2)
 SIZE = 32
 SMALL = [f"data.size={SIZE}", "data.batch_size=8", "trainer.max_epochs=1",
          "trainer.val_every=1",

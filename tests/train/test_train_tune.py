@@ -7,7 +7,6 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-import torch
 
 from cinelab.errors import InputError
 from cinelab.pipelines.cxr.layout import read_cxr_folders
@@ -23,8 +22,6 @@ from cinelab.train.tune import (
     tune,
     write_best_params,
 )
-
-torch.set_num_threads(2)
 
 TINY = ["data.size=32", "data.batch_size=8", "trainer.max_epochs=2", "data.augment={}",
         "optim.name=sgd"]

@@ -34,7 +34,6 @@ class LeftHalf(torch.nn.Module):
 
 
 def test_mirror_tta_averages_the_flipped_predictions() -> None:
-    torch.set_num_threads(1)
     slices = np.zeros((2, 8, 8), np.uint8)
     spec = InputSpec("image_segmentation", 8, 1, mean=[0.0], std=[1.0])
     plain = segment_stack(LeftHalf(), slices, spec)
@@ -46,7 +45,6 @@ def test_mirror_tta_averages_the_flipped_predictions() -> None:
 
 @pytest.mark.slow
 def test_cv_cross_validates_a_segmentation_recipe(tmp_path: Path) -> None:
-    torch.set_num_threads(1)
     synth = synth_cmr_cohort(tmp_path / "s", n=4, seed=3, layout="acdc", size=(32, 32),
                              n_frames=4)
     manifest, _ = read_acdc(synth.acdc_root)
@@ -72,7 +70,6 @@ class RightHalf(LeftHalf):
 
 
 def test_ensemble_averages_the_members_softmax() -> None:
-    torch.set_num_threads(1)
     slices = np.zeros((1, 8, 8), np.uint8)
     spec = InputSpec("image_segmentation", 8, 1, mean=[0.0], std=[1.0])
     assert not segment_stack(RightHalf(), slices, spec)[..., :4].any()

@@ -264,7 +264,6 @@ def test_evaluate_without_truth_is_a_typed_error(tmp_path: Path) -> None:
 def test_demo_run_learns_the_synthetic_cohort(tmp_path: Path) -> None:
     """The demo: synth -> run (ingest, prepare, train, predict the test split natively,
     evaluate, report) meets the targets: LV Dice >= 0.85, LV volumes within 10 %; resumable."""
-    torch.set_num_threads(2)
     cmr = get_pipeline("cmr")
     options = cmr.demo_options
     data = cmr.synth(tmp_path / "data", options.n, options.seed)

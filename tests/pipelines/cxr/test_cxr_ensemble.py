@@ -6,7 +6,6 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from cinelab.errors import InputError
 from cinelab.evaluate.metrics import roc_auc, youden_threshold
@@ -24,8 +23,6 @@ from cinelab.pipelines.cxr.synth import synth_cxr_cohort
 from cinelab.prep.prepare import PrepSpec, prepare
 from cinelab.train.recipe import load_recipe
 from cinelab.utils import mark_done
-
-torch.set_num_threads(2)
 
 SIZE = 32
 MEMBERS = ("ensemble.members=[{model: resnet10t, size: 32, crop: crop}, "

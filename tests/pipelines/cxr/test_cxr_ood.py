@@ -22,8 +22,6 @@ from cinelab.pipelines.registry import Options, get_pipeline
 from cinelab.synth.echo import echo_phantom_video
 from cinelab.train.checkpoint import InputSpec, save_checkpoint
 
-torch.set_num_threads(1)
-
 N, SIDE, N_OOD = 140, 48, 20
 MEMBERS = {"small-32": 32, "small-40": 40}
 MODEL = "cxr_test_small_cnn"

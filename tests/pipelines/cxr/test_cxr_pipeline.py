@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from test_cxr_predict import MEMBERS, _checkpoint, make_ensemble
 from typer.testing import CliRunner
 
@@ -20,8 +19,6 @@ from cinelab.pipelines.cxr.layout import read_cxr_folders
 from cinelab.pipelines.cxr.synth import synth_cxr_cohort
 from cinelab.pipelines.registry import Options, get_pipeline, pipeline_for_model
 from cinelab.utils import is_done, read_json
-
-torch.set_num_threads(2)
 
 CXR = get_pipeline("cxr")
 TRUTH = [1, 1, 1, 0, 0, 0, 1, 0]

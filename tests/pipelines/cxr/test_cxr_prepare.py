@@ -7,7 +7,6 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError
@@ -28,8 +27,6 @@ from cinelab.pipelines.cxr.prepare import (
 )
 from cinelab.pipelines.cxr.synth import synth_cxr_cohort
 from cinelab.train.recipe import load_recipe
-
-torch.set_num_threads(2)
 
 SIZES = [32, 48]
 

@@ -15,7 +15,6 @@ from cinelab.pipelines.registry import Options
 from cinelab.synth.dicom import write_ultrasound_dicom
 from cinelab.train.checkpoint import save_checkpoint
 
-torch.set_num_threads(1)
 NAME = "Smith_Anna"
 RAW_ID = "MRN-778899"
 

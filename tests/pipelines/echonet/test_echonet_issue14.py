@@ -40,8 +40,6 @@ from cinelab.pipelines.registry import Options
 from cinelab.train.checkpoint import InputSpec, save_checkpoint
 from cinelab.train.fit import small_cohort_note
 
-torch.set_num_threads(1)
-
 
 def _save(path: Path, name: str, kwargs: dict, spec: InputSpec, extra: dict | None = None
           ) -> Path:

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from cinelab.cli import app
@@ -32,8 +31,6 @@ from cinelab.pipelines.rvf.predict import predict_rvf
 from cinelab.pipelines.rvf.synth import synth_rvf_cohort
 from cinelab.train.recipe import load_recipe
 from cinelab.utils import read_json
-
-torch.set_num_threads(1)
 
 TINY = ["data.size=32", "data.frames=4", "data.period=2", "data.batch_size=4", "data.pad=2",
         "model.kwargs.backbone_kwargs={channels: [4, 8]}", "trainer.max_epochs=1",

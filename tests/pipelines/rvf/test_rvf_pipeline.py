@@ -26,8 +26,6 @@ from cinelab.pipelines.rvf.synth import synth_rvf_cohort
 from cinelab.train.checkpoint import InputSpec, load_checkpoint, save_checkpoint
 from cinelab.utils import read_json, write_csv, write_json
 
-torch.set_num_threads(1)
-
 SIZE, FRAMES, CLIP = 32, 12, 4
 KWARGS = {"backbone": "tiny_video", "backbone_kwargs": {"channels": [4, 8]},
           "fusion": "mean_prob"}

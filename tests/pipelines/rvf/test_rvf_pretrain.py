@@ -25,8 +25,6 @@ from cinelab.train.fit import build_task
 from cinelab.train.recipe import load_recipe
 from cinelab.utils import read_json, write_json
 
-torch.set_num_threads(1)
-
 SIZE, FRAMES, CHANNELS = 32, 8, [4, 8]
 TINY = ["model.kwargs.channels=[4, 8]", "data.size=32", "data.frames=4", "data.period=2",
         "data.batch_size=2", "data.pad=2", "trainer.max_epochs=1"]

@@ -31,8 +31,6 @@ from cinelab.train.recipe import load_recipe
 from cinelab.train.tasks.video_classification import pos_weight_of
 from cinelab.utils import write_json
 
-torch.set_num_threads(1)
-
 SIZE, FRAMES = 32, 12
 TINY = ["data.size=32", "data.frames=4", "data.period=2", "data.batch_size=4", "data.pad=2",
         "model.kwargs.backbone_kwargs={channels: [4, 8]}", "trainer.max_epochs=1",

@@ -24,8 +24,6 @@ from cinelab.pipelines.rvf.uncertainty import feature_modules, read_rvf_state
 from cinelab.train.checkpoint import InputSpec, save_checkpoint
 from cinelab.utils import write_json
 
-torch.set_num_threads(1)
-
 SIZE, CLIP, OVERCONFIDENCE = 32, 4, 40.0
 KWARGS = {"backbone": "tiny_video", "backbone_kwargs": {"channels": [4, 8]},
           "fusion": "mean_prob"}
