@@ -99,6 +99,11 @@ def test_upload_processed_results_with_ef(service_factory: Any, tmp_path: Path) 
     overlays = [f for f in results["files"] if f.endswith(".png")]
     png = client.get(f"/api/studies/{uid}/files/{overlays[0]}", headers=AUTH)
     assert png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    [webm] = [f for f in results["files"] if f.endswith(".webm")]
+    video = client.get(f"/api/studies/{uid}/files/{webm}", headers=AUTH)
+    assert video.headers["content-type"] == "video/webm"
+    assert video.content[:4] == b"\x1a\x45\xdf\xa3" and b"webm" in video.content[:64]
+    assert client.get(f"/api/studies/{uid}/files/{webm}").status_code == 401
     assert client.get(f"/api/studies/{uid}/files/../queue.db", headers=AUTH).status_code \
         == 404
     assert client.get("/api/studies/9.9.9", headers=AUTH).status_code == 404

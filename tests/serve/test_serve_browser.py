@@ -1,5 +1,6 @@
 """The review page in a real browser (Debian's chromium through Playwright): token, upload
-form, study list with status, measurements and the overlay; no request leaves the server."""
+form, study list with status, measurements, the overlay image and the overlay video playing;
+no request leaves the server and the console logs no error."""
 
 from __future__ import annotations
 
@@ -45,16 +46,22 @@ def test_review_page(base_url: str, tmp_path: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
     clip = noise_avi(tmp_path / "clip.avi")
     outside: list[str] = []
+    errors: list[str] = []
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         page = browser.new_page(bypass_csp=True)  # lets Playwright's own polling evaluate
         page.on("request", lambda r: None if r.url.startswith((base_url, "blob:", "data:"))
                 else outside.append(r.url))
+        page.on("console", lambda m: errors.append(f"{m.text} {m.location['url']}")
+                if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
         page.set_default_timeout(TIMEOUT_MS)
         page.goto(base_url)
         page.fill("#token", "wrong-token-0000000000")
         page.click("#save-token")
         page.wait_for_selector("#auth-status:has-text('token refused')")
+        assert all("401" in e for e in errors), errors  # refused requests: logged, rightly
+        errors.clear()
         page.fill("#token", TOKEN)
         page.click("#save-token")
         page.set_input_files("#files", str(clip))
@@ -67,5 +74,19 @@ def test_review_page(base_url: str, tmp_path: Path) -> None:
         image = page.wait_for_selector("img.overlay")
         page.wait_for_function("document.querySelector('img.overlay').naturalWidth > 0")
         assert image.get_attribute("alt").startswith("overlay-echonet-")
+        _assert_video_plays(page)
         browser.close()
     assert outside == []
+    assert errors == [], errors
+
+
+def _assert_video_plays(page: Any) -> None:
+    """The overlay <video> (muted, autoplaying, looping) has data and its time advances."""
+    video = page.wait_for_selector("video.overlay-video")
+    assert video.get_attribute("title").endswith(".webm")
+    page.wait_for_function("document.querySelector('video.overlay-video').readyState >= 2")
+    assert page.evaluate("(() => { const v = document.querySelector('video.overlay-video');"
+                         " return v.muted && v.loop && v.autoplay && v.controls; })()")
+    start = page.evaluate("document.querySelector('video.overlay-video').currentTime")
+    page.wait_for_function(f"document.querySelector('video.overlay-video').currentTime"
+                           f" !== {start}")

@@ -26,6 +26,8 @@ from cinelab.utils import inside
 
 MAX_FORM_FIELDS = 8
 CHUNK = 1 << 20
+MEDIA_TYPES = {".webm": "video/webm", ".png": "image/png", ".dcm": "application/dicom",
+               ".json": "application/json"}
 
 
 class Service(Protocol):
@@ -79,6 +81,11 @@ async def _save_upload(item: UploadFile, folder: Path, index: int, budget: int) 
     return target
 
 
+def _media_type(path: Path) -> str | None:
+    """The content type of a results file (None: guessed from its name)."""
+    return MEDIA_TYPES.get(path.suffix.lower())
+
+
 def _suffix(name: str) -> str:
     lower = name.lower()
     return ".nii.gz" if lower.endswith(".nii.gz") else Path(lower).suffix[:8]
@@ -122,6 +129,10 @@ def create_app(service: Service) -> FastAPI:
     def page() -> str:
         return review_page()
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(status_code=204)  # no icon; spares the browser a logged 404
+
     @app.get("/health")
     def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -160,7 +171,7 @@ def create_app(service: Service) -> FastAPI:
         path = folder / name
         if not inside(folder, path) or not path.is_file():
             raise HTTPException(404, "no such file")
-        return FileResponse(path, filename=path.name)
+        return FileResponse(path, filename=path.name, media_type=_media_type(path))
 
     @app.post("/api/studies", dependencies=authorized, status_code=202)
     async def upload(request: Request) -> dict[str, Any]:

@@ -1,21 +1,22 @@
 # ruff: noqa: E501  (the embedded HTML/JS keeps its natural line lengths)
 """The review page: one self-contained HTML document (inline CSS and JS, no external
 network). It holds no data itself: its script asks for the token (kept in sessionStorage)
-and reads the JSON API with it; overlays are fetched with the token and shown as blobs."""
+and reads the JSON API with it; overlays (PNG key frames, a WebM video of every frame) are
+fetched with the token and shown as blobs."""
 
 from __future__ import annotations
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'self'; img-src 'self' blob:;
- style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'">
+ media-src 'self' blob:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'">
 <title>cinelab serve: review</title>
 <style>
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em}
 th{background:#f3f3f3}tr.sel{background:#eef5ff}tr[data-uid]{cursor:pointer}
 .done{color:#080}.failed{color:#b00}.queued,.receiving,.running{color:#a60}
-.flag{color:#b00;font-weight:bold}img{max-width:100%;border:1px solid #ccc}
+.flag{color:#b00;font-weight:bold}img,video{max-width:100%;border:1px solid #ccc}
 section{margin-bottom:1.5em}
 </style></head><body>
 <h1>cinelab serve</h1>
@@ -89,6 +90,17 @@ async function showStudy(uid) {
   }
   const links = document.createElement("ul"); links.id = "downloads";
   for (const f of results.files) {
+    if (f.endsWith(".webm")) {
+      const fig = document.createElement("figure"), cap = document.createElement("figcaption");
+      const video = document.createElement("video"); video.className = "overlay-video"; video.title = f;
+      video.controls = true; video.muted = true; video.autoplay = true; video.loop = true; video.playsInline = true;
+      video.setAttribute("muted", ""); video.setAttribute("autoplay", ""); video.setAttribute("loop", "");
+      const blob = await (await api("/api/studies/" + encodeURIComponent(uid) + "/files/" + encodeURIComponent(f))).blob();
+      video.src = URL.createObjectURL(blob); cap.textContent = f + " (every frame, predicted outline)";
+      fig.appendChild(video); fig.appendChild(cap); d.appendChild(fig);
+      video.play().catch(() => {});  // muted: allowed without a gesture (autoplay may not fire on a created element)
+      continue;
+    }
     if (!f.endsWith(".png")) {
       const li = document.createElement("li"), a = document.createElement("a");
       a.textContent = f; a.href = "#";

@@ -27,6 +27,7 @@ from cinelab.utils import atomic_path
 
 SINGLE_FRAME_US = "1.2.840.10008.5.1.4.1.1.6.1"  # Ultrasound Image Storage
 OUTLINE = (0, 255, 0)
+OVERLAY_FPS = 30.0  # overlay videos' frame rate when the source's is unknown
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -64,19 +65,42 @@ def source_masks(source: Path, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return frames, unmap_mask(transform, mask[: len(frames)], height, width)
 
 
+def _outlined(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A copy of one RGB frame with the mask's outline drawn on it."""
+    tile = np.ascontiguousarray(frame[..., :3]).copy()
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(tile, contours, -1, OUTLINE, 1)
+    return tile
+
+
 def overlay_png(path: str | Path, frames: np.ndarray, masks: np.ndarray,
                 picks: list[int]) -> Path:
     """A PNG of the picked frames side by side, each with the mask outlined."""
-    tiles = []
-    for index in picks:
-        tile = np.ascontiguousarray(frames[index][..., :3])
-        contours, _ = cv2.findContours(masks[index].astype(np.uint8), cv2.RETR_EXTERNAL,
-                                       cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(tile, contours, -1, OUTLINE, 1)
-        tiles.append(tile)
+    tiles = [_outlined(frames[index], masks[index]) for index in picks]
     with atomic_path(path) as tmp:
         ok, data = cv2.imencode(".png", cv2.cvtColor(np.hstack(tiles), cv2.COLOR_RGB2BGR))
         Path(tmp).write_bytes(data.tobytes())
+    return Path(path)
+
+
+def overlay_webm(path: str | Path, frames: np.ndarray, masks: np.ndarray,
+                 fps: float = OVERLAY_FPS) -> Path:
+    """A WebM (VP8, which browsers play without proprietary codecs) of every frame with
+    its mask outlined; raises ValueError when OpenCV cannot write VP8 here."""
+    count = min(len(frames), len(masks))
+    height, width = frames.shape[1] // 2 * 2, frames.shape[2] // 2 * 2  # even sizes
+    with atomic_path(path) as tmp:  # FFmpeg notes 'VP80' is no WebM tag, then writes VP8
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"VP80"), fps,
+                                 (width, height))
+        if not writer.isOpened():
+            raise ValueError("OpenCV cannot write VP8/WebM video here")
+        try:
+            for index in range(count):
+                tile = _outlined(frames[index], masks[index])[:height, :width]
+                writer.write(cv2.cvtColor(tile, cv2.COLOR_RGB2BGR))
+        finally:
+            writer.release()
     return Path(path)
 
 

@@ -30,7 +30,7 @@ from cinelab.serve.arrival import DICOM_SUFFIX, StatePaths
 from cinelab.serve.cmr import CMR_PIPELINE, cine_input, cine_segs
 from cinelab.serve.config import ServeConfig
 from cinelab.serve.queue import JobQueue, Study
-from cinelab.serve.seg import overlay_png, read_mask, source_masks, write_seg
+from cinelab.serve.seg import overlay_png, overlay_webm, read_mask, source_masks, write_seg
 from cinelab.serve.sr import write_sr
 
 log = logging.getLogger("cinelab.serve")
@@ -150,7 +150,7 @@ class Worker:
     def _dicom_outputs(self, partial: Path, tables: dict[str, pd.DataFrame],
                        sources: dict[str, Dataset], instances: dict[str, str], uid: str
                        ) -> list[str]:
-        """SR of every measurement, SEG and overlay PNG of every mask; their file names."""
+        """SR of every measurement; SEG, overlay PNG and WebM of every mask; their file names."""
         files = []
         warnings.filterwarnings("ignore", message=PERSON_NAME_WARNING)  # pseudonyms: 1 part
         if write_sr(partial / SR_FILE, tables, sources) is not None:
@@ -182,7 +182,8 @@ class Worker:
         frames, masks = source_masks(Path(source), read_mask(npz))
         picks = [p for p in _key_frames(partial / name, sid) if p < len(masks)] or [0]
         files = [overlay_png(partial / f"overlay-{name}-{sid}.png", frames, masks,
-                             picks).name]
+                             picks).name,
+                 overlay_webm(partial / f"overlay-{name}-{sid}.webm", frames, masks).name]
         if sid in sources:
             for number, frame in enumerate(picks, 1):
                 path = partial / f"seg-{name}-{sid}-{number}.dcm"

@@ -38,9 +38,12 @@ from cinelab.infer.contract import (
     write_contract,
 )
 from cinelab.infer.engines import engine_checkpoint
+from cinelab.infer.ood import MahalanobisDetector
+from cinelab.infer.uncertainty import UncertaintyState
 from cinelab.pipelines.cmr.evaluate import METRICS_JSON, evaluate_cmr
 from cinelab.pipelines.cmr.layout import assign_splits, read_cmr_source
 from cinelab.pipelines.cmr.measure import indexed_measures, measure_mask_set
+from cinelab.pipelines.cmr.ood import cmr_ood_columns
 from cinelab.pipelines.cmr.predict import (
     INDEX_FILE,
     LCC_AUTO,
@@ -87,7 +90,8 @@ def predict(model: Path, source: Path, out: Path, options: Options) -> Path:
     ``mirror`` (mirror test-time augmentation), ``ensemble`` (more checkpoints, e.g. the
     other folds', averaged with `model`), ``engine`` (eager, compiled or onnx: what runs
     `model`; `cinelab.infer.engines`), ``coverage`` (of ``edv/esv/ef_lo/_hi`` when the
-    checkpoint was calibrated, `cinelab calibrate`; default its 90 %)."""
+    checkpoint was calibrated, `cinelab calibrate`; default its 90 %). A calibrated
+    checkpoint also gives ``ood_score`` / ``ood_flag`` per row (`cmr.ood`)."""
     started = time.time()
     engine = str(options.get("engine", "eager"))
     loaded = engine_checkpoint(load_checkpoint(model), engine, options.device)
@@ -101,6 +105,7 @@ def predict(model: Path, source: Path, out: Path, options: Options) -> Path:
                         ensemble=[Path(p) for p in options.get("ensemble", []) or []])
     table, problems = contract_table(index, out)
     table = annotate_cmr(table, loaded.info.get("extra"), options.get("coverage"))
+    table = _with_ood(table, loaded.info.get("extra"), model, source, out)
     if not (Path(source) / "store.json").is_file():  # a raw folder, prepared into out/store
         problems = read_problems(out / STORE_DIR) + problems
     record = run_record(PIPELINE, TASK, model, source, started,
@@ -112,6 +117,19 @@ def predict(model: Path, source: Path, out: Path, options: Options) -> Path:
                                  **options.extra},
                         engine={"name": engine, **dict(getattr(loaded.model, "info", {}))})
     return write_contract(out, table, problems, record)
+
+
+def _with_ood(table: pd.DataFrame, extra: dict[str, Any] | None, model: Path, source: Path,
+              out: Path) -> pd.DataFrame:
+    """``ood_score`` / ``ood_flag`` when the checkpoint's `extra` holds a calibrated OOD
+    detector (the features taken with the eager model, whatever engine predicted)."""
+    state = UncertaintyState.from_extra(extra)
+    if not isinstance(state.ood, MahalanobisDetector) or not state.ood.module:
+        return table
+    loaded = load_checkpoint(model)
+    store = PreparedStore(source) if (Path(source) / "store.json").is_file() else \
+        PreparedStore(out / STORE_DIR)
+    return cmr_ood_columns(table, state.ood, loaded.model, loaded.input_spec, store)
 
 
 def contract_table(index: pd.DataFrame, out: Path) -> tuple[pd.DataFrame, list]:
