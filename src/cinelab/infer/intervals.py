@@ -59,6 +59,16 @@ def _check_coverage(coverage: float) -> float:
     return coverage
 
 
+def check_coverage(value: Any) -> float | None:
+    """A user-given interval coverage: None passes (the model's own), else a number strictly
+    between 0 and 1 (InputError naming the option otherwise)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise InputError(None, "coverage", "a number between 0 and 1 (e.g. 0.9)", repr(value))
+    return float(value)
+
+
 def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
     """The split-conformal quantile: the ceil((n+1)·coverage)-th smallest score (inf when
     there are too few scores for that coverage)."""

@@ -20,9 +20,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cinelab.errors import InputError
 from cinelab.evaluate.uncertainty import interval_coverage
-from cinelab.infer.intervals import DEFAULT_COVERAGE, IntervalModel, add_interval_columns
+from cinelab.infer.intervals import (
+    DEFAULT_COVERAGE,
+    IntervalModel,
+    add_interval_columns,
+    check_coverage,
+)
 from cinelab.infer.uncertainty import UncertaintyState
 from cinelab.pipelines.age.layout import AGE_RANGE
 from cinelab.utils import read_json, write_json
@@ -69,20 +73,12 @@ def read_age_state(folder: Path | None, extra: dict[str, Any] | None = None
     return UncertaintyState.from_extra(extra)
 
 
-def _coverage(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-        raise InputError(None, "coverage", "a number between 0 and 1 (e.g. 0.9)", repr(value))
-    return float(value)
-
-
 def annotate_age(table: pd.DataFrame, state: UncertaintyState, coverage: Any = None
                  ) -> pd.DataFrame:
     """`table` with ``age_lo`` / ``age_hi`` when `state` has an age interval model."""
     if not state.intervals:
         return table
-    return add_interval_columns(table, state.intervals, coverage=_coverage(coverage),
+    return add_interval_columns(table, state.intervals, coverage=check_coverage(coverage),
                                 clip={TARGET: AGE_RANGE})
 
 

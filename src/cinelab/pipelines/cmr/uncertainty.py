@@ -13,7 +13,12 @@ import pandas as pd
 
 from cinelab.errors import InputError
 from cinelab.evaluate.uncertainty import interval_coverage
-from cinelab.infer.intervals import DEFAULT_COVERAGE, IntervalModel, add_interval_columns
+from cinelab.infer.intervals import (
+    DEFAULT_COVERAGE,
+    IntervalModel,
+    add_interval_columns,
+    check_coverage,
+)
 from cinelab.infer.uncertainty import UncertaintyState
 
 #: evaluation's volume columns (``<name>_pred`` / ``<name>_true``) -> contract output
@@ -41,14 +46,6 @@ def fit_cmr_intervals(volumes: pd.DataFrame, coverage: float = DEFAULT_COVERAGE
     return models
 
 
-def _coverage(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-        raise InputError(None, "coverage", "a number between 0 and 1 (e.g. 0.9)", repr(value))
-    return float(value)
-
-
 def annotate_cmr(table: pd.DataFrame, extra: dict[str, Any] | None, coverage: Any = None
                  ) -> pd.DataFrame:
     """`table` with ``<output>_lo`` / ``<output>_hi`` for the outputs whose interval model
@@ -56,7 +53,7 @@ def annotate_cmr(table: pd.DataFrame, extra: dict[str, Any] | None, coverage: An
     state = UncertaintyState.from_extra(extra)
     if not state.intervals:
         return table
-    return add_interval_columns(table, state.intervals, coverage=_coverage(coverage),
+    return add_interval_columns(table, state.intervals, coverage=check_coverage(coverage),
                                 clip=CLIP)
 
 

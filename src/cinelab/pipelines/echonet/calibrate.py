@@ -28,7 +28,7 @@ from cinelab.data.sampling import all_clip_starts
 from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError
 from cinelab.infer.contract import read_predictions
-from cinelab.infer.intervals import DEFAULT_COVERAGE, IntervalModel
+from cinelab.infer.intervals import DEFAULT_COVERAGE, IntervalModel, check_coverage
 from cinelab.infer.ood import DEFAULT_QUANTILE, MahalanobisDetector
 from cinelab.infer.uncertainty import UncertaintyState
 from cinelab.pipelines.echonet.predict import (
@@ -106,10 +106,8 @@ def _finite(value: float) -> float | None:
 
 
 def _coverage(options: Options) -> float:
-    value = options.get("coverage", DEFAULT_COVERAGE)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-        raise InputError(None, "coverage", "a number between 0 and 1 (e.g. 0.9)", repr(value))
-    return float(value)
+    """The ``coverage`` option (default DEFAULT_COVERAGE), checked."""
+    return float(check_coverage(options.get("coverage", DEFAULT_COVERAGE)))
 
 
 def calibrate_echonet(model: Path, store: Path, out: Path, options: Options) -> dict[str, Any]:
