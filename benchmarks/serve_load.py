@@ -166,8 +166,9 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             "studies_sent": len(sent), "done": len(done),
             "failed": sum(s.status == FAILED for s in studies.values()),
             "lost": len(set(sent) - {s.uid for s in done}),
-            "duplicated": sum(s.completions > 1 for s in studies.values())
+            "duplicated": sum(s.completions > s.version for s in studies.values())
             + (len(sent) - len(set(sent))),
+            "reopened": sum(s.version > 1 for s in studies.values()),
             "instances_ok": all(s.n_instances == INSTANCES_PER_DICOM_STUDY
                                 for s in done if s.source == "dicom"),
             "wall_s": round(wall, 2), "studies_per_s": round(len(done) / wall, 3),

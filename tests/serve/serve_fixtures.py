@@ -1,6 +1,7 @@
 """Helpers of the serve tests: tiny EchoNet checkpoints (EF + segmentation), CXR ensemble
 and threshold CMR segmenter; synthetic ultrasound (with planted PHI) and chest DICOMs, noise
-videos, configs; a C-STORE SCU and a wait for a study to be processed."""
+videos, configs; a C-STORE SCU and a wait for a study to be processed; CMR checkpoints with
+a hand-set OOD detector, short-axis cine studies (or noise in their place), a tiny age cv."""
 
 from __future__ import annotations
 
@@ -11,21 +12,32 @@ from typing import Any
 import numpy as np
 import pydicom
 import torch
+import yaml
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from torch import nn
 
+from cinelab.data.store import PreparedStore
 from cinelab.infer.ensemble import EnsembleWeights, save_ensemble_weights
+from cinelab.infer.ood import MahalanobisDetector
+from cinelab.infer.uncertainty import UncertaintyState
 from cinelab.io.cxr_dicom import write_cxr_dicom
 from cinelab.io.video import write_video
 from cinelab.models.registry import create_model, register_model
 from cinelab.pipelines.cmr.acdc import LV_LABEL, MYO_LABEL, RV_LABEL
+from cinelab.pipelines.cmr.ood import stack_features
+from cinelab.pipelines.cmr.synth import synth_cmr_cohort
+from cinelab.pipelines.registry import Options, get_pipeline
+from cinelab.serve.cmr import cine_input
 from cinelab.serve.config import ServeConfig, parse_config
 from cinelab.serve.queue import DONE
-from cinelab.train.checkpoint import InputSpec, save_checkpoint
+from cinelab.train.checkpoint import InputSpec, load_checkpoint, save_checkpoint
 
 TOKEN = "test-token-0123456789abcdef"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "serve.yaml"
+#: the allowed SeriesDescription words the shipped example keeps (pseudonymise)
+VIEW_WORDS = yaml.safe_load(EXAMPLE.read_text())["pseudonymise"]["series_description"]
 WAIT_S = 60.0
 QUICK_DICOM = {"ae_title": "CINELAB", "port": 0, "quiet_seconds": 0.2}
 EF_SIZE, SEG_SIZE, CLIP, PERIOD = 32, 32, 8, 2
@@ -182,3 +194,83 @@ def chest_dicom(path: Path) -> Dataset:
     write_cxr_dicom(path, image, modality="DX", ViewPosition="PA", StudyDate="20240101",
                     StudyTime="120000", StudyID="1", SeriesNumber=1, InstanceNumber=1)
     return pydicom.dcmread(path)
+
+
+class Stats(nn.Module):
+    """(x, x²) per pixel: the feature map an OOD detector of `BrightStats` is fitted on."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, x * x], dim=1)
+
+
+class BrightStats(Bright):
+    """`Bright` with a feature module (`stats`) that the CMR OOD check can hook."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stats = Stats()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.stats(x)
+        return super().forward(x)
+
+
+@register_model("serve_test_bright_stats", "segmentation")
+def _bright_stats(**_: object) -> nn.Module:
+    return BrightStats()
+
+
+def cine_study(root: Path, seed: int = 2, noise: bool = False) -> list[Dataset]:
+    """A synthetic short-axis cine (every third slice of 11: 4 slices x 4 frames) as one
+    series of single-frame MR instances sharing one Frame of Reference and a new study;
+    `noise`: the same geometry with uniform noise for pixels (not a heart)."""
+    cohort = synth_cmr_cohort(root, n=1, seed=seed, layout="dsb", size=(40, 36), n_frames=4,
+                              defects=False)
+    frame_of_reference, series, study = generate_uid(), generate_uid(), generate_uid()
+    found = [pydicom.dcmread(p) for p in sorted(cohort.dsb_root.rglob("*.dcm"))]
+    locations = sorted({float(d.SliceLocation) for d in found})[::3]
+    sent = [d for d in found if float(d.SliceLocation) in locations]
+    rng = np.random.default_rng(seed)
+    for ds in sent:
+        ds.FrameOfReferenceUID, ds.SeriesInstanceUID = frame_of_reference, series
+        ds.StudyInstanceUID = study
+        if noise:
+            pixels = ds.pixel_array
+            ds.PixelData = rng.integers(0, int(pixels.max()) + 1, pixels.shape,
+                                        dtype=pixels.dtype).tobytes()
+    return sent
+
+
+def stats_cmr(root: Path, means: np.ndarray, threshold: float) -> Path:
+    """A CMR checkpoint (`BrightStats`) whose OOD detector flags stacks whose pooled
+    (x, x²) lie further than `threshold` from `means` (identity precision)."""
+    detector = MahalanobisDetector(means=np.asarray(means, float).reshape(1, -1),
+                                   precision=np.eye(2), module="stats", threshold=threshold)
+    recipe = {"name": "serve-test", "model": {"name": "serve_test_bright_stats", "kwargs": {}},
+              "data": {"classes": CMR_CLASSES}}
+    spec = InputSpec("image_segmentation", 32, 1, mean=[60.0], std=[40.0], target="labels")
+    extra = {"classes": CMR_CLASSES, **UncertaintyState(ood=detector).to_extra()}
+    return save_checkpoint(root / "model.pt", BrightStats(), recipe, spec, extra)
+
+
+def cine_features(model: Path, study: list[Dataset], work: Path) -> np.ndarray:
+    """The pooled (x, x²) of `study` as the CMR pipeline's OOD check computes them."""
+    incoming = work / "incoming"
+    incoming.mkdir(parents=True)
+    for ds in study:
+        ds.save_as(incoming / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    cine = cine_input(incoming, work / "cine", "s")
+    get_pipeline("cmr").predict(model, cine, work / "out", Options())
+    loaded = load_checkpoint(model)
+    return stack_features(loaded.model, loaded.input_spec, PreparedStore(work / "out" / "store"),
+                          ["s"], "stats")[0]
+
+
+def tiny_age(root: Path, cohort: Path) -> Path:
+    """An age cv folder (2 outer x 2 inner folds, one epoch, 16 px) trained on `cohort`."""
+    tiny = ["data.batch_size=4", "trainer.max_epochs=1",
+            "model.kwargs={in_channels: 1, num_outputs: 1, channels: [4, 8]}"]
+    get_pipeline("age").run(cohort, root, Options(extra={
+        "outer": 2, "inner": 2, "tta": 1, "size": 16, "n_boot": 20, "method": "mean",
+        "set": tiny}))
+    return root / "cv"

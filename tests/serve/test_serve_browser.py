@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 import uvicorn
-from serve_fixtures import TOKEN, noise_avi
+from serve_fixtures import TOKEN, noise_avi, us_dicom
 
 from cinelab.serve.api import create_app
+from cinelab.serve.arrival import BURNED_IN_PROBLEM
 
 CHROMIUM = Path("/usr/bin/chromium")
 TIMEOUT_MS = 60_000
@@ -24,10 +25,21 @@ TIMEOUT_MS = 60_000
 @pytest.fixture
 def base_url(service_factory: Any) -> Iterator[str]:
     """The service's app on a loopback port, served by uvicorn in a thread."""
+    yield from _served(service_factory())
+
+
+@pytest.fixture
+def checked_url(service_factory: Any) -> Iterator[str]:
+    """As `base_url`, its US route content-checked (echonet gives no ood_flag: unchecked)."""
+    yield from _served(service_factory(routes=[{"modality": "US", "models": ["echonet"],
+                                                "content_check": True}]))
+
+
+def _served(service: Any) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(service_factory()), host="127.0.0.1",
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1",
                                            port=port, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -78,6 +90,35 @@ def test_review_page(base_url: str, tmp_path: Path) -> None:
         browser.close()
     assert outside == []
     assert errors == [], errors
+
+
+@pytest.mark.slow
+def test_review_page_shows_problems_and_choice(checked_url: str, tmp_path: Path) -> None:
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+    path = tmp_path / "burned.dcm"
+    ds = us_dicom(path)
+    ds.BurnedInAnnotation = "YES"
+    ds.save_as(path, enforce_file_format=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_page(bypass_csp=True)
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(checked_url)
+        page.fill("#token", TOKEN)
+        page.click("#save-token")
+        page.set_input_files("#files", str(path))
+        page.click("#upload-form button[type=submit]")
+        page.wait_for_selector("#studies tbody tr td.done")
+        page.locator("#studies tbody tr td.done").first.click()
+        assert page.wait_for_selector("p.problem").inner_text() == \
+            f"problem: {BURNED_IN_PROBLEM}"
+        assert page.wait_for_selector("#selection").inner_text() == \
+            "content check: chose echonet (echonet: the model gives no ood_flag: kept unchecked)"
+        assert page.wait_for_selector("p.model-status").inner_text().startswith("unchecked: ")
+        page.screenshot(path=str(tmp_path / "review.png"))
+        browser.close()
 
 
 def _assert_video_plays(page: Any) -> None:

@@ -46,11 +46,27 @@ def test_token_from_environment(tmp_path: Path) -> None:
      "forward.link_to_original"),
     ({"routes": [{"modality": "MR", "series_description": "(", "models": ["echonet"]}]},
      "series_description"),
+    ({"routes": [{"modality": "US", "models": ["echonet"], "content_check": "yes"}]},
+     "routes\\[0\\].content_check"),
+    ({"burned_in_annotation": "ignore"}, "burned_in_annotation"),
+    ({"pseudonymise": {"enabled": True, "keep": ["SeriesDescription"]}},
+     "pseudonymise.keep"),
+    ({"pseudonymise": {"enabled": True, "series_description": ""}},
+     "pseudonymise.series_description"),
 ])
 def test_bad_values_name_the_field(tmp_path: Path, change: dict, field: str) -> None:
     raw = {**config_dict(tmp_path / "state", tmp_path / "m"), **change}
     with pytest.raises(ConfigError, match=field):
         parse_config(raw, tmp_path, {})
+
+
+def test_bad_description_regex_is_one_line_error(tmp_path: Path) -> None:
+    raw = {**config_dict(tmp_path / "state", tmp_path / "m"),
+           "pseudonymise": {"enabled": True, "series_description": "(?i)(4ch|[3"}}
+    with pytest.raises(ConfigError, match="pseudonymise.series_description: expected a "
+                       "regular expression, found") as caught:
+        parse_config(raw, tmp_path, {})
+    assert "\n" not in str(caught.value)
 
 
 def test_yaml_is_safe_loaded(tmp_path: Path) -> None:
@@ -64,8 +80,16 @@ def test_shipped_example_loads() -> None:
     config = load_config(ROOT / "examples" / "serve.yaml", {TOKEN_ENV: TOKEN})
     assert set(config.models) == {"echonet", "rvf", "cmr", "age", "cxr"}
     assert config.route({"modality": "US"}).models == ("echonet", "rvf")
+    assert config.route({"modality": "US"}).content_check
     assert config.route({"modality": "CR"}).models == ("cxr",)
+    for description in ("LAX 3 chamber cine", "cine_4ch", "CINE_segmented_LAX_2Ch"):
+        assert config.route({"modality": "MR", "series_description": description}
+                            ).models == ("age",)
+    assert config.route({"modality": "MR", "series_description": "SAX stack"}).models == \
+        ("cmr",)
     assert config.pseudonymise and config.http_host == "127.0.0.1"
+    assert config.series_description_words is not None
+    assert config.burned_in_annotation == "flag"
 
 
 def test_cli_refuses_a_config_without_token(tmp_path: Path,

@@ -23,7 +23,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     UltrasoundMultiFrameImageStorage,
     Verification,
 )
-from serve_fixtures import PHI, us_dicom
+from serve_fixtures import PHI, VIEW_WORDS, us_dicom
 
 from cinelab.serve.node import start_node
 from cinelab.serve.queue import DONE
@@ -170,9 +170,11 @@ def test_planted_phi_never_reaches_logs_or_outputs(service_factory: Any, tmp_pat
                                                    caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="cinelab")
     original_study = "1.2.826.0.1.3680043.8.498.777"
-    sent = [us_dicom(tmp_path / f"{i}.dcm", study=original_study, seed=i, phi=PHI)
+    planted = {**PHI, "SeriesDescription": "4CH cine PATIENT-12345 John"}
+    sent = [us_dicom(tmp_path / f"{i}.dcm", study=original_study, seed=i, phi=planted)
             for i in range(2)]
-    service = service_factory(node=True, pseudonymise={"enabled": True})
+    service = service_factory(node=True, pseudonymise={"enabled": True,
+                                                       "series_description": VIEW_WORDS})
     assert _send(service.dicom_port, *sent) == [0, 0]
     time.sleep(0.1)
     [study] = service.queue.studies()
@@ -180,7 +182,8 @@ def test_planted_phi_never_reaches_logs_or_outputs(service_factory: Any, tmp_pat
     _wait_done(service, study.uid)
     shutil.copy(service.paths.db, tmp_path / "copy.db")  # WAL content included by sqlite
     haystack = _all_bytes(service.paths.root).lower() + caplog.text.lower().encode()
-    for value in [*PHI.values(), original_study, *(str(d.SOPInstanceUID) for d in sent)]:
+    for value in [*PHI.values(), "PATIENT-12345", "John",
+                  original_study, *(str(d.SOPInstanceUID) for d in sent)]:
         for form in {value, value.replace("^", " ")}:
             assert form.lower().encode() not in haystack, f"{form} leaked"
     stored = [pydicom.dcmread(p) for p in service.paths.incoming(study.uid).glob("*.dcm")]
@@ -188,3 +191,4 @@ def test_planted_phi_never_reaches_logs_or_outputs(service_factory: Any, tmp_pat
     assert all(str(d.PatientID).startswith("P") and d.PatientIdentityRemoved == "YES"
                for d in stored)
     assert len({d.PatientID for d in stored}) == 1  # one keyed pseudonym per patient
+    assert [d.SeriesDescription for d in stored] == ["4CH", "4CH"]  # only the view word

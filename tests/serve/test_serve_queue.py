@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+from contextlib import closing
 from pathlib import Path
 
 from cinelab.serve.queue import DONE, FAILED, QUEUED, RECEIVING, RUNNING, JobQueue
@@ -71,3 +73,20 @@ def test_failure_recorded_and_queue_moves_on(tmp_path: Path) -> None:
     assert queue.get("7.1").reason == "ServeError: no route"
     assert queue.get("7.1").completions == 0
     assert queue.counts()[FAILED] == 1 and queue.latencies() == []
+
+
+def test_older_database_gains_version_columns(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with closing(sqlite3.connect(path)) as db:  # the first release's studies table
+        db.execute("CREATE TABLE studies (uid TEXT PRIMARY KEY, status TEXT NOT NULL, "
+                   "reason TEXT, attempts INTEGER NOT NULL DEFAULT 0, completions INTEGER "
+                   "NOT NULL DEFAULT 0, source TEXT, meta TEXT NOT NULL DEFAULT '{}', "
+                   "n_instances INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL, "
+                   "last_arrival REAL NOT NULL, started REAL, finished REAL)")
+        db.execute("INSERT INTO studies (uid, status, completions, n_instances, created, "
+                   "last_arrival) VALUES ('1.5', 'done', 1, 1, 1.0, 1.0)")
+        db.commit()
+    queue = JobQueue(path)
+    assert (queue.get("1.5").version, queue.get("1.5").stale) == (1, 0)
+    queue.add_instance("1.5", "1.5.2", "b", META, "dicom")
+    assert (queue.get("1.5").status, queue.get("1.5").version) == (RECEIVING, 2)

@@ -131,7 +131,9 @@ def test_sigkill_and_restart(echonet_model: Path, tmp_path: Path) -> None:
         assert sorted(studies) == sorted(uids)
         assert all(s["completions"] == 1 for s in studies.values())
         results = tmp_path / "state" / "results"
-        assert sorted(p.name for p in results.iterdir()) == sorted(uids)
+        assert sorted(p.name for p in results.iterdir()) == \
+            sorted(uids + [f"{u}.v1" for u in uids])  # no partial left: links + version 1
+        assert all((results / u).resolve() == results / f"{u}.v1" for u in uids)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)

@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from cinelab.errors import InputError
-from cinelab.serve.arrival import Arrival, LimitError, StatePaths
+from cinelab.serve.arrival import Arrival, BurnedInError, LimitError, StatePaths
 from cinelab.serve.config import ServeConfig
 from cinelab.serve.metrics import CONTENT_TYPE, prometheus_text
 from cinelab.serve.page import review_page
@@ -111,6 +111,8 @@ async def _upload(service: Service, request: Request) -> dict[str, Any]:
                                                and modality else None, work)
     except LimitError as exc:
         raise HTTPException(413, str(exc)) from None
+    except BurnedInError as exc:
+        raise HTTPException(422, str(exc)) from None
     except InputError as exc:
         raise HTTPException(422, f"{exc.field}: expected {exc.expected}, found {exc.found}"
                             ) from None

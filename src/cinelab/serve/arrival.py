@@ -5,12 +5,22 @@ recorded in the queue.
 With pseudonymisation on, every DICOM instance is de-identified *before* anything is written
 or logged (`cinelab.prep.deid`: PS3.15 basic profile, keyed pseudonym of the PatientID, keyed
 UID remapping, so the instances of one study stay one study); uploaded non-DICOM files are
-stored under a content hash, never under their own name.
+stored under a content hash, never under their own name. The profile removes the
+SeriesDescription; with ``pseudonymise.series_description`` (a regex of allowed words, after
+PS3.15's Clean Descriptors Option) it is put back as only the words that regex matches
+(`clean_description`): "4CH cine PATIENT-12345 John" is stored as "4CH".
+
+An instance whose BurnedInAnnotation is YES (text such as names burned into the pixels,
+which de-identification of the header cannot remove) is, by the config's
+``burned_in_annotation``, either refused (`BurnedInError`: C-STORE 0xC000, HTTP 422) or
+accepted with the problem recorded on its study (``meta["problems"]``, shown by the API and
+the review page).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import zipfile
@@ -28,13 +38,14 @@ from cinelab.errors import CinelabError, InputError
 from cinelab.prep.deid import IdMap, deidentify_dataset, pseudonym
 from cinelab.serve.config import Limits
 from cinelab.serve.link import record_links, uids_of
-from cinelab.serve.queue import HTTP_SOURCE, JobQueue
+from cinelab.serve.queue import HTTP_SOURCE, JobQueue, LimitError
 from cinelab.utils import atomic_path
 
 QUEUE_DB, INCOMING, RESULTS, IDMAP = "queue.db", "incoming", "results", "idmap.csv"
 LINKS, LINKS_SUFFIX = "links", ".tsv"
-PARTIAL_PREFIX = ".partial-"
+PARTIAL_PREFIX, LINK_PREFIX, VERSION_INFIX = ".partial-", ".link-", ".v"
 DICOM_SUFFIX = ".dcm"
+DESCRIPTION_CHARS = 64  # SeriesDescription is an LO
 #: uploaded file kinds that are not DICOM -> the modality they are routed as
 FILE_MODALITIES = {".avi": "US", ".mp4": "US", ".png": "CR", ".jpg": "CR", ".jpeg": "CR",
                    ".nii": "MR", ".nii.gz": "MR"}
@@ -45,8 +56,20 @@ CHUNK = 1 << 20
 RouteOf = Callable[[dict[str, Any]], int | None]
 
 
-class LimitError(CinelabError):
-    """An upload or a study is larger than the configured limits (HTTP 413)."""
+BURNED_IN_FLAG, BURNED_IN_REFUSE = "flag", "refuse"
+BURNED_IN_PROBLEM = ("burned-in annotation: an instance has BurnedInAnnotation YES (text in "
+                     "its pixels may identify the patient; processed anyway)")
+
+__all__ = ["Arrival", "BurnedInError", "LimitError", "StatePaths"]
+
+
+class BurnedInError(CinelabError):
+    """An instance with burned-in annotation, refused by ``burned_in_annotation: refuse``."""
+
+
+def burned_in(ds: Dataset) -> bool:
+    """Whether the instance declares annotation burned into its pixels."""
+    return str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES"
 
 
 @dataclass(frozen=True)
@@ -65,8 +88,25 @@ class StatePaths:
         return self.root / INCOMING / _safe_uid(uid)
 
     def results(self, uid: str) -> Path:
-        """Folder of one study's finished outputs (appears whole, by one rename)."""
+        """One study's current finished outputs: a link to its latest version's folder
+        (swapped whole, by one rename)."""
         return self.root / RESULTS / _safe_uid(uid)
+
+    def version(self, uid: str, version: int) -> Path:
+        """Folder of one version of a study's outputs (`results` links the current one)."""
+        return self.root / RESULTS / f"{_safe_uid(uid)}{VERSION_INFIX}{int(version)}"
+
+    def publish(self, uid: str, version: int) -> Path:
+        """Make `version` the study's current results: ``results/<uid>`` swapped onto it
+        by one rename of a fresh link (readers see the old or the new one, never none)."""
+        link, target = self.results(uid), self.version(uid, version)
+        if link.is_dir() and not link.is_symlink():  # a folder of an older release
+            os.replace(link, self.version(uid, 0))
+        fresh = link.with_name(f"{LINK_PREFIX}{link.name}")
+        fresh.unlink(missing_ok=True)
+        fresh.symlink_to(target.name)
+        os.replace(fresh, link)
+        return link
 
     def links(self, uid: str) -> Path:
         """Pseudonymised -> original UIDs of one study (kept only when asked for)."""
@@ -91,6 +131,18 @@ def suffix_of(name: str) -> str:
     return ".nii.gz" if lower.endswith(".nii.gz") else Path(lower).suffix
 
 
+def clean_description(text: str, allowed: str) -> str | None:
+    """Only the distinct matches of the `allowed` regex in `text` (whitespace collapsed,
+    joined by a space, at most 64 characters); None when nothing matches."""
+    words: list[str] = []
+    for match in re.finditer(allowed, text):
+        word = " ".join(match.group(0).split())
+        if word and word not in words and \
+                len(" ".join([*words, word])) <= DESCRIPTION_CHARS:
+            words.append(word)
+    return " ".join(words) or None
+
+
 def dataset_meta(ds: Dataset) -> dict[str, Any]:
     """What routing reads: modality, SOP class, series description (free text: it is only
     read to pick the route on arrival, never kept)."""
@@ -103,9 +155,13 @@ class Arrival:
     """Stores arriving instances and files and records them in the queue."""
 
     def __init__(self, queue: JobQueue, paths: StatePaths, limits: Limits,
-                 pseudonymise: bool, route_of: RouteOf, link: bool = False) -> None:
-        """`link`: keep each study's pseudonymised -> original UIDs (`StatePaths.links`)."""
+                 pseudonymise: bool, route_of: RouteOf, link: bool = False,
+                 burned_in: str = BURNED_IN_FLAG, series_words: str | None = None) -> None:
+        """`link`: keep each study's pseudonymised -> original UIDs (`StatePaths.links`);
+        `burned_in`: "flag" or "refuse" instances with burned-in annotation; `series_words`:
+        regex of the SeriesDescription words de-identification keeps (None: none)."""
         self.queue, self.paths, self.limits, self.route_of = queue, paths, limits, route_of
+        self.burned_in, self.series_words = burned_in, series_words
         self.secret = IdMap.open(paths.root / IDMAP).secret if pseudonymise else None
         self.link = link and self.secret is not None
 
@@ -117,30 +173,42 @@ class Arrival:
 
     def accept_dataset(self, ds: Dataset, source: str) -> tuple[str, bool]:
         """Store one DICOM instance (de-identified first when configured); (study uid,
-        whether it was new). LimitError when its study already holds the maximum."""
+        whether it was new). LimitError when its study already holds the maximum (checked
+        atomically with the insert), BurnedInError when refused for burned-in annotation."""
         meta = self._meta(dataset_meta(ds))
+        problems = []
+        if burned_in(ds):
+            if self.burned_in == BURNED_IN_REFUSE:
+                raise BurnedInError("BurnedInAnnotation is YES: refused "
+                                    "(burned_in_annotation: refuse)")
+            problems.append(BURNED_IN_PROBLEM)
         original = uids_of(ds) if self.link else {}
         if self.secret is not None:
             pid = str(ds.get("PatientID", "") or "")
+            described = str(ds.get("SeriesDescription", "") or "")
             deidentify_dataset(ds, pseudonym(pid, self.secret), self.secret)
+            cleaned = clean_description(described, self.series_words) \
+                if self.series_words else None
+            if cleaned:
+                ds.SeriesDescription = cleaned
         study, sop = str(ds.get("StudyInstanceUID", "")), str(ds.get("SOPInstanceUID", ""))
         if not study or not sop:
             raise InputError(None, "StudyInstanceUID/SOPInstanceUID", "both present", "missing")
         if self.queue.has_instance(sop):
             return study, False
-        self._check_room(study)
         path = self.paths.incoming(study) / f"{_safe_uid(sop)}{DICOM_SUFFIX}"
         with atomic_path(path) as tmp:
             ds.save_as(tmp, enforce_file_format=True)
-        if original:
+        try:
+            added = self.queue.add_instance(study, sop, str(path), meta, source,
+                                            limit=self.limits.instances_per_study,
+                                            problems=problems)
+        except LimitError:
+            path.unlink(missing_ok=True)  # refused: not one of the study's instances
+            raise
+        if original and added:
             record_links(self.paths.links(study), original, uids_of(ds))
-        return study, self.queue.add_instance(study, sop, str(path), meta, source)
-
-    def _check_room(self, study: str) -> None:
-        found = self.queue.get(study)
-        if found is not None and found.n_instances >= self.limits.instances_per_study:
-            raise LimitError(f"study holds the maximum of {self.limits.instances_per_study} "
-                             "instances (limits.instances_per_study)")
+        return study, added
 
     def accept_files(self, files: list[Path], modality: str | None, work: Path) -> list[str]:
         """Store uploaded files (zips unpacked into `work`); queue every study they make up;

@@ -9,14 +9,20 @@ models:                  # name -> checkpoint or model folder (pipeline found fr
   cxr: {path: runs/demo/cxr/ensemble, pipeline: cxr, options: {}}
 routes:                  # first match wins; fields absent match anything
   - {modality: US, models: [echonet, rvf]}
-  - {modality: MR, series_description: "(?i)age", models: [age]}
+  - {modality: MR, series_description: "(?i)lax|[234] ?ch", models: [age]}
+  - {modality: MR, models: [cmr, age], content_check: true}   # keep the models whose
+                         # ood_flag is false; the study fails when every model flags it
   - {modality: [CR, DX], models: [cxr]}
 dicom: {ae_title: CINELAB, port: 11112, host: 127.0.0.1, quiet_seconds: 10}
 http: {host: 127.0.0.1, port: 8080}
 token: null              # else env CINELAB_SERVE_TOKEN; refused when neither is set
 state: serve-state       # queue database, incoming studies, results
 limits: {upload_bytes: 2000000000, instances_per_study: 5000}
-pseudonymise: {enabled: true}
+pseudonymise: {enabled: true, series_description: null}   # series_description: a regex
+                         # of allowed words (PS3.15 Clean Descriptors Option): the stored
+                         # SeriesDescription is only its matches, joined by a space, and is
+                         # removed when none match (null: always removed, the basic profile)
+burned_in_annotation: flag   # BurnedInAnnotation YES: flag the study (processed) or refuse
 forward: {ae_title: PACS, host: 127.0.0.1, port: 104}   # optional C-STORE of SR/SEG
                          # link_to_original: true -> their references name the original
                          # (not pseudonymised) study, series and instance UIDs
@@ -36,6 +42,7 @@ import yaml
 from cinelab.errors import InputError
 
 TOKEN_ENV = "CINELAB_SERVE_TOKEN"
+BURNED_IN_CHOICES = ("flag", "refuse")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_AE_TITLE = "CINELAB"
 DEFAULT_DICOM_PORT, DEFAULT_HTTP_PORT = 11112, 8080
@@ -63,12 +70,15 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class Route:
-    """Which models a study goes to: by Modality, SOP Class UID and a SeriesDescription regex."""
+    """Which models a study goes to: by Modality, SOP Class UID and a SeriesDescription regex.
+    With `content_check`, every listed model runs and only those whose predictions are not
+    flagged out of distribution (``ood_flag`` false) are kept (`cinelab.serve.content`)."""
 
     models: tuple[str, ...]
     modality: tuple[str, ...] = ()
     sop_class: tuple[str, ...] = ()
     series_description: str | None = None
+    content_check: bool = False
 
     def matches(self, meta: dict[str, Any]) -> bool:
         """Whether a study with this metadata (modality, sop_class, series_description) fits."""
@@ -126,9 +136,11 @@ class ServeConfig:
     http_port: int = DEFAULT_HTTP_PORT
     limits: Limits = Limits()
     pseudonymise: bool = True
+    series_description_words: str | None = None
     forward: Forward | None = None
     workers: int = 1
     device: str = "cpu"
+    burned_in_annotation: str = "flag"
 
     def route_index(self, meta: dict[str, Any]) -> int | None:
         """Index of the first route matching a study's metadata, None when none does."""
@@ -158,7 +170,8 @@ def parse_config(raw: Any, base: Path, env: dict[str, str], where: Path | None =
     """A `ServeConfig` from a loaded mapping; relative paths resolved against `base`."""
     top = _mapping(raw, "config", where)
     _known(top, {"models", "routes", "dicom", "http", "token", "state", "limits",
-                 "pseudonymise", "forward", "workers", "device"}, "config", where)
+                 "pseudonymise", "forward", "workers", "device", "burned_in_annotation"},
+           "config", where)
     models = _models(top.get("models"), base, where)
     routes = _routes(top.get("routes"), models, where)
     http = _mapping(top.get("http") or {}, "http", where)
@@ -171,9 +184,24 @@ def parse_config(raw: Any, base: Path, env: dict[str, str], where: Path | None =
         http_port=_port(http.get("port", DEFAULT_HTTP_PORT), "http.port", where),
         limits=_limits(top.get("limits") or {}, where),
         pseudonymise=_pseudonymise(top.get("pseudonymise", {"enabled": True}), where),
+        series_description_words=_description_words(top.get("pseudonymise"), where),
         forward=_forward(top.get("forward"), where),
         workers=_positive_int(top.get("workers", 1), "workers", where),
-        device=_text(top.get("device", "cpu"), "device", where))
+        device=_text(top.get("device", "cpu"), "device", where),
+        burned_in_annotation=_choice(top.get("burned_in_annotation", "flag"),
+                                     "burned_in_annotation", BURNED_IN_CHOICES, where))
+
+
+def _choice(value: Any, name: str, choices: tuple[str, ...], where: Path | None) -> str:
+    if value not in choices:
+        raise ConfigError(where, name, f"one of {', '.join(choices)}", repr(value))
+    return str(value)
+
+
+def _flag(value: Any, name: str, where: Path | None) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(where, name, "true or false", repr(value))
+    return value
 
 
 def _mapping(value: Any, name: str, where: Path | None) -> dict[str, Any]:
@@ -242,8 +270,8 @@ def _routes(value: Any, models: dict[str, ModelSpec], where: Path | None
     routes = []
     for i, item in enumerate(value):
         item = _mapping(item, f"routes[{i}]", where)
-        _known(item, {"models", "modality", "sop_class", "series_description"},
-               f"routes[{i}]", where)
+        _known(item, {"models", "modality", "sop_class", "series_description",
+                      "content_check"}, f"routes[{i}]", where)
         names = _strings(item.get("models"), f"routes[{i}].models", where)
         missing = [n for n in names if n not in models]
         if not names or missing:
@@ -258,7 +286,9 @@ def _routes(value: Any, models: dict[str, ModelSpec], where: Path | None
                                   "a regular expression", str(exc)) from None
         routes.append(Route(names, _strings(item.get("modality"), "modality", where, True),
                             _strings(item.get("sop_class"), "sop_class", where),
-                            None if regex is None else str(regex)))
+                            None if regex is None else str(regex),
+                            _flag(item.get("content_check", False),
+                                  f"routes[{i}].content_check", where)))
     return tuple(routes)
 
 
@@ -306,11 +336,30 @@ def _pseudonymise(value: Any, where: Path | None) -> bool:
     if isinstance(value, bool):
         return value
     node = _mapping(value, "pseudonymise", where)
-    _known(node, {"enabled"}, "pseudonymise", where)
+    if "keep" in node:  # removed: it kept free text (names, ids) as sent
+        raise ConfigError(where, "pseudonymise.keep", "no such key", "keep",
+                          fix="use pseudonymise.series_description: a regex of allowed words")
+    _known(node, {"enabled", "series_description"}, "pseudonymise", where)
     enabled = node.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ConfigError(where, "pseudonymise.enabled", "true or false", repr(enabled))
     return enabled
+
+
+def _description_words(value: Any, where: Path | None) -> str | None:
+    """The regex of words a de-identified SeriesDescription keeps (None: it is removed)."""
+    words = value.get("series_description") if isinstance(value, dict) else None
+    if words is None:
+        return None
+    name = "pseudonymise.series_description"
+    if not isinstance(words, str) or not words.strip():
+        raise ConfigError(where, name, "a regular expression of allowed words", repr(words))
+    try:
+        re.compile(words)
+    except re.error as exc:
+        raise ConfigError(where, name, "a regular expression",
+                          " ".join(str(exc).split())) from None
+    return words
 
 
 def _forward(value: Any, where: Path | None) -> Forward | None:

@@ -17,7 +17,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from cinelab.serve.arrival import Arrival, LimitError
+from cinelab.serve.arrival import Arrival, BurnedInError, LimitError
 from cinelab.serve.config import DicomConfig, Forward
 from cinelab.serve.queue import DICOM_SOURCE
 
@@ -30,7 +30,8 @@ MAX_PDU = 0  # unlimited
 
 
 def _on_store(event: Any, arrival: Arrival) -> int:
-    """C-STORE: store the instance; 0xA700 when its study is full, 0xC000 when unusable."""
+    """C-STORE: store the instance; 0xA700 when its study is full, 0xC000 when unusable
+    or refused for burned-in annotation."""
     try:
         ds = event.dataset
         ds.file_meta = event.file_meta
@@ -38,6 +39,9 @@ def _on_store(event: Any, arrival: Arrival) -> int:
     except LimitError:
         log.warning("C-STORE refused: study instance limit reached")
         return OUT_OF_RESOURCES
+    except BurnedInError:
+        log.warning("C-STORE refused: burned-in annotation (burned_in_annotation: refuse)")
+        return CANNOT_UNDERSTAND
     except Exception as exc:  # a bad instance is refused, never a crash of the node
         log.warning("C-STORE refused (%s)", type(exc).__name__)
         return CANNOT_UNDERSTAND

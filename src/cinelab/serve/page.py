@@ -1,7 +1,8 @@
 # ruff: noqa: E501  (the embedded HTML/JS keeps its natural line lengths)
 """The review page: one self-contained HTML document (inline CSS and JS, no external
 network). It holds no data itself: its script asks for the token (kept in sessionStorage)
-and reads the JSON API with it; overlays (PNG key frames, a WebM video of every frame) are
+and reads the JSON API with it (arrival problems such as burned-in annotation, the content
+check's choice and each candidate model's status are shown with the results); overlays (PNG key frames, a WebM video of every frame) are
 fetched with the token and shown as blobs."""
 
 from __future__ import annotations
@@ -68,10 +69,14 @@ async function showStudy(uid) {
   const d = $("#detail"); d.replaceChildren();
   const h = document.createElement("h2"); h.textContent = "Study " + uid + " (" + study.status + ")";
   d.appendChild(h);
+  for (const problem of (study.meta.problems || [])) { const p = document.createElement("p"); p.className = "flag problem"; p.textContent = "problem: " + problem; d.appendChild(p); }
   const results = study.results;
-  if (!results) { const p = document.createElement("p"); p.textContent = text(study.reason) || "no results yet"; d.appendChild(p); return; }
+  if (!results || study.status === "failed") { const p = document.createElement("p"); p.className = study.status === "failed" ? "failed reason" : ""; p.textContent = text(study.reason) || "no results yet"; d.appendChild(p); if (!results) return; }
+  if (results.version > 1) { const p = document.createElement("p"); p.textContent = "version " + results.version + " (re-opened by instances that arrived later)"; d.appendChild(p); }
+  if (results.selection) { const p = document.createElement("p"); p.id = "selection"; p.textContent = "content check: chose " + results.selection.chosen.join(", ") + " (" + results.selection.reason + ")"; d.appendChild(p); }
   for (const [model, out] of Object.entries(results.models)) {
-    const h3 = document.createElement("h3"); h3.textContent = model + " (" + out.pipeline + ")"; d.appendChild(h3);
+    const h3 = document.createElement("h3"); h3.textContent = model + " (" + text(out.pipeline) + ")" + (out.status ? ": " + out.status : ""); d.appendChild(h3);
+    if (out.status && out.status !== "chosen") { const p = document.createElement("p"); p.className = "flag model-status"; p.dataset.model = model; p.textContent = out.status + ": " + text(out.reason); d.appendChild(p); }
     const table = document.createElement("table"); table.className = "measurements";
     for (const row of out.predictions) {
       for (const [k, v] of Object.entries(row)) {

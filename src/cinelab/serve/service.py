@@ -15,7 +15,7 @@ import uvicorn
 from pydicom.dataset import Dataset
 
 from cinelab.serve.api import create_app
-from cinelab.serve.arrival import PARTIAL_PREFIX, RESULTS, Arrival, StatePaths
+from cinelab.serve.arrival import LINK_PREFIX, PARTIAL_PREFIX, RESULTS, Arrival, StatePaths
 from cinelab.serve.config import ServeConfig
 from cinelab.serve.link import read_links, relink
 from cinelab.serve.node import forward, start_node
@@ -40,7 +40,8 @@ class Service:
             log.info("requeued %d interrupted study(ies)", requeued)
         link = config.forward is not None and config.forward.link_to_original
         self.arrival = Arrival(self.queue, self.paths, config.limits, config.pseudonymise,
-                               config.route_index, link)
+                               config.route_index, link, config.burned_in_annotation,
+                               config.series_description_words)
         self.worker = Worker(config, self.queue, self.paths,
                              on_done=self._forward if config.forward else None)
         self.stop_event = threading.Event()
@@ -111,14 +112,18 @@ class Service:
 
 
 def _remove_partials(results: Path) -> None:
-    """Half-written outputs of studies interrupted by a kill (they are requeued)."""
+    """Half-written outputs of studies interrupted by a kill (they are requeued) and links
+    left before their swap."""
     for path in results.glob(f"{PARTIAL_PREFIX}*"):
         shutil.rmtree(path, ignore_errors=True)
+    for path in results.glob(f"{LINK_PREFIX}*"):
+        path.unlink(missing_ok=True)
 
 
 def serve(config: ServeConfig) -> None:
     """Run the service until interrupted (Ctrl-C / SIGTERM)."""
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # it logs UIDs at INFO
+    for name in ("pynetdicom", "highdicom"):  # they log UIDs at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
     service = Service(config).start()
     log.info("HTTP on http://%s:%d", config.http_host, config.http_port)
     try:

@@ -1,9 +1,17 @@
 """The worker: claims queued studies, runs the routed models, writes the results.
 
-Outputs go to ``results/.partial-<uid>/`` and are renamed whole onto ``results/<uid>/``;
-only then is the study marked ``done``. A study whose finished folder is already there (the
-server was killed between the rename and the mark) is marked done without running again.
+Outputs go to ``results/.partial-<uid>/`` and are renamed whole onto
+``results/<uid>.v<version>/``, then ``results/<uid>`` (a link) is swapped onto it at once;
+only then is the study marked ``done``. A study version whose finished folder is already
+there (the server was killed between the rename and the mark) is marked done without running
+again; earlier versions (a study re-opened by a late instance) are kept beside it.
 A failing study records its reason and the worker moves on.
+
+On a route with ``content_check`` every candidate model runs and only those whose images
+are not flagged out of distribution are kept (`cinelab.serve.content`); results.json then
+holds each model's ``status`` and ``reason`` and the route's ``selection``. Every path in
+results.json is relative to the study's results folder (and so downloadable through the
+API); paths that would point outside it or to removed temporary conversions are nulled.
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ from cinelab.infer.contract import read_predictions, read_problems
 from cinelab.pipelines.registry import Options, pipeline_for_model
 from cinelab.serve.arrival import DICOM_SUFFIX, StatePaths
 from cinelab.serve.cmr import CMR_PIPELINE, cine_input, cine_segs
-from cinelab.serve.config import ServeConfig
+from cinelab.serve.config import Route, ServeConfig
+from cinelab.serve.content import KEPT, judge, select
 from cinelab.serve.queue import JobQueue, Study
 from cinelab.serve.seg import overlay_png, overlay_webm, read_mask, source_masks, write_seg
 from cinelab.serve.sr import write_sr
@@ -107,9 +116,10 @@ class Worker:
             self.on_done(study, final)
 
     def produce(self, study: Study) -> Path:
-        """The study's finished results folder (written now unless already complete)."""
-        final = self.paths.results(study.uid)
+        """The study version's finished results folder (written now unless complete)."""
+        final = self.paths.version(study.uid, study.version)
         if (final / RESULTS_JSON).is_file():
+            self.paths.publish(study.uid, study.version)
             return final
         index = study.meta.get("route")
         route = self.config.routes[index] if isinstance(index, int) and \
@@ -120,19 +130,42 @@ class Worker:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         instances = dict(self.queue.instances(study.uid))
-        inputs = self.paths.incoming(study.uid)
-        summary = {name: self._predict(name, inputs, partial, study.uid)
-                   for name in route.models}
-        tables = {n: pd.DataFrame(s["predictions"]) for n, s in summary.items()}
+        summary, selection = self._run_route(route, partial, study.uid)
+        tables = {n: pd.DataFrame(s["predictions"]) for n, s in summary.items()
+                  if s.get("status", KEPT[0]) in KEPT}
         if not any(len(t) for t in tables.values()):
             raise ServeError("no model could use the study (see problems in the results)")
         sources = _headers(instances)
         files = self._dicom_outputs(partial, tables, sources, instances, study.uid)
         files += self._cine_outputs(partial, summary, sources)
-        _write_json(partial / RESULTS_JSON, {"study": study.uid, "models": summary,
-                                             "files": files})
-        os.replace(partial, final)  # the whole folder appears at once
+        record = {"study": study.uid, "version": study.version, "models": summary,
+                  "files": files, "problems": list(study.meta.get("problems") or [])}
+        if selection is not None:
+            record["selection"] = selection
+        _write_json(partial / RESULTS_JSON, relative_paths(record, partial))
+        os.replace(partial, final)  # the whole folder appears at once ...
+        self.paths.publish(study.uid, study.version)  # ... and becomes the current one
         return final
+
+    def _run_route(self, route: Route, partial: Path, uid: str
+                   ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Every model of `route` on the study: name -> result, and the content check's
+        selection (None without one). With the check a failing model is a result with
+        status "no result"; without it, its error fails the study."""
+        inputs = self.paths.incoming(uid)
+        if not route.content_check:
+            return {name: self._predict(name, inputs, partial, uid)
+                    for name in route.models}, None
+        summary = {}
+        for name in route.models:
+            try:
+                result = self._predict(name, inputs, partial, uid)
+            except Exception as exc:  # noqa: BLE001 - a candidate that cannot read the study
+                reason = f"{type(exc).__name__}: {exc}".replace(str(inputs), "<study>")
+                result = {"pipeline": None, "predictions": [], "problems": [],
+                          "reason": reason[:MAX_REASON]}
+            summary[name] = judge(result)
+        return summary, select(summary)
 
     def _predict(self, name: str, inputs: Path, partial: Path, uid: str) -> dict[str, Any]:
         """Run model `name` on the study folder (a cine model on its DICOM instances
@@ -156,9 +189,12 @@ class Worker:
         if write_sr(partial / SR_FILE, tables, sources) is not None:
             files.append(SR_FILE)
         series = pydicom.uid.generate_uid()
-        for name in tables:
+        for name, table in tables.items():
+            kept = set(table["sample_id"].astype(str)) if "sample_id" in table else set()
             for npz in sorted((partial / name / MASKS_DIR).glob("*.npz")):
-                files += self._mask_outputs(partial, name, npz, sources, instances, series)
+                if npz.stem in kept:
+                    files += self._mask_outputs(partial, name, npz, sources, instances,
+                                                series)
         return files
 
     def _cine_outputs(self, partial: Path, summary: dict[str, Any],
@@ -168,7 +204,8 @@ class Worker:
         series = pydicom.uid.generate_uid()
         for name, result in summary.items():
             work = partial / f"{CINE_WORK}{name}"
-            if result["pipeline"] == CMR_PIPELINE and result["predictions"]:
+            if result["pipeline"] == CMR_PIPELINE and result["predictions"] and \
+                    result.get("status", KEPT[0]) in KEPT:
                 files += cine_segs(partial, name, work / "cine", sources, series)
             shutil.rmtree(work, ignore_errors=True)
         return files
@@ -209,6 +246,23 @@ def _headers(instances: dict[str, str]) -> dict[str, Dataset]:
                     setattr(ds, keyword, "")
             out[sop] = ds
     return out
+
+
+def relative_paths(obj: Any, folder: Path) -> Any:
+    """`obj` with every absolute path string of a file inside `folder` made relative to it
+    (POSIX); other absolute paths (outside it, or removed temporary conversions) become
+    None, so that every path left can be downloaded."""
+    if isinstance(obj, dict):
+        return {k: relative_paths(v, folder) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [relative_paths(v, folder) for v in obj]
+    if isinstance(obj, str) and obj.startswith("/"):
+        path = Path(obj)
+        for base in (folder, folder.resolve()):
+            if base in path.parents and path.exists():
+                return path.relative_to(base).as_posix()
+        return None
+    return obj
 
 
 def _write_json(path: Path, obj: Any) -> None:
