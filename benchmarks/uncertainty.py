@@ -5,7 +5,8 @@ after calibration, OOD flag rates.
                                      [--pipelines]
 
 Prints one table per mechanism (CPU, about 10 s); with --pipelines also the figures of each
-wired pipeline, through its own calibrate and predict (echonet: about 1 min).
+wired pipeline, through its own calibrate and predict (echonet: about 1 min), and the age
+ensemble's OOD flag rates (per-model detectors of `pipelines.age.ood`: about 30 s).
 """
 
 from __future__ import annotations
@@ -15,12 +16,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
 
 from cinelab.data.manifest import new_manifest, write_manifest
-from cinelab.data.store import STORE_FORMAT, channel_stats, combine_stats, write_sample
+from cinelab.data.store import (
+    STORE_FORMAT,
+    PreparedStore,
+    channel_stats,
+    combine_stats,
+    write_sample,
+)
 from cinelab.evaluate.uncertainty import (
     expected_calibration_error,
     flag_rates,
@@ -37,10 +45,14 @@ from cinelab.infer.ood import (
     penultimate_features,
 )
 from cinelab.models.registry import create_model, output_layer
+from cinelab.pipelines.age.ood import ensemble_ood_scores, fit_unit_ood, write_unit_ood
+from cinelab.pipelines.age.prepare import preprocess_cine
+from cinelab.pipelines.age.synth import AGE_RANGE, NOISE, random_lax_heart, render_view
 from cinelab.pipelines.cxr.synth import cxr_phantom, draw_anatomy
 from cinelab.pipelines.echonet.calibrate import calibrate_echonet
 from cinelab.pipelines.echonet.predict import predict, predict_video
 from cinelab.pipelines.registry import Options
+from cinelab.synth.cmr_phantom import add_rician_noise
 from cinelab.synth.echo import echo_phantom_video
 from cinelab.synth.uncertainty import (
     OOD_KINDS,
@@ -52,6 +64,10 @@ from cinelab.synth.uncertainty import (
 )
 from cinelab.train.checkpoint import InputSpec, save_checkpoint
 from cinelab.utils import write_json
+
+AGE = {"size": 16, "frames": 25, "render": 48, "pixel_mm": 3.6, "models": 3, "steps": 12,
+       "n": {"train": 60, "val": 40, "test": 100}, "n_wrong": 50,
+       "kinds": ("echo", "noise", "blank", "cxr")}
 
 N_CAL, N_TEST = 1000, 2000
 ECHO = {"size": 32, "clip": 8, "period": 2, "frames": 16, "fps": 25.0, "noise_sd": 5.0,
@@ -213,6 +229,110 @@ def echonet(seed: int, coverage: float) -> None:
               f"{flags[k:].mean():>12.3f}")
 
 
+def _age_cine(rng: np.random.Generator, kind: str) -> tuple[np.ndarray, float]:
+    """(prepared uint8 cine (25, 16, 16, 1), age): a synthetic 4-chamber cine, or a
+    wrong-kind input prepared the same way."""
+    t, r, age = AGE["frames"], AGE["render"], float(rng.uniform(*AGE_RANGE))
+    if kind == "lax":
+        frames = render_view(random_lax_heart(rng, age), "4ch", r, AGE["pixel_mm"],
+                             np.arange(t) / t)
+        noisy = add_rician_noise(frames, NOISE, rng)
+        return preprocess_cine(noisy, None, AGE["size"], spacing_mm=(AGE["pixel_mm"],) * 2
+                               )[0], age
+    if kind == "echo":
+        grey = echo_phantom_video(rng, size=64, n_frames=t)[0].astype(float)
+    elif kind == "noise":
+        grey = rng.uniform(0, 1, (t, r, r))
+    elif kind == "blank":
+        grey = np.full((t, r, r), float(rng.uniform(0.2, 1.0)))
+    else:
+        still = cv2.resize(cxr_phantom(rng, 64, draw_anatomy(rng))[0].astype(float), (r, r))
+        grey = np.repeat(still[None], t, axis=0)
+    return preprocess_cine(grey, None, AGE["size"], crop="centre")[0], age
+
+
+def _age_store(root: Path, parts: list[tuple[str, str, int, int]]) -> PreparedStore:
+    """A prepared store of (split, kind, n, seed) parts, view 4ch."""
+    rows, stats = [], []
+    for split, kind, n, seed in parts:
+        for i in range(n):
+            cine, age = _age_cine(np.random.default_rng([seed, i]), kind)
+            sid = f"{split}_{kind}_{i:03d}"
+            stats.append(write_sample(root, f"{sid}_4ch", cine,
+                                      {"stats": channel_stats(cine)})["stats"])
+            rows.append({"sample_id": f"{sid}_4ch", "patient_id": sid, "path": sid,
+                         "modality": "cine", "view": "4ch", "split": split, "age": age})
+    write_manifest(new_manifest(rows), root / "manifest.csv")
+    mean, std = combine_stats(stats)
+    write_json(root / "store.json", {"format": STORE_FORMAT, "status": "complete", "mean": mean,
+                                     "std": std, "spec": {"size": AGE["size"], "channels": 1}})
+    return PreparedStore(root)
+
+
+def _age_model(store: PreparedStore, path: Path, seed: int) -> Path:
+    """tiny_video trained for a few Adam steps on the store's training cines."""
+    torch.manual_seed(seed)
+    kw = {"in_channels": 1, "num_outputs": 1, "channels": [4, 8]}
+    model = create_model("tiny_video", **kw).train()
+    m = store.manifest[store.manifest["split"] == "train"]
+    mean, std = float(store.info["mean"][0]), float(store.info["std"][0])
+    x = (torch.stack([torch.from_numpy(store.frames(s).astype(np.float32))
+                      for s in m["sample_id"]]).permute(0, 4, 1, 2, 3) - mean) / std
+    y = torch.tensor(((m["age"] - 60.0) / 20.0).to_numpy(), dtype=torch.float32)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(AGE["steps"]):
+        batch = torch.arange(len(x))[step % 4::4]
+        loss = torch.nn.functional.mse_loss(model(x[batch])[:, 0], y[batch])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    spec = InputSpec("cine_regression", AGE["size"], 1, AGE["frames"], 1, [mean], [std], "age")
+    return save_checkpoint(path, model.eval(), {"task": "cine_regression",
+                                                "model": {"name": "tiny_video", "kwargs": kw}},
+                           spec)
+
+
+def age(seed: int) -> None:
+    """Age: one Mahalanobis detector per model (`fit_unit_ood`: fitted on the training
+    cines, threshold at the 95th percentile of the validation cines), combined over the
+    ensemble as the mean of score / threshold (`ensemble_ood_scores`), flagged above 1."""
+    n, k = AGE["n"], AGE["n_wrong"]
+    print(f"\n== age: OOD flags of a {AGE['models']}-model ensemble (tiny_video, "
+          f"{AGE['size']} px cines of the age synth; train {n['train']}, val {n['val']}, "
+          f"held-out {n['test']}; {k} wrong-kind inputs per kind given as the 4ch view)")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        store = _age_store(root / "store", [(s, "lax", c, seed * 10 + i + 1)
+                                            for i, (s, c) in enumerate(n.items())])
+        wrong = _age_store(root / "wrong", [("test", kind, k, seed * 10 + 5 + i)
+                                            for i, kind in enumerate(AGE["kinds"])])
+        t0 = time.time()
+        models = []
+        for m in range(AGE["models"]):
+            path = _age_model(store, root / f"m{m}" / "model.pt", seed + m)
+            write_unit_ood(path, fit_unit_ood(path, store)[0])
+            models.append(path)
+        fit_s = time.time() - t0
+        rows = []
+        for name, chosen in [*((f"model {i}", [m]) for i, m in enumerate(models)),
+                             ("ensemble (mean ratio)", models)]:
+            test = store.manifest[store.manifest["split"] == "test"]
+            held = ensemble_ood_scores([(m, test.rename(columns={"patient_id": "subject"}))
+                                        for m in chosen], store)[0]
+            caught = ensemble_ood_scores(
+                [(m, wrong.manifest.rename(columns={"patient_id": "subject"}))
+                 for m in chosen], wrong)[0]
+            rows.append([name, float((held > 1).mean()), *[
+                float((caught[caught.index.str.contains(f"_{kind}_")] > 1).mean())
+                for kind in AGE["kinds"]]])
+        print(f"models trained and detectors fitted in {fit_s:.1f} s")
+        print(f"{'detector':<24} {'ID flagged':>10} " + " ".join(
+            f"{kind:>7}" for kind in AGE["kinds"]))
+        for name, fin, *rates in rows:
+            print(f"{name:<24} {fin:>10.3f} " + " ".join(f"{r:>7.3f}" for r in rates))
+        print("(columns after 'ID flagged' are the fraction of each wrong-kind input caught)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
@@ -228,6 +348,7 @@ def main() -> None:
     if args.pipelines:
         torch.set_num_threads(1)
         echonet(args.seed, args.coverage)
+        age(args.seed)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""`cinelab synth cmr-lax`, `age ingest`, `cv`, `age ensemble` and `age report` end to end on
-a tiny synthetic one-view long-axis cohort; unusable input exits with a one-line error."""
+"""`cinelab synth cmr-lax`, `age ingest`, `cv`, `age ensemble` (with each model's OOD
+detector, as `cinelab run` fits them) and `age report` end to end on a tiny synthetic one-view
+long-axis cohort; unusable input exits with a one-line error."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typer.testing import CliRunner
 
 from cinelab.cli import app
 from cinelab.data.store import PreparedStore
+from cinelab.pipelines.age.ood import SCORES_FILE, oof_ood_scores, read_unit_ood
+from cinelab.pipelines.age.predict import cv_units
 from cinelab.utils import read_json
 
 runner = CliRunner()
@@ -69,6 +72,17 @@ def test_cv_ensemble_report(work: Path) -> None:
     page = (out / "ensemble" / "report.html").read_text()
     ratio = read_json(out / "ensemble" / "metrics.json")["headline"]["rmse_ratio_to_baseline"]
     assert f"ratio {ratio:.2f}" in page and f"{rmse:.2f}" in page
+    # the detectors, fitted like the run's `ood_step`, and their out-of-fold flag rate
+    models = [u[3] for u in cv_units(out)]
+    assert len(models) == 4 and all(read_unit_ood(m) is not None for m in models)
+    assert all((m.parent.parent / SCORES_FILE).is_file() for m in models)
+    ratios = oof_ood_scores(out)[0]
+    assert len(ratios) == 8  # every subject once, by its outer fold's models
+    flagged = float((ratios > 1.0).mean())
+    assert "OOD detectors: 4 fitted" in text and f"{flagged:.1%} of 8 subjects flagged" in text
+    assert f"{flagged:.1%} of 8 subjects flagged" in page
+    again = _ok(["age", "ensemble", str(out), "--n-boot", "20", "--method", "mean"])
+    assert "OOD detectors: 0 fitted" in again  # resumes: every model has its detector
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -1,10 +1,12 @@
 """Age ensembles from cross-validation predictions: view weights fitted on inner validation
 only (test predictions cannot move them), fold averages, one-view subjects, the age-gap
-correction, scores, plots and the report page."""
+correction, scores, plots and the report page (with the out-of-fold OOD flag rate when the
+models carry detectors)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,9 +15,11 @@ import pandas as pd
 import pytest
 
 from cinelab.data.splits import nested_folds
+from cinelab.infer.ood import MahalanobisDetector
 from cinelab.pipelines.age.evaluate import choose_variant, ensemble_cv, gap_correction
+from cinelab.pipelines.age.ood import SCORES_FILE, write_unit_ood
 from cinelab.pipelines.age.report import build_age_report
-from cinelab.utils import write_csv, write_json
+from cinelab.utils import file_hash, write_csv, write_json
 
 N, OUTER, INNER = 40, 2, 2
 ARMS = ("3ch", "4ch")
@@ -155,3 +159,23 @@ def test_calibration_on_inner_validation_stretches_shrunk_predictions(
     assert head["rmse_uncalibrated"]["3ch"] == pytest.approx(raw["headline"]["rmse"]["3ch"])
     table = pd.read_csv(tmp_path / "calibrated" / "predictions.csv")
     assert {"raw_3ch", "raw_4ch", "pred_3ch", "pred_4ch"} <= set(table.columns)
+
+
+def test_ensemble_report_shows_the_out_of_fold_flag_rate(shrunk: tuple[Path, dict],
+                                                         tmp_path: Path) -> None:
+    root = shutil.copytree(shrunk[0], tmp_path / "cv")
+    page = build_age_report(root).read_text()
+    assert "Out-of-distribution flag" not in page  # no detectors yet
+    flagged = {f"s{i}" for i in range(10)}  # ratio 2 under every model; the others 0.5
+    for unit in sorted(root.glob("*/outer_*/inner_*")):
+        model = unit / "run" / "model.pt"
+        model.parent.mkdir()
+        model.write_bytes(unit.name.encode() + unit.parent.name.encode())
+        write_unit_ood(model, MahalanobisDetector(threshold=3.0, info={
+            "model_hash": file_hash(model), "threshold_quantile": 0.9}))
+        test = pd.read_csv(unit / "predictions.csv").query("role == 'test'")
+        write_csv(test[["sample_id", "subject", "role"]].assign(
+            ratio=[2.0 if s in flagged else 0.5 for s in test["subject"]]), unit / SCORES_FILE)
+    page = build_age_report(root / "ensemble").read_text()
+    assert "25.0% of 40 subjects flagged" in page and "90% quantile" in page
+    assert "about 10% expected" in page

@@ -14,7 +14,9 @@ import pytest
 from cinelab.errors import InputError
 from cinelab.formats.ingest import LAYOUTS, detect_layout
 from cinelab.infer.contract import read_predictions, read_run, write_contract
+from cinelab.infer.engines import TOLERANCE
 from cinelab.infer.video_regress import predict_store
+from cinelab.pipelines.age.ood import ENGINE_FEATURES
 from cinelab.pipelines.age.synth import synth_cmr_lax_cohort
 from cinelab.pipelines.registry import Options, get_pipeline, pipeline_for_model
 
@@ -81,14 +83,32 @@ def test_run_writes_out_of_fold_contract_and_scores_it(cohort: Path,
     assert metrics["age_interval_n"] == 8 and metrics["age_coverage"] == 1.0
     assert (preds["age_lo"] <= preds["age"]).all() and (preds["age"] <= preds["age_hi"]).all()
     assert "Age intervals" in page
+    # OOD: a detector beside each model that had >= 2 training cines; out of fold, each
+    # subject scored by its outer fold's models only
+    sidecars = sorted(out.glob("cv/*/outer_*/inner_*/run/ood.json"))
+    assert sidecars and all((p.parents[1] / "ood_scores.csv").is_file() for p in sidecars)
+    record = read_run(out / "predictions")["ood"]
+    assert record["n_models"] == len(sidecars) and record["threshold_quantile"] == 0.95
+    assert record["feature_layer"] == "input of fc"
+    scores = pd.concat([pd.read_csv(p.parents[1] / "ood_scores.csv", dtype={"subject": str})
+                        for p in sidecars])
+    test = scores[scores["role"] == "test"].groupby("subject")["ratio"].mean()
+    assert np.allclose(preds.set_index("patient_id")["ood_score"], test.reindex(
+        preds["patient_id"]).to_numpy())
+    assert (preds["ood_flag"].astype(bool) == (preds["ood_score"] > 1)).all()
+    assert metrics["ood_flagged"] == pytest.approx(preds["ood_flag"].astype(bool).mean())
+    assert metrics["ood_n"] == 8 and "Out-of-distribution flag" in page
 
 
 def test_run_resumes_without_training(cohort: Path, ran: tuple[Path, dict]) -> None:
     out, metrics = ran
     models = sorted(out.glob("cv/*/outer_*/inner_*/run/model.pt"))
     stamps = [p.stat().st_mtime_ns for p in models]
+    sidecars = sorted(out.glob("cv/*/outer_*/inner_*/run/ood.json"))
+    fitted = [p.stat().st_mtime_ns for p in sidecars]
     again = get_pipeline("age").run(cohort, out, TINY_OPTIONS)
     assert [p.stat().st_mtime_ns for p in models] == stamps and len(models) == 8
+    assert [p.stat().st_mtime_ns for p in sidecars] == fitted  # detectors not refitted
     assert again["rmse"] == pytest.approx(metrics["rmse"])
 
 
@@ -126,7 +146,10 @@ def test_predict_cv_ensemble_on_raw_folder_equals_store(cohort: Path, ran: tuple
     a = read_predictions(tmp_path / "store").set_index("sample_id")
     b = read_predictions(tmp_path / "raw").set_index("sample_id")
     assert list(a.columns) == list(b.columns) == ["patient_id", "age", "age_3ch", "age_4ch",
-                                                  "age_lo", "age_hi"]
+                                                  "age_lo", "age_hi", "ood_score", "ood_flag"]
+    assert np.allclose(a["ood_score"], b.loc[a.index, "ood_score"], atol=1e-6)
+    assert read_run(tmp_path / "raw")["ood"]["n_models"] == len(
+        list(out.glob("cv/*/outer_*/inner_*/run/ood.json")))
     assert (a["age_lo"] <= a["age"]).all() and (a["age"] <= a["age_hi"]).all()
     assert np.allclose(a["age"], b.loc[a.index, "age"], atol=1e-4)
     # method "mean": the ensemble is the mean of the views a subject has
@@ -134,6 +157,41 @@ def test_predict_cv_ensemble_on_raw_folder_equals_store(cohort: Path, ran: tuple
     assert np.allclose(a["age"], views.mean(axis=1), atol=1e-6)
     metrics = pipeline.evaluate(tmp_path / "raw", tmp_path / "e", Options(extra={"n_boot": 10}))
     assert metrics["n"] == 8
+
+
+@pytest.mark.slow
+def test_predict_cv_ensemble_with_onnx_takes_ood_features_from_the_engines(
+        ran: tuple[Path, dict], tmp_path: Path) -> None:
+    out, _ = ran
+    pipeline = pipeline_for_model(out / "cv")
+    eager = read_predictions(pipeline.predict(out / "cv", out / "store", tmp_path / "eager",
+                                              Options())).set_index("sample_id")
+    onnx_dir = pipeline.predict(out / "cv", out / "store", tmp_path / "onnx",
+                                Options(extra={"engine": "onnx"}))
+    onnx = read_predictions(onnx_dir).set_index("sample_id").loc[eager.index]
+    a, b = eager["ood_score"].to_numpy(float), onnx["ood_score"].to_numpy(float)
+    assert float(np.abs(b - a).max()) / max(1.0, float(np.abs(a).max())) <= TOLERANCE
+    assert (onnx["ood_flag"].astype(bool) == eager["ood_flag"].astype(bool)).all()
+    assert np.allclose(onnx["age"], eager["age"], atol=TOLERANCE * max(1.0, eager["age"].max()))
+    record = read_run(onnx_dir)
+    assert record["ood"]["features_from"] == ENGINE_FEATURES
+    assert record["ood"]["n_models"] == len(list(out.glob("cv/*/outer_*/inner_*/run/ood.json")))
+    # each model behind one engine (exported once), whether it has a detector or not
+    assert len(record["engine"]["models"]) == len(list(out.glob("cv/*/outer_*/inner_*/run/"
+                                                                 "model.pt")))
+
+
+@pytest.mark.slow
+def test_calibrate_refits_every_unit_detector_identically(ran: tuple[Path, dict],
+                                                          tmp_path: Path) -> None:
+    out, _ = ran
+    sidecars = sorted(out.glob("cv/*/outer_*/inner_*/run/ood.json"))
+    before = [p.read_text() for p in sidecars]
+    summary = get_pipeline("age").calibrate(out / "cv" / "ensemble", out / "store", tmp_path,
+                                            Options())
+    assert summary["fitted"] == summary["n_models"] == len(sidecars)
+    assert [p.read_text() for p in sidecars] == before  # same models, same data
+    assert (tmp_path / "calibration.json").is_file()
 
 
 def test_unusable_input_raises_typed_errors(ran: tuple[Path, dict], tmp_path: Path) -> None:

@@ -1,11 +1,13 @@
 """Age from long-axis cine MRI (3- and 4-chamber views): nested CV, fold/view ensembles.
 
 Registers the "cine" preparer, the long-axis layout ("cmr_lax": DICOM series + ages.csv) and
-the age `Pipeline` (predict/evaluate/report/run/synth, demo options and targets).
+the age `Pipeline` (predict/evaluate/report/run/synth/calibrate, demo options and targets).
 """
 
 from cinelab.formats.ingest import Layout, register_layout
+from cinelab.infer.engines import ENGINES
 from cinelab.pipelines.age import commands
+from cinelab.pipelines.age.calibrate import calibrate_age
 from cinelab.pipelines.age.layout import AGE_RANGE, LAYOUT, is_lax_cohort, read_lax_layout
 from cinelab.pipelines.age.metrics import evaluate_age
 from cinelab.pipelines.age.predict import TASK, owns_model, predict_age
@@ -41,4 +43,6 @@ PIPELINE = register_pipeline(Pipeline(
     targets=(Target("rmse_ratio", "<=", 0.7),),
     owns_model=owns_model,
     commands=commands.register,
+    calibrate=calibrate_age,
+    engines=ENGINES,
 ))

@@ -12,6 +12,7 @@ from cinelab.cliutil import console, friendly, print_problems
 from cinelab.errors import InputError
 from cinelab.pipelines.age.evaluate import ensemble_cv
 from cinelab.pipelines.age.layout import ingest_lax
+from cinelab.pipelines.age.ood import ood_step, oof_flag_metrics
 from cinelab.pipelines.age.report import build_age_report
 from cinelab.pipelines.age.synth import synth_cmr_lax_cohort
 from cinelab.prep.prepare import PrepSpec, prepare
@@ -85,10 +86,21 @@ def age_ensemble(
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 1000,
     calibrate: Annotated[bool, typer.Option(help="Per-view linear calibration fitted on "
                                                  "inner validation.")] = True,
+    ood: Annotated[bool, typer.Option(help="Fit each model's OOD detector as `cinelab run` "
+                                           "does (ood.json beside model.pt; resumes).")] = True,
+    device: Annotated[str, typer.Option(help="Device for the OOD features.")] = "cpu",
 ) -> None:
-    """Fold and view ensembles (weights on inner validation), scores, plots, age-gap table."""
+    """Fold and view ensembles (weights on inner validation), scores, plots, age-gap table;
+    each model's OOD detector (`ood_step`, as the age run fits them)."""
     metrics = ensemble_cv(cv_dir, out, method=method, variant=variant, n_boot=n_boot,
                           calibrate=calibrate)
+    if ood:
+        fitted = ood_step(cv_dir, device=device)
+        flags = oof_flag_metrics(cv_dir)
+        console.print(f"OOD detectors: {fitted} fitted" + (
+            "; none usable (see the warnings)" if flags is None else
+            f"; out of fold {flags['ood_flagged']:.1%} of {flags['ood_n']} subjects "
+            "flagged"))
     head = metrics["headline"]
     for name, value in head["rmse"].items():
         console.print(f"RMSE {name}: {value:.2f}")

@@ -3,7 +3,9 @@
 Labels come from ``options.labels`` or the ``labels`` entry of the prediction's run.json (a
 CSV with a subject column, one of `SUBJECT_KEYS`, and ``age``) and are joined on patient_id.
 Scores: RMSE, MAE, R² (and bias) with bootstrap CIs for ``age`` and each ``age_<view>``,
-``age_coverage`` / ``age_interval_width`` when the predictions carry ``age_lo``/``age_hi``, and
+``age_coverage`` / ``age_interval_width`` when the predictions carry ``age_lo``/``age_hi``,
+``ood_flagged`` / ``ood_n`` (fraction of evaluated subjects with ``ood_flag``) when they carry
+the OOD flag, and
 the predict-the-mean baseline: the training mean of each subject's outer fold when the
 predictions carry it (``age_baseline``, written by the out-of-fold predictions of `run`), else
 ``train_mean`` in run.json, else the mean of the evaluated ages (an optimistic baseline, named
@@ -26,6 +28,7 @@ from cinelab.evaluate.metrics import DEFAULT_N_BOOT, json_safe, metrics_table, r
 from cinelab.evaluate.plots import residual_plot, scatter_plot
 from cinelab.infer.contract import read_predictions, read_run
 from cinelab.pipelines.age.layout import read_ages
+from cinelab.pipelines.age.ood import ood_flag_metrics
 from cinelab.pipelines.age.uncertainty import interval_metrics
 from cinelab.pipelines.registry import Options
 from cinelab.utils import write_csv, write_json
@@ -121,6 +124,10 @@ def evaluate_age(predictions: Path, out: Path, options: Options) -> dict[str, An
                                         table[f"{TARGET}_hi"]))
         metrics["age_coverage_nominal"] = (read_run(predictions).get("uncertainty")
                                            or {}).get("coverage")
+    if "ood_flag" in table.columns:
+        metrics.update(ood_flag_metrics(table))
+        metrics["ood_threshold_quantile"] = (read_run(predictions).get("ood")
+                                             or {}).get("threshold_quantile")
     gap = table.assign(gap=table[TARGET] - table["true"])
     write_csv(gap[["sample_id", "patient_id", "true", TARGET, "gap",
                    *view_columns(table)]].rename(columns={"true": "age_true"}),

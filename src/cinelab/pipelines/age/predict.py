@@ -18,7 +18,14 @@ Written (`cinelab.infer.contract`): predictions.csv (sample_id = the subject, pa
 (pipeline "age", task, model, views, and ``labels``: a labels.csv of the input's ages when the
 input has any, for `cinelab evaluate`). With an interval state (`uncertainty`: the cv's
 ensemble/uncertainty.json, or a checkpoint's ``extra``) also ``age_lo`` / ``age_hi`` at the
-``coverage`` option (default the fitted 90 %).
+``coverage`` option (default the fitted 90 %). When the models carry OOD detectors
+(`cinelab.pipelines.age.ood`: ood.json beside each model.pt, fitted by `run`) also
+``ood_score`` (mean over the models of score / threshold) and ``ood_flag`` (score > 1);
+run.json's ``ood`` records the detector (feature layer, threshold quantile, models) and
+``features_from``: with a non-eager ``engine`` each model is run with the features its
+detector scores as a second output (`infer.engine_outputs`), so one run per clip gives both
+the prediction and the OOD features; else (or for a model whose engine lacks them, e.g. an
+older ``model.onnx`` beside it) an eager copy of the model computes the features.
 """
 
 from __future__ import annotations
@@ -34,10 +41,18 @@ from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError, Problem
 from cinelab.formats.ingest import load_ingested
 from cinelab.infer.contract import run_record, write_contract
+from cinelab.infer.engine_outputs import FeatureSpec
+from cinelab.infer.engines import AUTO, EngineCache
 from cinelab.infer.ensemble import weighted_average
 from cinelab.infer.video_regress import predict_store
 from cinelab.pipelines.age.evaluate import ENSEMBLE_DIR
 from cinelab.pipelines.age.layout import AGES_FILE, DEFAULT_VIEWS, dicom_root, ingest_lax
+from cinelab.pipelines.age.ood import (
+    add_ood_columns,
+    cine_outputs,
+    ensemble_ood_scores,
+    read_unit_ood,
+)
 from cinelab.pipelines.age.uncertainty import annotate_age, read_age_state
 from cinelab.pipelines.registry import Options
 from cinelab.prep.prepare import PrepSpec, prepare
@@ -81,7 +96,7 @@ def _spec_of(model: Path) -> dict[str, Any]:
     folder = cv_folder(model)
     if folder is None:
         return dict(read_checkpoint(model)["input_spec"])
-    units = _units(folder)
+    units = cv_units(folder)
     if not units:
         raise InputError(folder, "models", "finished cross-validation units", "none",
                          "run `cinelab cv` first (it resumes)")
@@ -149,7 +164,7 @@ def _labels(store: PreparedStore, samples: pd.DataFrame) -> pd.DataFrame | None:
 # ----------------------------------------------------------------------------- the models
 
 
-def _units(folder: Path) -> list[tuple[str, int, int, Path]]:
+def cv_units(folder: Path) -> list[tuple[str, int, int, Path]]:
     """(arm, outer, inner, model.pt) of every finished unit of a cv folder."""
     out = []
     for done in sorted(folder.glob("*/outer_*/inner_*/done.json")):
@@ -170,20 +185,61 @@ def _subject_means(samples: pd.DataFrame, values: np.ndarray) -> pd.Series:
     return pd.Series(values, index=samples["subject"].to_numpy()).groupby(level=0).mean()
 
 
+class EngineFeatures:
+    """OOD features an engine output while predicting, per (model.pt, sample id); called
+    as `ood.FeatureSource` by the OOD scores."""
+
+    def __init__(self) -> None:
+        self.found: dict[tuple[str, str], np.ndarray] = {}
+
+    def add(self, model: Path, ids: list[str], features: np.ndarray) -> None:
+        """Keep each sample's (D,) features."""
+        self.found.update({(str(model), i): f for i, f in zip(ids, features, strict=True)})
+
+    def __call__(self, model: Path, ids: list[str]) -> np.ndarray | None:
+        """(len(ids), D) features of `model`, or None unless every sample has them."""
+        keys = [(str(model), i) for i in ids]
+        if not keys or any(k not in self.found for k in keys):
+            return None
+        return np.stack([self.found[k] for k in keys])
+
+
+def _ood_spec(model: Path, engines: EngineCache | None,
+              features: EngineFeatures | None) -> FeatureSpec | None:
+    """Where `model`'s OOD detector takes its features, when they are to be collected
+    from a non-eager engine; else None."""
+    if engines is None or features is None or engines.engine == "eager":
+        return None
+    detector = read_unit_ood(model)
+    return None if detector is None else FeatureSpec.of_detector(detector)
+
+
 def _predict_ids(model: Path, store: PreparedStore, ids: list[str], tta: int,
-                 options: Options) -> np.ndarray:
-    preds = predict_store(model, store, ids, tta=tta, batch_size=options.batch_size,
+                 options: Options, engines: EngineCache | None = None,
+                 features: EngineFeatures | None = None) -> np.ndarray:
+    """Each sample's prediction by `model` (behind the cached engine when given); with
+    `features`, the OOD features of an engine that outputs them are kept there."""
+    spec = _ood_spec(model, engines, features)
+    loaded = model if engines is None else engines.load(model, AUTO if spec is None else spec)
+    if spec is not None and features is not None and loaded.model.has_features(spec):
+        values, found = cine_outputs(loaded, store, ids, tta, options.batch_size,
+                                     options.device)
+        features.add(model, ids, found)
+        return values.mean(axis=1) if tta > 1 else values[:, 0]
+    preds = predict_store(loaded, store, ids, tta=tta, batch_size=options.batch_size,
                           device=options.device)
     return preds["pred_aug" if tta > 1 else "pred"].to_numpy(dtype=float)
 
 
 def predict_cv(folder: Path, store: PreparedStore, samples: pd.DataFrame,
-               options: Options) -> tuple[pd.DataFrame, dict[str, Any]]:
+               options: Options, engines: EngineCache | None = None,
+               features: EngineFeatures | None = None
+               ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Per-subject ensemble and per-view predictions of a cv folder (module docstring)."""
     settings, ensemble = cv_settings(folder), _ensemble_settings(folder)
     tta = int(settings.get("tta", 1)) if ensemble.get("variant") == "tta" else 1
     by = settings.get("by")
-    units = _units(folder)
+    units = cv_units(folder)
     arms = sorted({u[0] for u in units})
     per_fold: dict[int, dict[str, pd.Series]] = {}
     for arm in arms:
@@ -193,7 +249,8 @@ def predict_cv(folder: Path, store: PreparedStore, samples: pd.DataFrame,
         ids = chosen["sample_id"].tolist()
         for k in sorted({u[1] for u in units if u[0] == arm}):
             models = [u[3] for u in units if u[0] == arm and u[1] == k]
-            mean = np.mean([_predict_ids(m, store, ids, tta, options) for m in models], axis=0)
+            mean = np.mean([_predict_ids(m, store, ids, tta, options, engines, features)
+                            for m in models], axis=0)
             slope, intercept = _line(ensemble, k, arm)
             per_fold.setdefault(k, {})[arm] = slope * _subject_means(chosen, mean) + intercept
     subjects = sorted(samples["subject"].unique())
@@ -228,11 +285,39 @@ def _weights(ensemble: dict[str, Any], k: int, arms: list[str]) -> np.ndarray:
     return np.array([float(found.get(a, 1.0)) for a in arms]) if found else np.ones(len(arms))
 
 
+def model_samples(model: Path, store: PreparedStore, samples: pd.DataFrame
+                  ) -> list[tuple[Path, pd.DataFrame]]:
+    """(model.pt, the samples it predicts) of every model of a cv folder (its view's
+    samples), or of one checkpoint (every sample)."""
+    folder = cv_folder(model)
+    if folder is None:
+        return [(model, samples)]
+    by = cv_settings(folder).get("by")
+    return [(path, samples if by is None else samples[samples["view"] == arm])
+            for arm, _, _, path in cv_units(folder)]
+
+
+def add_ood(table: pd.DataFrame, model: Path, store: PreparedStore, samples: pd.DataFrame,
+            options: Options, features: EngineFeatures | None = None
+            ) -> tuple[pd.DataFrame, dict[str, Any] | None]:
+    """`table` with ``ood_score`` / ``ood_flag`` and run.json's ``ood`` record when the
+    models carry detectors (their features from `features` where it has them); else
+    unchanged and None."""
+    found = ensemble_ood_scores(model_samples(model, store, samples), store,
+                                options.batch_size, options.device, features)
+    if found is None:
+        return table, None
+    return add_ood_columns(table, found[0]), found[1]
+
+
 def predict_checkpoint(checkpoint: Path, store: PreparedStore, samples: pd.DataFrame,
-                       options: Options) -> tuple[pd.DataFrame, dict[str, Any]]:
+                       options: Options, engines: EngineCache | None = None,
+                       features: EngineFeatures | None = None
+                       ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Per-subject predictions of one checkpoint (mean of the subject's samples)."""
     tta = int(options.get("tta", 1))
-    values = _predict_ids(checkpoint, store, samples["sample_id"].tolist(), tta, options)
+    values = _predict_ids(checkpoint, store, samples["sample_id"].tolist(), tta, options,
+                          engines, features)
     subjects = sorted(samples["subject"].unique())
     table = pd.DataFrame({"sample_id": subjects, "patient_id": subjects,
                           TARGET: _subject_means(samples, values).reindex(subjects).to_numpy()})
@@ -258,13 +343,17 @@ def predict_age(model: Path, source: Path, out: Path, options: Options) -> Path:
                                         int(spec.get("channels") or 1), options)
     samples = _samples(store, options.split)
     folder = cv_folder(model)
+    engines = EngineCache(str(options.get("engine", "eager")), options.device)
+    features = EngineFeatures()
     if folder is not None:
-        table, info = predict_cv(folder, store, samples, options)
+        table, info = predict_cv(folder, store, samples, options, engines, features)
     else:
-        table, info = predict_checkpoint(model, store, samples, options)
+        table, info = predict_checkpoint(model, store, samples, options, engines, features)
+    info["engine"] = engines.record()
     state = read_age_state(None if folder is None else folder / ENSEMBLE_DIR,
                            None if folder is not None else read_checkpoint(model).get("extra"))
     table = annotate_age(table, state, options.get("coverage"))
+    table, info["ood"] = add_ood(table, model, store, samples, options, features)
     info["uncertainty"] = {"intervals": sorted(state.intervals),
                            "coverage": options.get("coverage") or next(
                                (m.coverage for m in state.intervals.values()), None)}

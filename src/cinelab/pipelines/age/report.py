@@ -4,7 +4,10 @@ Reads what `cinelab.pipelines.age.evaluate.ensemble_cv` wrote (metrics.json, fol
 age_gap.csv, the plots) and shows: the headline (ensemble RMSE against predicting the
 training mean, the view ensemble against each view), scores with bootstrap CIs overall, on
 subjects with every view and per fold, the view weights of every outer fold, the plots, and
-the first rows of the age-gap table (the whole table is age_gap.csv beside the page).
+the first rows of the age-gap table (the whole table is age_gap.csv beside the page). When
+the cv folder's models carry OOD detectors (`cinelab.pipelines.age.ood`), the headline also
+gives the out-of-fold flag rate (each subject scored by its outer fold's models), worded as
+in the evaluation page.
 
 `report_age` is the pipeline's report: an evaluation folder written by
 `cinelab.pipelines.age.metrics.evaluate_age` gets its own page (scores with CIs against the
@@ -22,7 +25,9 @@ import pandas as pd
 
 from cinelab.errors import InputError
 from cinelab.pipelines.age.evaluate import BASELINE, ENSEMBLE, ENSEMBLE_DIR
+from cinelab.pipelines.age.ood import oof_flag_metrics
 from cinelab.report.html import HtmlReport
+from cinelab.train.cv import CV_FILE
 from cinelab.utils import read_json
 
 REPORT_FILE = "report.html"
@@ -40,7 +45,25 @@ def _ensemble_dir(path: str | Path) -> Path:
                      "no metrics.json", "run `cinelab age ensemble CV_DIR` first")
 
 
-def _headline(rep: HtmlReport, metrics: Mapping[str, Any]) -> None:
+def _ood_line(metrics: Mapping[str, Any]) -> str:
+    """The summary line of the OOD flag rate (``ood_flagged``, ``ood_n``,
+    ``ood_threshold_quantile``)."""
+    quantile = metrics.get("ood_threshold_quantile") or 0.95
+    return (f"Out-of-distribution flag (ood_score > 1, each model's threshold at the "
+            f"{quantile:.0%} quantile of its validation cines): "
+            f"{metrics['ood_flagged']:.1%} of {metrics['ood_n']} subjects flagged "
+            f"(about {1 - quantile:.0%} expected for in-distribution cines).")
+
+
+def _cv_dir(folder: Path, metrics: Mapping[str, Any]) -> Path:
+    """The cv folder of an ensemble folder: its parent when that is one (the default
+    ``CV_DIR/ensemble``), else metrics.json's ``cv``."""
+    return folder.parent if (folder.parent / CV_FILE).is_file() else \
+        Path(str(metrics.get("cv") or folder.parent))
+
+
+def _headline(rep: HtmlReport, metrics: Mapping[str, Any],
+              ood: Mapping[str, Any] | None = None) -> None:
     head, arms = metrics["headline"], metrics["arms"]
     rmse, both = head["rmse"], head["rmse_all_views"]
     calibration = "per-view calibration on inner validation" if metrics.get("calibrate") \
@@ -59,6 +82,9 @@ def _headline(rep: HtmlReport, metrics: Mapping[str, Any]) -> None:
     if raw and metrics.get("calibrate"):
         lines.append("Uncalibrated fold-ensemble RMSE per view: " + ", ".join(
             f"{name} {value:.2f}" for name, value in raw.items()) + ".")
+    if ood and ood.get("ood_n"):
+        lines.append(_ood_line(ood) + " Out of fold: each subject scored by its outer "
+                     "fold's models.")
     rep.section("Summary").bullets(lines)
 
 
@@ -82,7 +108,7 @@ def build_age_report(path: str | Path, out: str | Path | None = None,
     folder = _ensemble_dir(path)
     metrics = read_json(folder / "metrics.json")
     rep = HtmlReport(title, subtitle=f"cross-validation folder {metrics.get('cv', '')}")
-    _headline(rep, metrics)
+    _headline(rep, metrics, oof_flag_metrics(_cv_dir(folder, metrics)))
     rep.section("Scores (out-of-fold, bootstrap 95% CIs)")
     rep.metrics_table(metrics["overall"], caption="every subject with a prediction")
     rep.metrics_table(metrics["all_views"], caption="subjects with every view")
@@ -124,6 +150,8 @@ def build_evaluation_report(folder: str | Path, out: str | Path | None = None,
                      f"coverage {metrics['age_coverage']:.1%} of "
                      f"{metrics['age_interval_n']} subjects, mean width "
                      f"{metrics['age_interval_width']:.1f} years.")
+    if metrics.get("ood_n"):
+        lines.append(_ood_line(metrics))
     rep.section("Summary").bullets(lines)
     if not metrics.get("beats_baseline"):
         rep.paragraph("Warning: the model is not better than predicting the mean (the upper "

@@ -4,8 +4,11 @@
     out/store/        25-frame cines at the recipe's size (prepare resumes per sample)
     out/cv/           nested outer x inner cross-validation per view (resumes per unit)
     out/cv/ensemble/  fold and view ensembles, age gaps (redone when a unit was trained)
+    out/cv/<unit>/    + run/ood.json, ood_scores.csv: each model's OOD detector (`ood`;
+                      fitted once per model version)
     out/predictions/  the out-of-fold predictions in the prediction contract, with each
-                      subject's fold training mean as ``age_baseline``
+                      subject's fold training mean as ``age_baseline`` and its
+                      ``ood_score`` / ``ood_flag`` from its outer fold's models
     out/evaluation/   metrics.json (rmse, mae, r2 with CIs, rmse_baseline, rmse_ratio) and
                       report.html
 
@@ -32,6 +35,7 @@ from cinelab.infer.contract import run_record, write_contract
 from cinelab.pipelines.age.evaluate import DEFAULT_METHOD, ENSEMBLE_DIR, ensemble_cv
 from cinelab.pipelines.age.layout import AGES_FILE, dicom_root, ingest_lax
 from cinelab.pipelines.age.metrics import BASELINE_COLUMN, evaluate_age
+from cinelab.pipelines.age.ood import add_ood_columns, ood_step, oof_ood_scores
 from cinelab.pipelines.age.predict import PIPELINE, TARGET, TASK, option_views
 from cinelab.pipelines.age.report import report_age
 from cinelab.pipelines.age.synth import synth_cmr_lax_cohort
@@ -103,11 +107,16 @@ def oof_predictions(cv_dir: Path, out: Path, data: Path, labels: Path, problems:
     contract[f"{TARGET}_lo"], contract[f"{TARGET}_hi"] = cross_conformal(table, coverage)
     contract[BASELINE_COLUMN] = table["baseline"]
     contract["outer"] = table["outer"]
+    ood = oof_ood_scores(cv_dir)
+    if ood is not None:
+        contract = add_ood_columns(contract, ood[0])
     run = run_record(PIPELINE, TASK, None, data, started, model=str(cv_dir), recipe=recipe,
                      labels=str(Path(labels).resolve()), target=TARGET, views=views,
                      model_kind="cv ensemble, out of fold",
                      uncertainty={"intervals": [TARGET], "coverage": coverage,
-                                  "method": "cross-conformal over the outer folds"})
+                                  "method": "cross-conformal over the outer folds"},
+                     ood=None if ood is None else {**ood[1], "scored_by": "the subject's "
+                                                   "outer fold models (out of fold)"})
     return write_contract(out, contract, problems, run)
 
 
@@ -135,6 +144,7 @@ def run_age(data: Path, out: Path, options: Options) -> dict[str, Any]:
                     tta=int(options.get("tta", 5)), device=options.device,
                     max_epochs=options.max_epochs, accelerator=accelerator)
     ensemble_step(out / "cv", bool(result.trained), options)
+    ood_step(out / "cv", batch_size=options.batch_size, device=options.device)
     oof_predictions(out / "cv", out / "predictions", data, labels,
                     [*ingested.problems, *summary.problems], started, recipe_name,
                     _coverage(options))
