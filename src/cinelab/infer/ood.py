@@ -262,9 +262,14 @@ def capture_features(model: nn.Module, module: nn.Module | str | None = None,
     yielded list: the input of the recorded output Linear when `module` is None (the
     penultimate features), else `module`'s output (or input with capture="input"); `module`
     may be a name (``model.get_submodule``). Feature maps are pooled (`pool`: "mean" or
-    "meanstd"). Use it around an existing predict loop."""
+    "meanstd"). Use it around an existing predict loop. An execution engine (not a module;
+    `infer.engines.Engine`) yields its exported features instead, when taken there."""
     if pool not in POOLS:
         raise InputError(None, "pool", f"one of {', '.join(POOLS)}", repr(pool))
+    if not isinstance(model, nn.Module) and hasattr(model, "feature_capture"):
+        with model.feature_capture(module, capture, pool) as found:
+            yield found
+        return
     if isinstance(module, str):
         module = model.get_submodule(module) if module else None
     if module is None:

@@ -24,7 +24,7 @@ from cinelab.data.sampling import all_clip_starts, clip_indices
 from cinelab.data.store import PreparedStore
 from cinelab.data.transforms import Normalize
 from cinelab.errors import InputError
-from cinelab.train.checkpoint import InputSpec, load_checkpoint
+from cinelab.train.checkpoint import InputSpec, LoadedCheckpoint, load_checkpoint
 from cinelab.train.cv import register_cv_predictor
 
 DEFAULT_BATCH = 16
@@ -89,13 +89,16 @@ def _check_spec(store: PreparedStore, spec: InputSpec) -> None:
 
 @register_cv_predictor("video_regression", "regression", "cine_regression",
                        "video_classification")
-def predict_store(checkpoint: str | Path, store: str | Path | PreparedStore,
+def predict_store(checkpoint: str | Path | LoadedCheckpoint,
+                  store: str | Path | PreparedStore,
                   ids: Sequence[str] | None = None, tta: int = DEFAULT_TTA,
                   batch_size: int = DEFAULT_BATCH, device: str | torch.device = "cpu",
                   stride: int = 1) -> pd.DataFrame:
     """sample_id, pred (clip mean), pred_aug (clip and TTA mean; NaN when tta == 1), the
-    target column of the checkpoint (when the manifest has it)."""
-    loaded = load_checkpoint(checkpoint)
+    target column of the checkpoint (when the manifest has it). `checkpoint` may be loaded
+    already (e.g. behind an execution engine, `infer.engines.engine_checkpoint`)."""
+    loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else \
+        load_checkpoint(checkpoint)
     store = store if isinstance(store, PreparedStore) else PreparedStore(store)
     ids = store.ids if ids is None else [str(i) for i in ids]
     views = cine_tta_views(max(1, int(tta)))

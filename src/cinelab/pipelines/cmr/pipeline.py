@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from torch import nn
 
 from cinelab.data.manifest import read_manifest, write_manifest
 from cinelab.data.store import PreparedStore
@@ -59,7 +60,7 @@ from cinelab.pipelines.cmr.report import build_cmr_report
 from cinelab.pipelines.cmr.synth import ACDC_DIR, synth_cmr_cohort
 from cinelab.pipelines.cmr.uncertainty import annotate_cmr, cmr_interval_metrics
 from cinelab.pipelines.registry import Options
-from cinelab.train.checkpoint import load_checkpoint
+from cinelab.train.checkpoint import LoadedCheckpoint, load_checkpoint
 from cinelab.train.fit import fit
 from cinelab.train.recipe import Recipe, load_recipe
 from cinelab.utils import is_done, mark_done, read_json, write_csv, write_json
@@ -94,7 +95,7 @@ def predict(model: Path, source: Path, out: Path, options: Options) -> Path:
     checkpoint also gives ``ood_score`` / ``ood_flag`` per row (`cmr.ood`)."""
     started = time.time()
     engine = str(options.get("engine", "eager"))
-    loaded = engine_checkpoint(load_checkpoint(model), engine, options.device)
+    loaded = engine_checkpoint(load_checkpoint(model), engine, options.device, path=model)
     out = Path(out)
     native = bool(options.get("native", True))
     index = predict_cmr(loaded, source, out, fmt=str(options.get("format", "nifti")),
@@ -105,7 +106,7 @@ def predict(model: Path, source: Path, out: Path, options: Options) -> Path:
                         ensemble=[Path(p) for p in options.get("ensemble", []) or []])
     table, problems = contract_table(index, out)
     table = annotate_cmr(table, loaded.info.get("extra"), options.get("coverage"))
-    table = _with_ood(table, loaded.info.get("extra"), model, source, out)
+    table, ood_note = _with_ood(table, loaded, source, out)
     if not (Path(source) / "store.json").is_file():  # a raw folder, prepared into out/store
         problems = read_problems(out / STORE_DIR) + problems
     record = run_record(PIPELINE, TASK, model, source, started,
@@ -115,21 +116,27 @@ def predict(model: Path, source: Path, out: Path, options: Options) -> Path:
                             loaded, options.get("largest_component", LCC_AUTO)),
                         options={"device": options.device, "batch_size": options.batch_size,
                                  **options.extra},
-                        engine={"name": engine, **dict(getattr(loaded.model, "info", {}))})
+                        engine={"name": engine, **dict(getattr(loaded.model, "info", {}))},
+                        **ood_note)
     return write_contract(out, table, problems, record)
 
 
-def _with_ood(table: pd.DataFrame, extra: dict[str, Any] | None, model: Path, source: Path,
-              out: Path) -> pd.DataFrame:
-    """``ood_score`` / ``ood_flag`` when the checkpoint's `extra` holds a calibrated OOD
-    detector (the features taken with the eager model, whatever engine predicted)."""
-    state = UncertaintyState.from_extra(extra)
+def _with_ood(table: pd.DataFrame, loaded: LoadedCheckpoint, source: Path, out: Path
+              ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """(table with ``ood_score`` / ``ood_flag``, {}) when the checkpoint holds a calibrated
+    OOD detector: the features of whatever engine predicted (an ONNX graph outputs the
+    bottleneck's); (table, run.json's ``ood_unavailable``) when the engine has none."""
+    state = UncertaintyState.from_extra(loaded.info.get("extra"))
     if not isinstance(state.ood, MahalanobisDetector) or not state.ood.module:
-        return table
-    loaded = load_checkpoint(model)
+        return table, {}
+    model = loaded.model
+    if not isinstance(model, nn.Module) and \
+            not model.has_features(state.ood.module, None, state.ood.pool):
+        return table, {"ood_unavailable": f"the {model.name} model gives no features at "
+                       f"{state.ood.module} (export it again: `cinelab export`)"}
     store = PreparedStore(source) if (Path(source) / "store.json").is_file() else \
         PreparedStore(out / STORE_DIR)
-    return cmr_ood_columns(table, state.ood, loaded.model, loaded.input_spec, store)
+    return cmr_ood_columns(table, state.ood, model, loaded.input_spec, store), {}
 
 
 def contract_table(index: pd.DataFrame, out: Path) -> tuple[pd.DataFrame, list]:

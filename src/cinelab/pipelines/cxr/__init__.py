@@ -6,6 +6,7 @@ ChestX-ray14, auto-detected by `cinelab ingest`) and the "cxr" preparer (lung cr
 """
 
 from cinelab.formats.ingest import register_layout
+from cinelab.infer.engines import ENGINES
 from cinelab.pipelines.cxr import commands
 from cinelab.pipelines.cxr.calibrate import calibrate_cxr
 from cinelab.pipelines.cxr.cohort import LAYOUTS
@@ -48,4 +49,5 @@ PIPELINE = register_pipeline(Pipeline(
     owns_model=is_cxr_ensemble,
     commands=commands.register,
     calibrate=calibrate_cxr,
+    engines=ENGINES,
 ))

@@ -7,8 +7,11 @@ training images. An image's ``ood_score`` is the mean of these normalised distan
 members; the threshold is the `OOD_QUANTILE` of the validation images' scores (about 5 % of
 in-distribution images flagged). It is stored as ``ood.pt`` (tensors, read weights-only) in
 an ensemble folder, or under
-``cxr_ood`` in a checkpoint's extra; `predict` (the pipeline's) adds ``ood_score`` /
-``ood_flag`` to predictions.csv when it is there.
+``cxr_ood`` in a checkpoint's extra; `predict_with_ood` (the pipeline's predict) adds
+``ood_score`` / ``ood_flag`` to predictions.csv when it is there, from features taken in the
+prediction's own forward pass: under an engine (``--engine onnx``) each member is exported
+with its detector's layer as the ``features`` output, so it runs once per image; run.json's
+``ood`` says where the features came from.
 """
 
 from __future__ import annotations
@@ -24,19 +27,21 @@ import torch
 
 from cinelab.data.transforms import Normalize
 from cinelab.errors import InputError
-from cinelab.infer.contract import PREDICTIONS_FILE, read_predictions
+from cinelab.infer.contract import PREDICTIONS_FILE, RUN_FILE, read_predictions, read_run
+from cinelab.infer.engine_outputs import FeatureSpec
 from cinelab.infer.ood import DEFAULT_QUANTILE, MahalanobisDetector, last_feature_map, ood_from_dict
 from cinelab.pipelines.cxr.predict import (
     CxrEnsemble,
     CxrMember,
+    CxrPredictions,
     load_cxr_model,
-    predict,
+    predict_run,
     prepare_image,
     to_batch,
 )
 from cinelab.pipelines.registry import Options
 from cinelab.train.checkpoint import read_checkpoint, update_checkpoint_extra
-from cinelab.utils import atomic_path, write_csv
+from cinelab.utils import atomic_path, write_csv, write_json
 
 OOD_FILE, EXTRA_KEY, FORMAT = "ood.pt", "cxr_ood", "cinelab-cxr-ood/1"
 OOD_QUANTILE, POOL, BATCH = DEFAULT_QUANTILE, "mean", 16
@@ -172,13 +177,41 @@ def add_ood_columns(table: pd.DataFrame, model: Path, ood: MemberOOD,
     return table.assign(ood_score=column, ood_flag=ood.flag(column))
 
 
+def feature_specs(ood: MemberOOD) -> dict[str, FeatureSpec]:
+    """Per member, where its detector takes its features (what its engine exports)."""
+    return {n: FeatureSpec.of_detector(d) for n, d in ood.detectors.items()}
+
+
 def predict_with_ood(model: Path, source: Path, out: Path, options: Options) -> Path:
-    """The pipeline's predict (`cxr.predict.predict`) plus ``ood_score`` / ``ood_flag``
-    when the model carries fitted detectors."""
-    out = predict(model, source, out, options)
-    ood = read_member_ood(Path(model))
-    table = read_predictions(out)
-    if ood is not None and len(table) and "file" in table.columns:
-        write_csv(add_ood_columns(table, Path(model), ood, str(options.get("masks", "auto"))),
-                  Path(out) / PREDICTIONS_FILE)
+    """The pipeline's predict (`cxr.predict.predict_run`) plus ``ood_score`` / ``ood_flag``
+    when the model carries fitted detectors: the features come from the same forward pass
+    as the probabilities (an engine's ``features`` output, or hooks on the eager member);
+    run.json ``ood`` records the detectors' layers and that source."""
+    ood = read_member_ood(Path(model)) if Path(model).exists() else None  # else: predict's error
+    specs = None if ood is None else feature_specs(ood)
+    result = predict_run(model, source, out, options, features=specs)
+    if ood is not None:
+        _write_ood(Path(out), ood, result, str(options.get("engine", "eager")))
     return Path(out)
+
+
+def _write_ood(out: Path, ood: MemberOOD, result: CxrPredictions, engine: str) -> None:
+    """``ood_score`` / ``ood_flag`` in predictions.csv (rows matched by sample_id) and
+    run.json ``ood``."""
+    missing = [n for n in ood.detectors if n not in result.features]
+    if missing:
+        raise InputError(out / RUN_FILE, "ood.members", "a member of the ensemble per "
+                         "detector", repr(missing[0]))
+    table = read_predictions(out)
+    if len(table):
+        scores = pd.Series(ood.score(result.features) if len(result.table) else [],
+                           index=result.table["sample_id"].astype(str), dtype=float)
+        column = table["sample_id"].astype(str).map(scores).to_numpy(float)
+        write_csv(table.assign(ood_score=column, ood_flag=ood.flag(column)),
+                  out / PREDICTIONS_FILE)
+    run = read_run(out)
+    run["ood"] = {"method": "mahalanobis per member", "threshold": ood.threshold,
+                  "features": "engine" if engine != "eager" else "eager",
+                  "engine": engine, "one_pass": True,
+                  "members": {n: str(s) for n, s in feature_specs(ood).items()}}
+    write_json(out / RUN_FILE, run)

@@ -12,7 +12,8 @@ lateral views and thumbnails are refused into problems.csv, `CxrAcceptance`) -> 
 source the ensemble was trained with, ensemble.json ``crop_source``: its U-Net or the mask
 file beside the image; `resolve_mask_source`) -> crop box or the
 fallback with its reason (`cinelab.pipelines.cxr.crop`) -> Lanczos resize to every member's size ->
-each member's probability (mean over `tta` seeded views, `cinelab.infer.tta`) -> the
+each member's probability (mean over `tta` seeded views, `cinelab.pipelines.cxr.members`;
+with its OOD detector's features from the same pass when asked) -> the
 weighted ensemble probability and the label at the threshold. A file that cannot be read
 is written to problems.csv and skipped; the others go on.
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -45,8 +46,10 @@ from cinelab.infer.contract import (
     run_record,
     write_contract,
 )
+from cinelab.infer.engine_outputs import Engine, FeatureSpec
+from cinelab.infer.engines import AUTO, engine_checkpoint
 from cinelab.infer.ensemble import EnsembleWeights, load_ensemble_weights
-from cinelab.infer.tta import augment_from_recipe, tta_predict, tta_views
+from cinelab.infer.tta import tta_views
 from cinelab.io.cxr_dicom import CxrAcceptance, read_cxr
 from cinelab.pipelines.cxr.cohort import MANIFEST, load_cxr_cohort
 from cinelab.pipelines.cxr.crop import (
@@ -60,6 +63,9 @@ from cinelab.pipelines.cxr.crop import (
     resolve_mask_source,
 )
 from cinelab.pipelines.cxr.layout import find_mask, list_images, unique_ids
+from cinelab.pipelines.cxr.members import DEFAULT_BATCH, load_member, predict_member, to_batch
+from cinelab.pipelines.cxr.members import positive_probability as positive_probability
+from cinelab.pipelines.cxr.members import predict_arrays as predict_arrays
 from cinelab.pipelines.cxr.uncertainty import annotate_cxr, read_cxr_state
 from cinelab.pipelines.registry import Options
 from cinelab.train.checkpoint import LoadedCheckpoint, load_checkpoint
@@ -72,7 +78,6 @@ PREDICTIONS_CSV, PROBLEMS_CSV = PREDICTIONS_FILE, PROBLEMS_FILE
 MEMBER_PREFIX = "probability_"
 STAGE = "cxr-predict"
 DEFAULT_THRESHOLD = 0.5
-DEFAULT_BATCH = 16
 MASK_SOURCES = ("auto", "unet", "files", "none")
 COLUMNS = ["sample_id", "patient_id", "probability", "prediction", "threshold"]
 CROP_COLUMNS = ["file", "cropped", "crop_reason", "height", "width", "tta"]
@@ -114,22 +119,10 @@ class CxrPredictions:
     table: pd.DataFrame
     problems: list[Problem] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
+    features: dict[str, np.ndarray] = field(default_factory=dict)  # per member, table rows
 
 
 # --------------------------------------------------------------------------- models
-
-
-def load_member(path: str | Path) -> LoadedCheckpoint:
-    """A member checkpoint, model in eval mode on the CPU; a multi-label model (e.g. the
-    14-finding NIH pretraining) is refused rather than read as its first finding."""
-    loaded = load_checkpoint(path)
-    kwargs = (loaded.recipe.get("model") or {}).get("kwargs") or {}
-    outputs = int(kwargs.get("num_outputs", 1))
-    if outputs not in (1, 2):
-        raise InputError(path, "model.kwargs.num_outputs", "a binary member (1 or 2 outputs)",
-                         f"{outputs} outputs", "fine-tune it on the binary task first "
-                         "(model.pretrained=<this checkpoint>)")
-    return loaded
 
 
 def load_cxr_ensemble(root: str | Path) -> CxrEnsemble:
@@ -180,44 +173,6 @@ def load_cxr_model(model: str | Path) -> CxrEnsemble:
     return CxrEnsemble(path.parent, [CxrMember(name, crop, int(loaded.input_spec.size), loaded)],
                        weights, DEFAULT_THRESHOLD if threshold is None else float(threshold),
                        crop_source=extra.get("crop_source"))
-
-
-def to_batch(images: np.ndarray, channels: int) -> torch.Tensor:
-    """uint8 (B, H, W[, C]) -> float32 (B, channels, H, W) in 0-255 units."""
-    arr = np.asarray(images)
-    arr = arr[..., None] if arr.ndim == 3 else arr
-    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).to(torch.float32)
-    if x.shape[1] == channels:
-        return x
-    if x.shape[1] == 1:
-        return x.expand(-1, channels, -1, -1).contiguous()
-    return x.mean(dim=1, keepdim=True).expand(-1, channels, -1, -1).contiguous()
-
-
-def positive_probability(logits: torch.Tensor) -> torch.Tensor:
-    """(B,) probability of the positive class: sigmoid of one logit, softmax of two."""
-    logits = logits.reshape(logits.shape[0], -1).float()
-    if logits.shape[1] == 2:
-        return torch.softmax(logits, dim=1)[:, 1]
-    return torch.sigmoid(logits[:, 0])
-
-
-def predict_arrays(loaded: LoadedCheckpoint, images: np.ndarray, tta: int = 1, seed: int = 0,
-                   batch_size: int = DEFAULT_BATCH, device: str = "cpu") -> np.ndarray:
-    """Probabilities (B,) of one member for uint8 images at its size: the mean over `tta`
-    views drawn like the member's training augmentation (`augment_from_recipe`)."""
-    spec, model = loaded.input_spec, loaded.model.to(device).eval()
-    norm = Normalize(spec.mean, spec.std)
-    augment = augment_from_recipe(loaded.recipe)
-
-    def predict(x: torch.Tensor) -> torch.Tensor:
-        return positive_probability(model(norm(x)))
-
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = to_batch(images[start:start + batch_size], spec.channels).to(device)
-        out.append(tta_predict(predict, x, n=tta, seed=seed, augment=augment).cpu().numpy())
-    return np.concatenate(out) if out else np.empty(0, np.float32)
 
 
 # --------------------------------------------------------------------------- lung crop
@@ -288,14 +243,31 @@ def list_inputs(source: str | Path | Sequence[str | Path]) -> tuple[Path, list[P
 def member_probabilities(ensemble: CxrEnsemble, variants: list[CxrVariants], tta: int = 1,
                          seed: int = 0, device: str = "cpu") -> np.ndarray:
     """(n_images, n_members) probabilities, each member on its own (crop, size) variant."""
-    return np.stack([predict_arrays(m.loaded, np.stack([v.images[(m.crop, m.size)]
-                                                        for v in variants]),
-                                    tta, seed, len(variants), device)
-                     for m in ensemble.members], axis=1)
+    return member_outputs(ensemble, variants, tta, seed, device)[0]
+
+
+def member_outputs(ensemble: CxrEnsemble, variants: list[CxrVariants], tta: int = 1,
+                   seed: int = 0, device: str = "cpu",
+                   features: Mapping[str, FeatureSpec] | None = None
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(`member_probabilities`, per member named in `features` its (n_images, D) features
+    from the same forward pass)."""
+    probs, feats = [], {}
+    for m in ensemble.members:
+        spec = (features or {}).get(m.name)
+        p, f = predict_member(m.loaded, np.stack([v.images[(m.crop, m.size)]
+                                                  for v in variants]),
+                              tta, seed, len(variants), device, spec)
+        probs.append(p)
+        if f is not None:
+            feats[m.name] = f
+    return np.stack(probs, axis=1), feats
 
 
 def _chunk_rows(ensemble: CxrEnsemble, chunk: list[tuple[Path, str]], tta: int, seed: int,
-                mask_source: str, problems: list[Problem], device: str) -> list[dict]:
+                mask_source: str, problems: list[Problem], device: str,
+                features: Mapping[str, FeatureSpec] | None = None
+                ) -> tuple[list[dict], dict[str, np.ndarray]]:
     prepared = []
     for path, sid in chunk:
         try:
@@ -304,8 +276,9 @@ def _chunk_rows(ensemble: CxrEnsemble, chunk: list[tuple[Path, str]], tta: int, 
         except Exception as exc:  # one bad file is reported and skipped
             problems.append(Problem.from_exception(path, STAGE, exc))
     if not prepared:
-        return []
-    probs = member_probabilities(ensemble, [v for *_, v in prepared], tta, seed, device)
+        return [], {}
+    probs, feats = member_outputs(ensemble, [v for *_, v in prepared], tta, seed, device,
+                                  features)
     combined = ensemble.weights.predict(probs)
     rows = []
     for k, (path, sid, shape, variants) in enumerate(prepared):
@@ -317,7 +290,7 @@ def _chunk_rows(ensemble: CxrEnsemble, chunk: list[tuple[Path, str]], tta: int, 
         row.update(cropped=variants.cropped, crop_reason=variants.reason,
                    height=int(shape[0]), width=int(shape[1]), tta=tta)
         rows.append(row)
-    return rows
+    return rows, feats
 
 
 def predict_cxr(ensemble: CxrEnsemble | str | Path,
@@ -327,11 +300,14 @@ def predict_cxr(ensemble: CxrEnsemble | str | Path,
                 mask_source: str = "auto", device: str = "cpu",
                 ids: Sequence[str] | None = None,
                 patient_ids: Sequence[str | None] | None = None,
-                record: dict[str, Any] | None = None) -> CxrPredictions:
+                record: dict[str, Any] | None = None,
+                features: Mapping[str, FeatureSpec] | None = None) -> CxrPredictions:
     """Predict every radiograph of `source` (a file, a folder or a list of files; `ids` and
     `patient_ids` name them, e.g. from a manifest); write the prediction contract into
     `out_dir` when given (`record`: extra run.json fields, e.g. the cohort and split the
-    files came from). No prompts; bad files never stop the run."""
+    files came from). No prompts; bad files never stop the run. `features` (member name ->
+    where): those members' features of every row, taken in the prediction's forward pass
+    (``result.features``, for the OOD scores)."""
     started = time.time()
     ens = ensemble if isinstance(ensemble, CxrEnsemble) else load_cxr_model(ensemble)
     if threshold is not None:
@@ -345,12 +321,17 @@ def predict_cxr(ensemble: CxrEnsemble | str | Path,
     ids = found_ids if ids is None else [str(i) for i in ids]
     problems: list[Problem] = []
     rows: list[dict] = []
+    feats: dict[str, list[np.ndarray]] = {}
     pairs = list(zip(files, ids, strict=True))
     for start in range(0, len(pairs), batch_size):
-        rows += _chunk_rows(ens, pairs[start:start + batch_size], tta, seed, mask_source,
-                            problems, device)
+        chunk, found = _chunk_rows(ens, pairs[start:start + batch_size], tta, seed,
+                                   mask_source, problems, device, features)
+        rows += chunk
+        for name, value in found.items():
+            feats.setdefault(name, []).append(value)
     result = CxrPredictions(_table(rows, ens, dict(zip(ids, patient_ids or ids, strict=True))),
-                            problems)
+                            problems,
+                            features={n: np.concatenate(v) for n, v in feats.items()})
     if out_dir is not None:
         run = {"input": None if not isinstance(source, str | Path) else str(source),
                **(record or {})}
@@ -384,28 +365,59 @@ def write_predictions(result: CxrPredictions, out_dir: str | Path, ens: CxrEnsem
 
 
 def predict(model: Path, source: Path, out: Path, options: Options) -> Path:
+    """The pipeline's predict without OOD scores (`predict_run`, documented there)."""
+    predict_run(model, source, out, options)
+    return Path(out)
+
+
+def predict_run(model: Path, source: Path, out: Path, options: Options,
+                features: Mapping[str, FeatureSpec] | None = None,
+                record: dict[str, Any] | None = None) -> CxrPredictions:
     """The pipeline's predict: an ensemble folder (or one member checkpoint) on a
     radiograph, a folder of them, or a cohort (folder tree with ``options.split``, ingest
     folder, prepared store or manifest: its rows, or those of ``options.split``).
     Options: tta, threshold, masks (auto|unet|files|none), modalities, views, min_side
     (which DICOMs are accepted, `acceptance`); ``labels`` is recorded for evaluate (and read
-    as the label CSV of the images when a split is asked for)."""
+    as the label CSV of the images when a split is asked for). `features` (member name ->
+    where): each such member exported with that ``features`` output under an engine, and
+    its features of every row returned (`predict_cxr`); `record`: extra run.json fields."""
     source = Path(source)
     files, ids, patients = input_files(source, options)
     ensemble = load_cxr_model(model)
     ensemble.accept = acceptance(options)
     record = {"input": str(source), "split": options.split, "accept": asdict(ensemble.accept),
-              "labels": None if options.labels is None else str(options.labels)}
-    predict_cxr(ensemble, files, out, tta=int(options.get("tta", 1)),
-                seed=options.seed, batch_size=options.batch_size,
-                threshold=options.get("threshold"),
-                mask_source=str(options.get("masks", "auto")), device=options.device,
-                ids=ids, patient_ids=patients, record=record)
+              "labels": None if options.labels is None else str(options.labels),
+              "engine": engine_members(ensemble, str(options.get("engine", "eager")),
+                                       options.device, features), **(record or {})}
+    result = predict_cxr(ensemble, files, out, tta=int(options.get("tta", 1)),
+                         seed=options.seed, batch_size=options.batch_size,
+                         threshold=options.get("threshold"),
+                         mask_source=str(options.get("masks", "auto")), device=options.device,
+                         ids=ids, patient_ids=patients, record=record, features=features)
     written = read_predictions(out)
     if len(written):  # calibrated probability, disagreement (`uncertainty`)
         write_csv(annotate_cxr(written, read_cxr_state(Path(model))), Path(out) /
                   PREDICTIONS_FILE)
-    return Path(out)
+    return result
+
+
+def engine_members(ensemble: CxrEnsemble, engine: str, device: str = "cpu",
+                   features: Mapping[str, FeatureSpec] | None = None) -> dict[str, Any]:
+    """Put every member behind `engine` (`infer.engines`: each exported once for this
+    call, with the ``features`` output `features` names for it, else the default; the lung
+    U-Net stays eager); run.json's ``engine``."""
+    for member in ensemble.members:
+        spec = (features or {}).get(member.name)
+        member.loaded = engine_checkpoint(member.loaded, engine, device,
+                                          features=AUTO if spec is None else spec)
+    return {"name": engine, **{m.name: _engine_info(m.loaded.model) for m in ensemble.members
+                               if engine != "eager"}}
+
+
+def _engine_info(engine: Engine) -> dict[str, Any]:
+    """run.json's record of one member's engine: its info and its ``features`` output."""
+    features = None if engine.features is None else engine.features.to_dict()
+    return {**engine.info, "features": features}
 
 
 def input_files(source: Path, options: Options

@@ -42,8 +42,8 @@ UNCERTAINTY_COLUMNS = ["ef_lo", "ef_hi", "ef_beat_sd", "ef_beat_sd_flag", "ood_s
 
 __all__ = ["BEAT_SD_THRESHOLD", "DEFAULT_COVERAGE", "EF_RANGE", "UNCERTAINTY_COLUMNS",
            "annotate_predictions", "beat_sd", "checkpoint_state", "detector_of",
-           "evaluate_uncertainty", "mean_feature", "usable_state", "video_features",
-           "video_ood_score"]
+           "evaluate_uncertainty", "mean_feature", "ood_unavailable", "usable_state",
+           "video_features", "video_ood_score"]
 
 
 def checkpoint_state(loaded: LoadedCheckpoint | None) -> UncertaintyState:
@@ -60,12 +60,24 @@ def detector_of(state: UncertaintyState) -> MahalanobisDetector | None:
 
 def usable_state(state: UncertaintyState, loaded: LoadedCheckpoint | None
                  ) -> UncertaintyState:
-    """`state` without its feature detector when the EF model is not a PyTorch module (an
-    ONNX engine has no layer to hook): intervals and beat-to-beat flags still apply."""
+    """`state` without its feature detector when the EF model gives no features where the
+    detector was fitted (an engine exported without them, e.g. an older ONNX file):
+    intervals and beat-to-beat flags still apply."""
     model = None if loaded is None else loaded.model
-    if detector_of(state) is None or isinstance(model, nn.Module):
+    detector = detector_of(state)
+    if detector is None or isinstance(model, nn.Module) or (
+            hasattr(model, "has_features") and
+            model.has_features(detector.module or None, None, detector.pool)):  # type: ignore[union-attr]
         return state
     return UncertaintyState(intervals=state.intervals, calibrator=state.calibrator)
+
+
+def ood_unavailable(stored: UncertaintyState, usable: UncertaintyState) -> dict[str, str]:
+    """run.json's ``ood_unavailable`` (why) when `usable_state` dropped the detector."""
+    if detector_of(stored) is None or detector_of(usable) is not None:
+        return {}
+    return {"ood_unavailable": "the engine's model gives no features where the OOD "
+                               "detector was fitted (export it again: `cinelab export`)"}
 
 
 @contextmanager

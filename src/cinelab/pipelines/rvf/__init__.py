@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cinelab.infer.engines import ENGINES
 from cinelab.pipelines.registry import Options, Pipeline, Target, register_pipeline
 from cinelab.pipelines.rvf.calibrate import calibrate_rvf
 from cinelab.pipelines.rvf.commands import register
@@ -73,4 +74,5 @@ PIPELINE = register_pipeline(Pipeline(
     calibrate=calibrate_rvf,
     owns_model=owns_model,
     commands=register,
+    engines=ENGINES,
 ))

@@ -259,7 +259,8 @@ def predict_ensemble(folder: Path, input_path: Path, out: Path, options: Options
                      clips=member_run.get("clips"), seed=options.seed, threshold=threshold,
                      threshold_source=source, store=member_run.get("store"),
                      input_spec=member_run.get("input_spec"),
-                     class_names=member_run.get("class_names"))
+                     class_names=member_run.get("class_names"),
+                     engine=member_run.get("engine", {"name": "eager"}))
     return write_contract(out, videos, problems, run)
 
 

@@ -21,7 +21,8 @@ beside the calibrated ``probability``, the threshold mapped alike (same decision
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,14 @@ from cinelab.data.store import PreparedStore
 from cinelab.data.streams import check_flow, model_streams, stream_clip
 from cinelab.errors import InputError
 from cinelab.infer.contract import read_problems, run_record, write_contract
+from cinelab.infer.engine_outputs import OUTPUT_NAME, FeatureSpec, module_name
+from cinelab.infer.engines import engine_checkpoint
 from cinelab.infer.video_classify import DEFAULT_THRESHOLD, clip_starts, recipe_clips, select_ids
 from cinelab.pipelines.registry import Options
 from cinelab.pipelines.rvf.prepare import store_for
 from cinelab.pipelines.rvf.uncertainty import (
     annotate_rvf,
+    feature_modules,
     ood_detector,
     read_rvf_state,
     stream_features,
@@ -56,6 +60,7 @@ PREPARED_DIR = "prepared"
 SCORE = "probability"
 STREAM_PREFIX = "p_"
 PATIENTS_FILE, CLIPS_FILE = "patients.csv", "clips.csv"
+TAP_PREFIX = "stream."  # an engine's output of one stream's logits
 
 
 def checkpoint_path(model: str | Path) -> Path:
@@ -85,6 +90,7 @@ def clip_outputs(model: nn.Module, store: PreparedStore, sample_id: str, spec: I
     mean = torch.tensor(spec.mean, dtype=torch.float32, device=device).reshape(1, -1, 1, 1, 1)
     std = torch.tensor(spec.std, dtype=torch.float32, device=device).reshape(1, -1, 1, 1, 1)
     model = model.eval().to(device)
+    engine = not isinstance(model, nn.Module)  # `infer.engines.Engine`: one named-output run
     streams = _has_stream_logits(model)
     out: dict[str, list[np.ndarray]] = {SCORE: []}
     for first in range(0, len(starts), batch_size):
@@ -93,8 +99,13 @@ def clip_outputs(model: nn.Module, store: PreparedStore, sample_id: str, spec: I
                                                    n_total), layout, active)
                           for s in starts[first:first + batch_size]])
         x = (torch.from_numpy(clips).to(device) - mean) / std
-        parts = model.stream_outputs(x) if streams else {}
-        fused = model.fuse(parts) if streams else model(x)
+        if engine:
+            found = model.outputs(x)  # type: ignore[operator]
+            fused = found[OUTPUT_NAME]
+            parts = {k[len(TAP_PREFIX):]: v for k, v in found.items() if k.startswith(TAP_PREFIX)}
+        else:
+            parts = model.stream_outputs(x) if streams else {}
+            fused = model.fuse(parts) if streams else model(x)
         for name, logits in {SCORE: fused, **{STREAM_PREFIX + k: v for k, v in
                                               parts.items()}}.items():
             prob = logits.float().reshape(len(clips), -1)[:, 0].sigmoid().cpu().numpy()
@@ -118,7 +129,7 @@ def predict_store(loaded: LoadedCheckpoint, store: PreparedStore, ids: Sequence[
     for sid in ids:
         n_total = int(store.frames(sid).shape[0])
         starts = clip_starts(sid, n_total, spec.frames, spec.period or 1, n_clips, seed)
-        with stream_features(None if features is None else loaded.model) as found:
+        with _features(None if features is None else loaded.model) as found:
             outs = clip_outputs(loaded.model, store, sid, spec, starts, batch_size, device)
         if features is not None:
             features.append(video_feature(found))
@@ -163,13 +174,14 @@ def predict_rvf(model: Path, input_path: Path, out: Path, options: Options) -> P
     an ingest folder or a raw RVF cohort (prepared under ``out/prepared``)."""
     started = time.time()
     ckpt, out = checkpoint_path(model), Path(out)
-    loaded = load_checkpoint(ckpt)
+    state, engine = read_rvf_state(ckpt), str(options.get("engine", "eager"))
+    loaded = rvf_engine(load_checkpoint(ckpt), engine, options.device,
+                        ood_detector(state) is not None, ckpt)
     size = loaded.input_spec.size
     size = size if isinstance(size, int) else int(size[0])
     store = PreparedStore(store_for(input_path, out / PREPARED_DIR, size, options.extra))
     ids = select_ids(store, options.split, options.get("ids"))
     clips = options.get("clips") or recipe_clips(loaded)
-    state = read_rvf_state(ckpt)
     found: list[np.ndarray | None] | None = [] if ood_detector(state) is not None else None
     videos, clip_table = predict_store(loaded, store, ids, clips, options.seed,
                                        options.batch_size, options.device, found)
@@ -184,8 +196,39 @@ def predict_rvf(model: Path, input_path: Path, out: Path, options: Options) -> P
                      split=options.split, clips=clips, seed=options.seed, threshold=threshold,
                      threshold_source=source,
                      recipe=loaded.recipe.get("name"), input_spec=_spec(loaded.input_spec),
-                     class_names=(loaded.info.get("extra") or {}).get("class_names"))
+                     class_names=(loaded.info.get("extra") or {}).get("class_names"),
+                     engine={"name": engine, **dict(getattr(loaded.model, "info", {}))})
     return write_contract(out, videos, read_problems(store.root), run)
+
+
+def rvf_engine(loaded: LoadedCheckpoint, engine: str, device: str, features: bool,
+               path: Path | None = None) -> LoadedCheckpoint:
+    """The checkpoint behind `engine` (`infer.engines`): the graph also outputs each
+    stream's logits (``stream.<name>``, two-stream models) and, with `features`, the
+    streams' penultimate features `stream_features` takes (concatenated per clip)."""
+    model = loaded.model
+    inner = getattr(model, "module", model)
+    taps = {TAP_PREFIX + n: f"streams.{n}" for n in inner.active_streams} \
+        if _has_stream_logits(model) else {}
+    return engine_checkpoint(loaded, engine, device, features=feature_spec(model)
+                             if features else None, taps=taps, path=path)
+
+
+def feature_spec(model: nn.Module) -> FeatureSpec:
+    """`stream_features`' modules as an engine's features (inputs, mean-pooled)."""
+    return FeatureSpec(tuple(module_name(model, m) for m in feature_modules(model)), "input")
+
+
+@contextmanager
+def _features(model: Any) -> Iterator[list[list[torch.Tensor]]]:
+    """`stream_features` of a module; of an engine, its features output (one list: the
+    modules' features concatenated per clip, so `video_feature` gives the same row)."""
+    if model is None or isinstance(model, nn.Module):
+        with stream_features(model) as found:
+            yield found
+        return
+    with model.feature_capture(feature_spec(model.module)) as one:
+        yield [one]
 
 
 def stacked_features(found: list[np.ndarray | None] | None) -> np.ndarray | None:
