@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
@@ -49,6 +50,20 @@ def exit_if_problems(problems: list, where: object) -> None:
         console.print(f"finished with {len(problems)} problem(s): see {where}", highlight=False,
                       soft_wrap=True)
         sys.exit(EXIT_PROBLEMS)
+
+
+def finish_predictions(n_predicted: int, problems: list, folder: object, source: object,
+                       summary: str | None = None) -> None:
+    """The end of every predict verb (generic or a pipeline's): list the problems, print
+    `summary`, exit 2 when nothing could be predicted, 3 when inputs were skipped (the
+    good rows are written and the bad ones are in problems.csv), else return (exit 0)."""
+    print_problems(problems)
+    if summary:
+        console.print(summary, highlight=False, soft_wrap=True)
+    listing = Path(str(folder)) / "problems.csv"
+    if n_predicted == 0:
+        raise CinelabError(f"{source}: no usable input (see {listing})")
+    exit_if_problems(problems, listing)
 
 
 def print_problems(problems: list, limit: int = 10) -> None:

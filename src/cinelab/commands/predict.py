@@ -11,8 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-from cinelab.cliutil import console, exit_if_problems, friendly, parse_options, print_problems
-from cinelab.errors import CinelabError, InputError
+from cinelab.cliutil import console, finish_predictions, friendly, parse_options
+from cinelab.errors import InputError
 from cinelab.infer.contract import read_predictions, read_problems
 from cinelab.pipelines.registry import (
     Options,
@@ -58,12 +58,9 @@ def predict_cmd(
                       extra=extra)
     folder = chosen.predict(model, input, out, options)
     table, problems = read_predictions(folder), read_problems(folder)
-    print_problems(problems)
-    console.print(f"{chosen.name}: {len(table)} prediction(s), {len(problems)} problem(s) "
-                  f"-> {folder}")
-    if table.empty:
-        raise CinelabError(f"{input}: no usable input (see {folder / 'problems.csv'})")
-    exit_if_problems(problems, folder / "problems.csv")  # exit 3: written, something skipped
+    finish_predictions(len(table), problems, folder, input,  # exit 3: something skipped
+                       f"{chosen.name}: {len(table)} prediction(s), {len(problems)} "
+                       f"problem(s) -> {folder}")
 
 
 def evaluate_cmd(

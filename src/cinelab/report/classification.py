@@ -41,7 +41,23 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
              "without a label",
              f"threshold {thr:.3f} ({metrics.get('threshold_source', 'given')})"
              if thr is not None else "threshold: n/a"]
-    return lines + crop_lines(metrics) + [_entry(metrics, m) for m in SUMMARY_METRICS]
+    return lines + crop_lines(metrics) + calibration_lines(metrics) + \
+        [_entry(metrics, m) for m in SUMMARY_METRICS]
+
+
+def calibration_lines(metrics: dict[str, Any]) -> list[str]:
+    """Whether the probabilities are calibrated (and OOD-flagged), when recorded
+    (``calibration``: what was fitted, or the note why not)."""
+    cal = metrics.get("calibration")
+    if not isinstance(cal, dict):
+        return []
+    if not cal.get("calibrated"):
+        return [str(cal.get("note") or "not calibrated")]
+    ood = f"OOD flag: {cal['ood']}" if cal.get("ood") else \
+        str(cal.get("ood_note") or "no OOD flag")
+    return [f"calibrated on the {cal.get('split')} split: temperature "
+            f"{float(cal['temperature']):.3f}, ECE {float(cal['ece_before']):.3f} -> "
+            f"{float(cal['ece_after']):.3f}; {ood}"]
 
 
 def crop_lines(metrics: dict[str, Any]) -> list[str]:

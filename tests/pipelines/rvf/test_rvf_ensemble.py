@@ -29,6 +29,7 @@ from cinelab.pipelines.rvf.ensemble import (
 from cinelab.pipelines.rvf.layout import ingest_rvf
 from cinelab.pipelines.rvf.predict import predict_rvf
 from cinelab.pipelines.rvf.synth import synth_rvf_cohort
+from cinelab.pipelines.rvf.uncertainty import read_rvf_state
 from cinelab.train.recipe import load_recipe
 from cinelab.utils import read_json
 
@@ -139,7 +140,9 @@ def test_run_with_members_evaluates_the_ensemble(store: Path, tmp_path: Path) ->
     assert "auc" in metrics and Path(metrics["report"]).is_file()
     info, models = read_ensemble(tmp_path / "out" / "run")
     assert info["pipeline"] == "rvf" and is_ensemble(tmp_path / "out" / "run")
-    assert len(models) == 2 and metrics["threshold"] == pytest.approx(info["threshold"])
+    calibrator = read_rvf_state(tmp_path / "out" / "run").calibrator  # the run calibrates
+    assert len(models) == 2 and calibrator is not None
+    assert metrics["threshold"] == pytest.approx(calibrator.apply([info["threshold"]])[0])
     table = read_predictions(tmp_path / "out" / "predictions")
     assert (table["n_members"] == 2).all() and set(table["split"]) == {"train"}
 

@@ -23,6 +23,7 @@ from cinelab.pipelines.registry import Options, get_pipeline, pipeline_for_model
 from cinelab.pipelines.rvf.layout import ingest_rvf
 from cinelab.pipelines.rvf.prepare import prepare_rvf
 from cinelab.pipelines.rvf.synth import synth_rvf_cohort
+from cinelab.pipelines.rvf.uncertainty import read_rvf_state
 from cinelab.train.checkpoint import InputSpec, load_checkpoint, save_checkpoint
 from cinelab.utils import read_json, write_csv, write_json
 
@@ -174,7 +175,9 @@ def test_run_learns_the_synthetic_cohort_and_resumes(tmp_path: Path) -> None:
     assert metrics["specificity"] >= 0.6 and metrics["sensitivity"] >= 0.6
     model = tmp_path / "out" / "run" / "model.pt"
     recorded = load_checkpoint(model).info["extra"]  # threshold chosen on validation
-    assert recorded["threshold"] == pytest.approx(metrics["threshold"])
+    calibrator = read_rvf_state(model).calibrator  # the run calibrates on validation too
+    assert calibrator is not None and metrics["calibrated"] is True
+    assert calibrator.apply([recorded["threshold"]])[0] == pytest.approx(metrics["threshold"])
     assert metrics["threshold_source"] == recorded["threshold_source"] == \
         "Youden's J on the validation videos"
     stamp = model.stat().st_mtime_ns

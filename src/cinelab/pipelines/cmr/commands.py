@@ -12,11 +12,11 @@ from typing import Annotated, Any
 import pandas as pd
 import typer
 
-from cinelab.cliutil import console, friendly, print_problems
+from cinelab.cliutil import console, finish_predictions, friendly, print_problems
 from cinelab.data.manifest import read_manifest
 from cinelab.data.store import PreparedStore
 from cinelab.errors import CinelabError, InputError, Problem
-from cinelab.infer.contract import read_predictions
+from cinelab.infer.contract import read_predictions, read_problems
 from cinelab.io.table import read_table
 from cinelab.measure.volumes import parse_label_map
 from cinelab.pipelines.cmr import pipeline as cmr_pipeline
@@ -264,13 +264,16 @@ def predict(
                                           "mirror": mirror,
                                           "ensemble": [str(p) for p in ensemble or []]})
     with console.status("predicting masks"):
-        index = read_predictions(cmr_pipeline.predict(checkpoint, source, out, options))
+        folder = cmr_pipeline.predict(checkpoint, source, out, options)
+    index, skipped = read_predictions(folder), read_problems(folder)
     table, per_frame, problems = measure_mask_set(out)
     write_csv(table, out / "volumes.csv")
     write_csv(per_frame, out / "frame_volumes.csv")
-    print_problems(problems)
-    console.print(f"{len(index)} label files; volumes of {len(table)} patients or cines -> "
-                  f"{out / 'volumes.csv'}")
+    listed = {(p.file, p.error) for p in skipped}  # printed once, by finish_predictions
+    print_problems([p for p in problems if (p.file, p.error) not in listed])
+    finish_predictions(len(index), skipped, folder, source,
+                       f"{len(index)} label files; volumes of {len(table)} patients or cines "
+                       f"-> {out / 'volumes.csv'}")
 
 
 def curve(

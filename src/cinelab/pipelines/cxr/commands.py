@@ -22,14 +22,16 @@ from typing import Annotated
 
 import typer
 
-from cinelab.cliutil import console, friendly, print_problems
+from cinelab.cliutil import console, finish_predictions, friendly, print_problems
 from cinelab.errors import CinelabError
+from cinelab.infer.contract import PREDICTIONS_FILE, read_predictions, read_problems
 from cinelab.models.xrv import import_torchxrayvision
 from cinelab.pipelines.cxr.cohort import load_cxr_cohort
 from cinelab.pipelines.cxr.ensemble import train_ensemble
 from cinelab.pipelines.cxr.evaluate import evaluate
 from cinelab.pipelines.cxr.gradcam import DEFAULT_GRADCAMS, write_gradcams
-from cinelab.pipelines.cxr.predict import list_inputs, predict_cxr
+from cinelab.pipelines.cxr.ood import predict_with_ood
+from cinelab.pipelines.cxr.predict import list_inputs
 from cinelab.pipelines.cxr.run import (
     DEFAULT_RECIPE,
     DEFAULT_TTA,
@@ -137,14 +139,18 @@ def predict_cmd(
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 16,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
 ) -> None:
-    """Ensemble probability for every image (all preprocessing included); no prompts."""
-    result = predict_cxr(ensemble, source, out, tta=tta, seed=seed, threshold=threshold,
-                         mask_source=masks, batch_size=batch_size, device=device)
-    print_problems(result.problems)
-    console.print(f"{len(result.table)} images predicted, {len(result.problems)} skipped "
-                  f"-> {result.files['predictions']}")
-    if result.table.empty:
-        raise CinelabError(f"{source}: no image could be predicted")
+    """Ensemble probability for every image (all preprocessing included); no prompts. The
+    same code path as `cinelab predict ENSEMBLE SOURCE`: calibrated probability, member
+    disagreement and OOD flag when `cinelab calibrate` fitted them; exit 3 when an image
+    was skipped (listed in problems.csv)."""
+    extra = {"tta": tta, "masks": masks, **({} if threshold is None else
+                                            {"threshold": threshold})}
+    folder = predict_with_ood(ensemble, source, out, Options(seed=seed, batch_size=batch_size,
+                                                             device=device, extra=extra))
+    table, problems = read_predictions(folder), read_problems(folder)
+    finish_predictions(len(table), problems, folder, source,
+                       f"{len(table)} images predicted, {len(problems)} skipped -> "
+                       f"{folder / PREDICTIONS_FILE}")
 
 
 @cxr_app.command("evaluate")

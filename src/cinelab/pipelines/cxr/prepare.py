@@ -259,15 +259,21 @@ def predict_lung_masks(manifest: pd.DataFrame, checkpoint: str | Path, out_dir: 
 
 
 def lung_dice(checkpoint: str | Path, manifest: pd.DataFrame) -> pd.DataFrame:
-    """sample_id, dice of the U-Net's mask against each row's mask file (full resolution)."""
+    """sample_id, dice of the U-Net's mask against each row's mask file (full resolution),
+    problem: why a row has no dice (NaN: unreadable image or mask, a mask of another shape);
+    one bad row is reported there and the others go on."""
     lung = load_checkpoint(checkpoint)
     rows = []
     for row in masked_rows(manifest).to_dict("records"):
-        image = read_cxr(Path(str(row["path"])))
-        truth = fit_mask(read_lung_mask(row[MASK_COLUMN]), image.shape)
-        rows.append({"sample_id": row["sample_id"],
-                     "dice": float(dice(lung_mask(lung, image), truth))})
-    return pd.DataFrame(rows, columns=["sample_id", "dice"])
+        try:
+            image = read_cxr(Path(str(row["path"])))
+            truth = fit_mask(read_lung_mask(row[MASK_COLUMN]), image.shape)
+            found = {"dice": float(dice(lung_mask(lung, image), truth)), "problem": ""}
+        except Exception as exc:  # one bad row is reported, the rest go on
+            problem = Problem.from_exception(str(row[MASK_COLUMN]), STAGE, exc)
+            found = {"dice": float("nan"), "problem": f"{problem.file}: {problem.error}"}
+        rows.append({"sample_id": row["sample_id"], **found})
+    return pd.DataFrame(rows, columns=["sample_id", "dice", "problem"])
 
 
 __all__ = ["CxrStores", "LUNG_CLASSES", "crop_decisions", "lung_dice", "mask_file_name",

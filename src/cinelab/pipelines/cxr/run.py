@@ -5,8 +5,15 @@
       -> OUT/stores/<crop>-<size>/            every store the recipe's members need
       -> OUT/ensemble/                        members (finished ones are never retrained),
                                               weights fitted on validation predictions
-      -> OUT/predictions-val/, predictions/   validation and test splits through predict
-                                              (same TTA), the prediction contract
+      -> OUT/calibration/                     calibration.json: temperature and per-member
+                                              OOD detectors fitted as `cinelab calibrate`
+                                              does (validation / training splits), stored
+                                              in the ensemble; without a usable validation
+                                              split it says why (``calibrated``: false)
+      -> OUT/predictions-val/, predictions/   validation and test splits through the
+                                              pipeline's predict (same TTA; calibrated
+                                              probability, ood_score / ood_flag when
+                                              fitted), run.json ``calibration`` either way
       -> OUT/evaluation/                      metrics at the Youden threshold of the
                                               validation predictions
       -> OUT/gradcam/, OUT/report.html        Grad-CAM of the most positive test images
@@ -22,19 +29,22 @@ from pathlib import Path
 from typing import Any
 
 from cinelab.data.manifest import write_manifest
-from cinelab.errors import Problem
-from cinelab.infer.contract import PREDICTIONS_FILE, PROBLEMS_FILE, RUN_FILE, read_predictions
+from cinelab.errors import InputError, Problem
+from cinelab.infer.contract import (
+    PREDICTIONS_FILE,
+    PROBLEMS_FILE,
+    RUN_FILE,
+    read_predictions,
+    read_run,
+)
+from cinelab.pipelines.cxr.calibrate import CALIBRATION_JSON, CALIBRATION_SPLIT, calibrate_cxr
 from cinelab.pipelines.cxr.cohort import load_cxr_cohort
 from cinelab.pipelines.cxr.ensemble import train_ensemble
 from cinelab.pipelines.cxr.evaluate import evaluate, report
 from cinelab.pipelines.cxr.gradcam import DEFAULT_GRADCAMS, most_positive, write_gradcams
 from cinelab.pipelines.cxr.layout import CxrCohort
-from cinelab.pipelines.cxr.predict import (
-    ENSEMBLE_FILE,
-    load_cxr_ensemble,
-    predict_cxr,
-    split_files,
-)
+from cinelab.pipelines.cxr.ood import predict_with_ood
+from cinelab.pipelines.cxr.predict import ENSEMBLE_FILE, load_cxr_ensemble
 from cinelab.pipelines.cxr.prepare import (
     CxrStores,
     predict_lung_masks,
@@ -43,7 +53,7 @@ from cinelab.pipelines.cxr.prepare import (
 )
 from cinelab.pipelines.registry import Options
 from cinelab.train.recipe import load_recipe
-from cinelab.utils import DONE_FILE, file_hash, is_done, mark_done, read_json
+from cinelab.utils import DONE_FILE, file_hash, is_done, mark_done, read_json, write_json
 
 DEFAULT_RECIPE = "cxr-ensemble-cpu"
 DEFAULT_TTA = 8
@@ -78,6 +88,10 @@ class CxrPaths:
     @property
     def val_predictions(self) -> Path:
         return self.out / "predictions-val"
+
+    @property
+    def calibration(self) -> Path:
+        return self.out / "calibration"
 
     @property
     def evaluation(self) -> Path:
@@ -143,21 +157,60 @@ def default_lung_model(stores: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def _done_with(folder: Path, ensemble: str) -> bool:
-    """Done (the one resume rule) by the same ensemble (its ensemble.json hash)."""
-    return is_done(folder) and read_json(folder / DONE_FILE).get("ensemble") == ensemble
+def _done_with(folder: Path, ensemble: str, **more: Any) -> bool:
+    """Done (the one resume rule) by the same ensemble (its ensemble.json hash) and the
+    same `more` (e.g. whether it was calibrated)."""
+    if not is_done(folder):
+        return False
+    marker = read_json(folder / DONE_FILE)
+    return marker.get("ensemble") == ensemble and \
+        all(marker.get(k) == v for k, v in more.items())
 
 
-def _predict_split(ensemble: Any, cohort: CxrCohort, split: str, out: Path,
-                   settings: CxrSettings, source: Path) -> None:
-    digest = file_hash(ensemble.root / ENSEMBLE_FILE)
+#: what run.json's ``calibration`` keeps of calibration.json
+RUN_KEYS = ("calibrated", "note", "temperature", "ece_before", "ece_after", "n_calibration",
+            "split", "ood", "ood_note", "ood_threshold", "ood_fit_split")
+
+
+def calibrate_step(ensemble: Path, data: Path, labels: Path | None, out: Path,
+                   settings: CxrSettings) -> dict[str, Any]:
+    """Temperature and member OOD detectors of the trained ensemble, fitted as `cinelab
+    calibrate` does (`calibrate_cxr`: the cohort's val split, OOD on its train split) into
+    `out`/calibration.json (``calibrated``: true); without a val split, or when fitting
+    fails (e.g. one class only), nothing is fitted and the file says why (``calibrated``:
+    false, ``note``). Done once per ensemble.json."""
+    digest = file_hash(ensemble / ENSEMBLE_FILE)
     if _done_with(out, digest):
+        return read_json(out / CALIBRATION_JSON)
+    summary: dict[str, Any] = {"pipeline": "cxr", "calibrated": False}
+    try:
+        summary = {**calibrate_cxr(ensemble, data, out, Options(
+            split=CALIBRATION_SPLIT, labels=labels, seed=settings.seed, device=settings.device,
+            batch_size=settings.batch_size, extra={"tta": settings.tta})), "calibrated": True}
+    except InputError as exc:
+        summary["note"] = (f"not calibrated: {exc}; probability is the ensemble's own and "
+                           "there is no OOD flag")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / CALIBRATION_JSON, summary)
+    mark_done(out, [CALIBRATION_JSON], ensemble=digest)
+    return summary
+
+
+def _predict_split(ensemble: Path, split: str, out: Path, settings: CxrSettings,
+                   source: Path, labels: Path | None, calibration: dict[str, Any]) -> None:
+    """One split through the pipeline's predict (`predict_with_ood`), run.json saying
+    whether it is calibrated (``calibration``)."""
+    digest = file_hash(ensemble / ENSEMBLE_FILE)
+    calibrated = bool(calibration.get("calibrated"))
+    if _done_with(out, digest, calibrated=calibrated):
         return
-    files, ids, patients = split_files(cohort, split)
-    predict_cxr(ensemble, files, out, tta=settings.tta, seed=settings.seed,
-                batch_size=settings.batch_size, device=settings.device, ids=ids,
-                patient_ids=patients, record={"input": str(source), "split": split})
-    mark_done(out, CONTRACT, ensemble=digest)
+    predict_with_ood(ensemble, source, out, Options(
+        split=split, labels=labels, seed=settings.seed, device=settings.device,
+        batch_size=settings.batch_size, extra={"tta": settings.tta}))
+    run = read_run(out)
+    run["calibration"] = {k: calibration[k] for k in RUN_KEYS if k in calibration}
+    write_json(out / RUN_FILE, run)
+    mark_done(out, CONTRACT, ensemble=digest, calibrated=calibrated)
 
 
 def run_cxr(data: str | Path, out: str | Path, settings: CxrSettings | None = None,
@@ -173,12 +226,16 @@ def run_cxr(data: str | Path, out: str | Path, settings: CxrSettings | None = No
     train_ensemble(load_recipe(settings.recipe, list(settings.overrides)), paths.stores,
                    paths.ensemble, processes=settings.processes,
                    max_epochs=settings.max_epochs, lung_model=default_lung_model(paths.stores))
-    ens = load_cxr_ensemble(paths.ensemble)
-    _predict_split(ens, cohort, VAL_SPLIT, paths.val_predictions, settings, Path(data))
-    _predict_split(ens, cohort, TEST_SPLIT, paths.predictions, settings, Path(data))
+    calibration = calibrate_step(paths.ensemble, Path(data), _path(labels), paths.calibration,
+                                 settings)
+    for split, folder in ((VAL_SPLIT, paths.val_predictions), (TEST_SPLIT, paths.predictions)):
+        _predict_split(paths.ensemble, split, folder, settings, Path(data), _path(labels),
+                       calibration)
     metrics = evaluate(paths.predictions, paths.evaluation, Options(
         labels=paths.manifest, seed=settings.seed,
         extra={"tune_on": paths.val_predictions, "n_boot": settings.n_boot}))
+    metrics = record_calibration(paths.evaluation, metrics, calibration)
+    ens = load_cxr_ensemble(paths.ensemble)
     digest = file_hash(paths.ensemble / ENSEMBLE_FILE)
     if not _done_with(paths.gradcam, digest):
         write_gradcams(ens, most_positive(read_predictions(paths.predictions),
@@ -186,6 +243,20 @@ def run_cxr(data: str | Path, out: str | Path, settings: CxrSettings | None = No
                        done={"ensemble": digest})
     report(paths.evaluation, paths.report)
     return metrics
+
+
+def _path(value: str | Path | None) -> Path | None:
+    return None if value is None else Path(value)
+
+
+def record_calibration(evaluation: Path, metrics: dict[str, Any],
+                       calibration: dict[str, Any]) -> dict[str, Any]:
+    """`metrics` and the evaluation's metrics.json (what the report shows) with
+    ``calibration``: what was fitted, or the note why not."""
+    kept = {k: calibration[k] for k in RUN_KEYS if k in calibration}
+    path = evaluation / "metrics.json"
+    write_json(path, {**read_json(path), "calibration": kept})
+    return {**metrics, "calibrated": bool(kept.get("calibrated"))}
 
 
 def run(data: Path, out: Path, options: Options) -> dict[str, Any]:

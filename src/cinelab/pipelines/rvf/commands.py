@@ -26,9 +26,9 @@ from typing import Annotated
 
 import typer
 
-from cinelab.cliutil import console, friendly, print_problems
+from cinelab.cliutil import console, finish_predictions, friendly, print_problems
 from cinelab.errors import CinelabError
-from cinelab.infer.contract import read_predictions
+from cinelab.infer.contract import read_predictions, read_problems
 from cinelab.pipelines.registry import Options
 from cinelab.pipelines.rvf.ensemble import DEFAULT_VAL_FRACTION, predict_any, train_ensemble
 from cinelab.pipelines.rvf.evaluate import evaluate_rvf
@@ -221,11 +221,13 @@ def predict_cmd(
     """Probability per video (mean over random clips) and per patient: predictions.csv,
     problems.csv, run.json (alias of `cinelab predict`)."""
     extra = {k: v for k, v in {"clips": clips, "threshold": threshold}.items() if v is not None}
-    predict_any(checkpoint, store, out, Options(split=split, seed=seed, batch_size=batch_size,
-                                                device=device, extra=extra))
-    table = read_predictions(out)
-    console.print(f"{len(table)} videos, {int(table['prediction'].sum())} predicted positive "
-                  f"-> {out}")
+    folder = predict_any(checkpoint, store, out, Options(split=split, seed=seed,
+                                                         batch_size=batch_size,
+                                                         device=device, extra=extra))
+    table, problems = read_predictions(folder), read_problems(folder)
+    positive = int(table["prediction"].sum()) if "prediction" in table.columns else 0
+    finish_predictions(len(table), problems, folder, store,  # exit 3: an input was skipped
+                       f"{len(table)} videos, {positive} predicted positive -> {folder}")
 
 
 @rvf_app.command("evaluate")
@@ -314,6 +316,11 @@ def run_cmd(
     ci = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else \
         " (no CI: too few cases of a class)"
     auc = metrics.get("auc")
+    if metrics.get("calibrated") is False:
+        console.print(f"[yellow]{metrics.get('calibration_note')}[/yellow]", highlight=False)
+    elif metrics.get("ece_raw") is not None:
+        console.print(f"calibrated: test ECE {metrics['ece_raw']:.3f} before, "
+                      f"{metrics['ece']:.3f} after")
     console.print("test AUC "
                   f"{'n/a' if auc is None else format(auc, '.3f')}{ci}; "
                   f"report -> {metrics['report']}")

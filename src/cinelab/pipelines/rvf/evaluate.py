@@ -8,7 +8,9 @@ evaluated beside the fused one (members.csv).
 Files in `out`: metrics.json ("pipeline": "rvf"; top level: the per-video auc,
 auc_ci_low/high, sensitivity, specificity with CIs, then the full "video" and "patient"
 reports; "uncertainty": ECE of the (calibrated) probability and of probability_raw,
-mean disagreement, OOD-flagged fraction, also flat at the top), members.csv, confusion.csv,
+mean disagreement, OOD-flagged fraction, and what run.json records of the calibration
+(``calibrated``, temperature, validation ECE before/after, or the note why none), also flat
+at the top), members.csv, confusion.csv,
 per_sample.csv, patients.csv, roc.png, reliability.png.
 """
 
@@ -113,10 +115,25 @@ def evaluate_rvf(pred_dir: Path, out: Path, options: Options) -> dict[str, Any]:
                "n": video.report["n"], "patient_auc": patient.get("auc", {}).get("value"),
                "predictions": str(pred_dir), "video": video.report, "patient": patient,
                "streams": video.members.to_dict("records"),
-               "uncertainty": calibration_metrics(labelled, out)}
+               "uncertainty": {**calibration_metrics(labelled, out),
+                               **calibration_record(read_run(pred_dir))}}
     metrics.update({k: v for k, v in metrics["uncertainty"].items() if k != "plots"})
     write_json(out / METRICS_FILE, em.json_safe(metrics))
     return metrics
+
+
+def calibration_record(run: dict[str, Any]) -> dict[str, Any]:
+    """What run.json says of the calibration (`cinelab rvf run` records it): whether the
+    probabilities are calibrated, the temperature and the validation ECE before and after,
+    or the note why nothing was fitted (nothing when the run.json says nothing)."""
+    found = run.get("calibration")
+    if not isinstance(found, dict):
+        return {}
+    if not found.get("calibrated"):
+        return {"calibrated": False, "calibration_note": str(found.get("note", ""))}
+    keys = {"temperature": "temperature", "ece_before": "val_ece_before",
+            "ece_after": "val_ece_after"}
+    return {"calibrated": True, **{name: found[k] for k, name in keys.items() if k in found}}
 
 
 def _roc(videos: pd.DataFrame, patients: pd.DataFrame, path: Path) -> Path:

@@ -124,10 +124,24 @@ def _uncertainty_section(page: HtmlReport, eval_dir: Path, metrics: dict[str, An
     if not found:
         return
     page.section("Calibration and uncertainty")
-    page.metrics_table(found, caption="ECE of the probability (ece) and of the model's raw "
-                       "probability (ece_raw); mean member disagreement; OOD-flagged fraction")
+    page.paragraph(calibration_text(found), note=not found.get("calibrated", True))
+    page.metrics_table(found, caption="ECE after calibration (ece: of the probability) and "
+                       "before (ece_raw: of the model's raw probability) on these videos; "
+                       "val_ece_before/after on the validation videos the temperature was "
+                       "fitted on; mean member disagreement; OOD-flagged fraction")
     if (eval_dir / RELIABILITY_PNG).exists():
         page.image(eval_dir / RELIABILITY_PNG, "reliability diagram (raw vs calibrated)")
+
+
+def calibration_text(found: dict[str, Any]) -> str:
+    """One sentence: calibrated (ECE before -> after) or why not."""
+    if found.get("calibrated") is False:
+        return f"Probabilities are NOT calibrated: {found.get('calibration_note') or 'no note'}"
+    if "ece_raw" not in found:
+        return "Probabilities are the model's own (no calibration recorded)."
+    return (f"Calibrated probabilities (temperature {format_value(found.get('temperature'))}):"
+            f" ECE {format_value(found['ece_raw'])} before, {format_value(found.get('ece'))}"
+            " after.")
 
 
 def _metrics_section(page: HtmlReport, metrics: dict[str, Any]) -> None:

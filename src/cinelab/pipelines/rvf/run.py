@@ -7,6 +7,9 @@
                       members N > 1 an ensemble folder (ensemble.json, members/<k>/...;
                       saliency then explains member 0)
     OUT/predictions_val  validation predictions, to choose that threshold
+    OUT/calibration   calibration.json: the temperature and OOD detector fitted as `cinelab
+                      calibrate` does (on the validation and training videos; an ensemble's
+                      members on their own), or why nothing was fitted (no validation split)
     OUT/predictions   predictions of the evaluated split (the contract)
     OUT/evaluation    metrics.json (per video and patient, CIs), ROC, tables, report.html
     OUT/saliency      guided-backprop videos and strips of the most confident videos
@@ -31,12 +34,25 @@ from cinelab.data.manifest import read_manifest
 from cinelab.errors import InputError
 from cinelab.evaluate.classification import SCORE_COLUMN, TRUTH_COLUMN, join_labels
 from cinelab.evaluate.metrics import youden_threshold
-from cinelab.infer.contract import PREDICTIONS_FILE, PROBLEMS_FILE, RUN_FILE, read_predictions
+from cinelab.infer.contract import (
+    PREDICTIONS_FILE,
+    PROBLEMS_FILE,
+    RUN_FILE,
+    read_predictions,
+    read_run,
+)
 from cinelab.pipelines.registry import Options
+from cinelab.pipelines.rvf.calibrate import (
+    CALIBRATION_JSON,
+    CALIBRATION_SPLIT,
+    FIT_SPLIT,
+    calibrate_rvf,
+)
 from cinelab.pipelines.rvf.discover import is_rvf_cohort, rvf_tables
 from cinelab.pipelines.rvf.ensemble import (
     DEFAULT_VAL_FRACTION,
     ENSEMBLE_FILE,
+    is_ensemble,
     predict_ensemble,
     read_ensemble,
     train_ensemble,
@@ -50,7 +66,7 @@ from cinelab.pipelines.rvf.report import rvf_report
 from cinelab.train.checkpoint import load_checkpoint, save_checkpoint
 from cinelab.train.fit import fit
 from cinelab.train.recipe import Recipe, load_recipe
-from cinelab.utils import is_done, mark_done, read_json
+from cinelab.utils import is_done, mark_done, read_json, write_csv, write_json
 
 DEFAULT_RECIPE = "rvf-twostream-cpu"
 DEFAULT_SPLIT = "test"
@@ -74,6 +90,7 @@ class RvfPaths:
     run = _step("run")
     predictions = _step("predictions")
     predictions_val = _step("predictions_val")
+    calibration = _step("calibration")
     evaluation = _step("evaluation")
     saliency = _step("saliency")
 
@@ -174,13 +191,68 @@ def threshold_step(model: Path, paths: RvfPaths, options: Options) -> None:
     mark_done(paths.run, [MODEL_FILE])
 
 
+def calibrate_step(model: Path, paths: RvfPaths, options: Options) -> dict[str, Any]:
+    """Temperature and OOD detector of the trained model (or ensemble folder), fitted as
+    `cinelab calibrate` does, into OUT/calibration/calibration.json (``calibrated``: true);
+    without a validation (or training) split, or when fitting fails, that file says why and
+    nothing is fitted (``calibrated``: false, ``note``)."""
+    if is_done(paths.calibration):
+        return read_json(paths.calibration / CALIBRATION_JSON)
+    splits = set(read_manifest(paths.store / "manifest.csv")["split"].astype(str))
+    missing = [s for s in (CALIBRATION_SPLIT, FIT_SPLIT) if s not in splits]
+    summary: dict[str, Any] = {"pipeline": "rvf", "calibrated": False}
+    if missing and not is_ensemble(model):
+        summary["note"] = (f"not calibrated: the store has no '{missing[0]}' split "
+                           f"(splits {sorted(splits)}); probability is the model's own and "
+                           "there is no OOD flag")
+    else:
+        try:
+            summary = {**calibrate_rvf(model, paths.store, paths.calibration,
+                                       replace(options, split=None)), "calibrated": True}
+        except InputError as exc:
+            summary["note"] = f"not calibrated: {exc}"
+    paths.calibration.mkdir(parents=True, exist_ok=True)
+    write_json(paths.calibration / CALIBRATION_JSON, summary)
+    if summary["calibrated"]:  # the stored state changed the model files: still done
+        _remark_models(model, paths)
+    mark_done(paths.calibration, [CALIBRATION_JSON])
+    return summary
+
+
+def _remark_models(model: Path, paths: RvfPaths) -> None:
+    if not is_ensemble(model):
+        mark_done(paths.run, [MODEL_FILE])
+        return
+    for member in read_ensemble(model)[1]:
+        mark_done(member.parent, [MODEL_FILE])
+    mark_done(paths.run, [ENSEMBLE_FILE])
+
+
+#: what run.json's "calibration" keeps of calibration.json
+RUN_KEYS = ("calibrated", "note", "temperature", "ece_before", "ece_after", "n_calibration",
+            "split", "ood", "ood_threshold", "ood_thresholds")
+
+
+def record_calibration(pred: Path, summary: dict[str, Any]) -> None:
+    """Say in the predictions whether they are calibrated: run.json ``calibration`` (what
+    was fitted, ECE before/after on validation, or the note why not) and a ``calibrated``
+    column in predictions.csv."""
+    run = read_run(pred)
+    run["calibration"] = {k: summary[k] for k in RUN_KEYS if k in summary}
+    write_json(pred / RUN_FILE, run)
+    table = read_predictions(pred)
+    write_csv(table.assign(calibrated=bool(summary.get("calibrated"))),
+              pred / PREDICTIONS_FILE)
+
+
 def _with(options: Options, split: str | None = None, **extra: Any) -> Options:
     return replace(options, split=split, extra={**options.extra, **extra})
 
 
 def run_rvf(data: Path, out: Path, options: Options | None = None) -> dict[str, Any]:
-    """Ingest -> prepare + flow -> train -> threshold on val -> predict -> evaluate ->
-    saliency -> report; the evaluation's metrics (+ "report": the HTML path)."""
+    """Ingest -> prepare + flow -> train -> threshold on val -> calibrate (temperature, OOD)
+    -> predict -> evaluate -> saliency -> report; the evaluation's metrics (+ "report": the
+    HTML path)."""
     options, data, paths = options or Options(), Path(data), RvfPaths(Path(out))
     recipe = recipe_of(options)
     ingest = ingest_step(data, paths, options)
@@ -194,13 +266,16 @@ def run_rvf(data: Path, out: Path, options: Options | None = None) -> dict[str, 
     if not is_done(paths.predictions):
         if members > 1:
             given = options.get("threshold", YOUDEN)
+            summary = calibrate_step(folder, paths, options)
             predict_ensemble(folder, paths.store, paths.predictions,
                              _with(options, split=split,
                                    threshold=None if given == YOUDEN else float(given)))
         else:
             threshold_step(model, paths, options)
+            summary = calibrate_step(model, paths, options)
             predict_rvf(model, paths.store, paths.predictions,
                         _with(options, split=split, threshold=None))
+        record_calibration(paths.predictions, summary)
         mark_done(paths.predictions, CONTRACT_FILES)
     if not is_done(paths.evaluation):
         evaluate_rvf(paths.predictions, paths.evaluation, replace(options, labels=None))
