@@ -26,6 +26,7 @@ from cinelab.evaluate import metrics as em
 from cinelab.infer.contract import PREDICTIONS_FILE, RUN_FILE, read_predictions, read_run
 from cinelab.pipelines.echonet.beats import DEFAULT_MAX_BEATS
 from cinelab.pipelines.echonet.evaluate import METRICS_JSON, evaluate_echonet
+from cinelab.pipelines.echonet.fastbeats import SEG_STRIDE_HELP, seg_stride_option
 from cinelab.pipelines.echonet.predict import PIPELINE, predict
 from cinelab.pipelines.echonet.report import REPORT_HTML, build_echonet_report
 from cinelab.pipelines.echonet.sources import read_labels
@@ -45,6 +46,7 @@ PREDICT_OPTIONS = {"seg": "segmentation checkpoint (when MODEL is the EF one alo
                    "max_beats": "beats averaged beat by beat (default: every beat, as "
                                 "EchoNet-Dynamic)",
                    "stride": "step between all-clips start frames (default 1)",
+                   "seg_stride": SEG_STRIDE_HELP,
                    "fps": "frame rate videos are resampled to (default auto: the EF "
                           "checkpoint's training rate; none: never)",
                    "engine": "eager (default), compiled (torch.compile) or onnx (ONNX Runtime)",
@@ -83,6 +85,7 @@ def predict_echonet(model: Path, input: Path, out: Path, options: Options) -> Pa
                    batch_size=options.batch_size, device=options.device, overlays=overlays,
                    max_beats=options.get("max_beats", DEFAULT_MAX_BEATS),
                    all_clips_stride=options.get("stride", 1), labels=options.labels,
+                   seg_stride=seg_stride_option(options.get("seg_stride", 1)),
                    split=options.split, fps=_fps_option(options.get("fps", "auto")),
                    engine=str(options.get("engine", "eager")),
                    coverage=options.get("coverage"),

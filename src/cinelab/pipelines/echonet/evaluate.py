@@ -198,6 +198,11 @@ def _traced_parts(row: dict[str, Any], mask: np.ndarray | None, tracing: pd.Data
         row.update(_phase_errors(ed, es, frames))
     if mask is not None:
         row.update(_tracing_dice(mask, ed, es, by_frame))
+        if frames is not None and "lv_area" in frames.columns:  # not segmented (fastbeats):
+            skipped = set(frames.loc[frames["lv_area"].isna(), "frame"].astype(int))  # no Dice
+            for phase, frame in zip(PHASES, (ed, es), strict=True):
+                if frame in skipped:
+                    row.update({f"{k}_{phase}": float("nan") for k in ("dice", "inter", "size")})
 
 
 def _guarded(problems: list[Problem], where: str | Path, fn: Any, *args: Any) -> Any:
@@ -217,7 +222,9 @@ def _sample_extras(pdir: PredictionDir, sid: str, tracing: pd.DataFrame | None,
     mask = _guarded(problems, pdir.mask_path(sid), pdir.load_mask, sid)
     if tracing is not None:
         _guarded(problems, f"{sid}: tracings", _traced_parts, row, mask, tracing, frames)
-    if truth_path is not None and mask is not None:
+    partial = frames is not None and "lv_area" in frames.columns and \
+        bool(frames["lv_area"].isna().any())  # some frames not segmented: no all-frames Dice
+    if truth_path is not None and mask is not None and not partial:
         row["dice_all_frames"] = _guarded(problems, truth_path, _all_frames_dice, mask,
                                           truth_path)
     return row

@@ -56,10 +56,10 @@ from cinelab.pipelines.echonet.beats import (
     BeatClip,
     beat_fallback,
     beats_from_extrema,
-    detect_ed_es,
     place_beat_clips,
 )
-from cinelab.pipelines.echonet.segment import LV_CLASS, lv_area, segment_video
+from cinelab.pipelines.echonet.fastbeats import DEFAULT_SEG_STRIDE, segment_and_detect
+from cinelab.pipelines.echonet.segment import LV_CLASS, lv_area
 from cinelab.pipelines.echonet.sources import (
     EF_TASK,
     SEG_TASK,
@@ -78,6 +78,7 @@ from cinelab.pipelines.echonet.uncertainty import (
     annotate_predictions,
     checkpoint_state,
     detector_of,
+    ood_unavailable,
     usable_state,
     video_features,
     video_ood_score,
@@ -191,6 +192,7 @@ def predict_video(
     lv_class: int = LV_CLASS,
     spacing: tuple[float, float] | None = None,
     target_fps: float | None = None,
+    seg_stride: int = DEFAULT_SEG_STRIDE,
 ) -> VideoPrediction:
     """One clip, all clips and beat-by-beat EF, LV masks, area curve and ED/ES frames.
 
@@ -201,7 +203,8 @@ def predict_video(
     `target_fps`: EF clips are taken from the video resampled to that rate (`resample_to_fps`;
     ES frames are mapped to it), while masks, areas and ED/ES frames stay in the video's own
     frames; ``clip_start`` (beats.csv, clips.csv) counts resampled frames, ``ef_fps`` says
-    at which rate.
+    at which rate. `seg_stride` k > 1 segments every k-th frame and refines around ED/ES
+    (`fastbeats`): the area of the other frames is NaN, their masks 0.
     """
     if ef_model is None and seg_model is None:
         raise ValueError("predict_video: expected an EF model, a segmentation model or both")
@@ -210,9 +213,10 @@ def predict_video(
     pred = VideoPrediction(n_frames=len(frames), fps=fps, spacing=spacing)
     if seg_model is not None:
         seg_frames = conform(frames, seg_spec.size, seg_spec.channels)
-        pred.masks = segment_video(seg_model, seg_frames, seg_spec, batch_size, device, lv_class)
-        pred.area = lv_area(pred.masks)
-        pred.ed, pred.es = detect_ed_es(pred.area, fps)
+        found = segment_and_detect(seg_model, seg_frames, seg_spec, fps, seg_stride,
+                                   batch_size, device, lv_class)
+        pred.masks, pred.ed, pred.es = found.masks, found.ed, found.es
+        pred.area = lv_area(found.masks) if found.segmented.all() else found.area
     if ef_model is None:
         pred.fallback = FALLBACK_NO_EF_MODEL
         pred.beats = _beat_rows(pred, [BeatClip(int(e), -1) for e in pred.es], {})
@@ -414,6 +418,7 @@ def predict(
     max_beats: int | None = DEFAULT_MAX_BEATS,
     all_clips_stride: int = 1,
     labels: str | Path | None = None,
+    seg_stride: int = DEFAULT_SEG_STRIDE,
     lv_class: int = LV_CLASS,
     progress: Callable[[str, str], None] | None = None,
     split: str | None = None,
@@ -441,15 +446,15 @@ def predict(
     """
     started = time.time()
     settings = {"max_beats": max_beats, "all_clips_stride": all_clips_stride,
-                "lv_class": lv_class}
+                "lv_class": lv_class, "seg_stride": seg_stride}
     _check_settings(batch_size=batch_size, **settings)
     ef_path, seg_path = resolve_pair(ef_checkpoint, seg_checkpoint)
-    run = _Run(Path(out_dir), _engine(load_for_task(ef_path, EF_TASK), engine, device),
-               _engine(load_for_task(seg_path, SEG_TASK), engine, device),
+    run = _Run(Path(out_dir), _engine(ef_path, EF_TASK, engine, device),
+               _engine(seg_path, SEG_TASK, engine, device),
                settings, batch_size, device, overlays)
     run.target_fps, frame_rate = _target_fps(run.ef, fps)
-    run.uncertainty = usable_state(checkpoint_state(run.ef) if uncertainty is None
-                                   else uncertainty, run.ef)
+    stored = checkpoint_state(run.ef) if uncertainty is None else uncertainty
+    run.uncertainty = usable_state(stored, run.ef)
     run.coverage, run.beat_sd_threshold = coverage, beat_sd_threshold
     run.key = {"ef": _hash(ef_path), "seg": _hash(seg_path), **settings,
                "fps": run.target_fps, **({} if engine == "eager" else {"engine": engine}),
@@ -469,7 +474,7 @@ def predict(
         input_spec=run.spec.to_dict(), settings={**settings, "batch_size": batch_size,
                                                   "overlays": overlays},
         frame_rate=frame_rate, engine=_engine_record(run, engine),
-        uncertainty=_uncertainty_record(run))
+        uncertainty={**_uncertainty_record(run), **ood_unavailable(stored, run.uncertainty)})
     _write_tables(run, items, record)
     return run.out
 
@@ -484,10 +489,13 @@ def _uncertainty_record(run: _Run) -> dict[str, Any]:
             "beat_sd_threshold": run.beat_sd_threshold}
 
 
-def _engine(loaded: LoadedCheckpoint | None, engine: str, device: str | torch.device
+def _engine(path: Path | None, task: str, engine: str, device: str | torch.device
             ) -> LoadedCheckpoint | None:
-    """The checkpoint with its model behind `engine` (None stays None)."""
-    return None if loaded is None else engine_checkpoint(loaded, engine, device)
+    """The checkpoint at `path` with its model behind `engine` (None stays None); the
+    ONNX graph outputs the features of its OOD detector too (or `cinelab export` wrote it
+    beside the checkpoint)."""
+    loaded = load_for_task(path, task)
+    return None if loaded is None else engine_checkpoint(loaded, engine, device, path=path)
 
 
 def _engine_record(run: _Run, engine: str) -> dict[str, Any]:
@@ -536,7 +544,7 @@ def _write_sample(run: _Run, sample: Sample, pred: VideoPrediction) -> None:
     """Masks and overlay first, then the part that marks the sample complete."""
     sid = sample.sample_id
     if pred.masks is not None:
-        _save_masks(run.out / MASKS_DIR / f"{sid}.npz", pred.masks)
+        _save_masks(run.out / MASKS_DIR / f"{sid}.npz", pred.masks, pred.area)
         if run.overlays and run.seg is not None:
             spec = run.seg.input_spec
             write_overlay_video(run.out / OVERLAYS_DIR / f"{sid}{OVERLAY_SUFFIX}",
@@ -547,7 +555,7 @@ def _write_sample(run: _Run, sample: Sample, pred: VideoPrediction) -> None:
         row["ood_score"] = pred.ood_score
     if sample.labels.get("patient_id"):
         row["patient_id"] = str(sample.labels["patient_id"])
-    frames = None if pred.area is None else {"lv_area": pred.area.tolist(),
+    frames = None if pred.area is None else {"lv_area": _json_area(pred.area),
                                              "ed": pred.ed.tolist(), "es": pred.es.tolist()}
     clips = {"start": pred.clip_starts.tolist(), "ef": pred.clip_ef.tolist()}
     write_json(_part_path(run.out, sid), {"key": run.key, "prediction": _json_row(row),
@@ -561,9 +569,17 @@ def _json_row(row: dict[str, Any]) -> dict[str, Any]:
             for k, v in row.items()}
 
 
-def _save_masks(path: Path, masks: np.ndarray) -> None:
+def _json_area(area: np.ndarray) -> list[Any]:
+    """The area curve for JSON: a frame that was not segmented (NaN) as None."""
+    return [None if isinstance(v, float) and not math.isfinite(v) else v for v in area.tolist()]
+
+
+def _save_masks(path: Path, masks: np.ndarray, area: np.ndarray | None = None) -> None:
+    """Masks under key ``mask``; with frames left unsegmented (NaN area, `fastbeats`) also
+    a boolean ``segmented`` per frame (their masks are 0, not predictions)."""
+    extra = {} if area is None or np.isfinite(area).all() else {"segmented": np.isfinite(area)}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, mask=masks.astype(np.uint8))
+        np.savez_compressed(f, mask=masks.astype(np.uint8), **extra)
 
 
 def _is_done(run: _Run, sample_id: str) -> bool:
@@ -624,7 +640,8 @@ def _write_tables(run: _Run, items: list[SourceItem], record: dict[str, Any]) ->
 
 
 def _frame_rows(sample_id: str, area: Any, ed: Any, es: Any) -> pd.DataFrame:
-    area = np.asarray(area, dtype=np.int64)
+    area = np.asarray(area, dtype=np.float64)  # None (not segmented) -> NaN
+    area = area.astype(np.int64) if np.isfinite(area).all() else area
     index = np.arange(len(area))
     return pd.DataFrame({"sample_id": sample_id, "frame": index, "lv_area": area,
                          "is_ed": np.isin(index, ed).astype(int),

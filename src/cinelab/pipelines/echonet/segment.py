@@ -29,17 +29,31 @@ def segment_video(
     batch_size: int = DEFAULT_SEG_BATCH,
     device: str | torch.device = "cpu",
     lv_class: int = LV_CLASS,
+    index: np.ndarray | None = None,
 ) -> np.ndarray:
-    """LV masks uint8 (T, H, W) in {0, 1} for uint8 frames (T, H, W, C) at the model's size."""
+    """LV masks uint8 (T, H, W) in {0, 1} for uint8 frames (T, H, W, C) at the model's size.
+
+    With `index`, only those frames are segmented; the masks of the others stay 0 (the caller
+    must track which frames were segmented: `fastbeats.SparseSegmentation`).
+    """
     check_frames(frames, spec.size, spec.channels)
     model = model.eval().to(device)
     masks = np.zeros(frames.shape[:3], dtype=np.uint8)
-    starts = np.arange(len(frames))
+    starts = np.arange(len(frames)) if index is None else _frame_index(index, len(frames))
     for batch_starts, clips in iter_clip_batches(frames, starts, 1, 1, batch_size, spec.mean,
                                                  spec.std, device):
         logits = _logits(model(clips[:, :, 0]))
         masks[batch_starts] = logits_to_mask(logits, lv_class).cpu().numpy()
     return masks
+
+
+def _frame_index(index: np.ndarray, n: int) -> np.ndarray:
+    """Sorted distinct frame indices, each in [0, n)."""
+    index = np.unique(np.asarray(index, dtype=np.int64).reshape(-1))
+    if len(index) and (index[0] < 0 or index[-1] >= n):
+        raise ValueError(f"index: expected frame indices in [0, {n}), found {index[0]}.."
+                         f"{index[-1]}")
+    return index
 
 
 def logits_to_mask(logits: torch.Tensor, lv_class: int = LV_CLASS) -> torch.Tensor:
