@@ -27,7 +27,7 @@ import torch
 
 from cinelab.pipelines.cmr.dsb import convert_dsb
 from cinelab.pipelines.cmr.evaluate import evaluate_cmr
-from cinelab.pipelines.cmr.measure import mask_index
+from cinelab.pipelines.cmr.mask_sets import mask_index
 from cinelab.pipelines.cmr.predict import predict_cmr
 from cinelab.pipelines.cmr.prepare import prepare_cmr_folder
 from cinelab.pipelines.cmr.pseudo import (

@@ -44,9 +44,9 @@ from cinelab.infer.engines import ENGINES, TOLERANCE, load_engine, output_differ
 from cinelab.models import create_model
 from cinelab.pipelines.echonet.beats import select_beat_clips
 from cinelab.pipelines.echonet.fastbeats import coarse_to_fine
-from cinelab.pipelines.echonet.predict import predict_ef_clips
 from cinelab.pipelines.echonet.segment import segment_video
 from cinelab.pipelines.echonet.sources import list_items, load_item
+from cinelab.pipelines.echonet.video import predict_ef_clips
 from cinelab.pipelines.echonet.weights import load_echonet_model
 from cinelab.train.checkpoint import InputSpec, LoadedCheckpoint, load_checkpoint
 

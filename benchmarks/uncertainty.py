@@ -16,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -48,9 +47,11 @@ from cinelab.models.registry import create_model, output_layer
 from cinelab.pipelines.age.ood import ensemble_ood_scores, fit_unit_ood, write_unit_ood
 from cinelab.pipelines.age.prepare import preprocess_cine
 from cinelab.pipelines.age.synth import AGE_RANGE, NOISE, random_lax_heart, render_view
+from cinelab.pipelines.age.wrong_kind import WRONG_KINDS, wrong_kind_cine
 from cinelab.pipelines.cxr.synth import cxr_phantom, draw_anatomy
 from cinelab.pipelines.echonet.calibrate import calibrate_echonet
-from cinelab.pipelines.echonet.predict import predict, predict_video
+from cinelab.pipelines.echonet.predict import predict
+from cinelab.pipelines.echonet.video import predict_video
 from cinelab.pipelines.registry import Options
 from cinelab.synth.cmr_phantom import add_rician_noise
 from cinelab.synth.echo import echo_phantom_video
@@ -67,7 +68,7 @@ from cinelab.utils import write_json
 
 AGE = {"size": 16, "frames": 25, "render": 48, "pixel_mm": 3.6, "models": 3, "steps": 12,
        "n": {"train": 60, "val": 40, "test": 100}, "n_wrong": 50,
-       "kinds": ("echo", "noise", "blank", "cxr")}
+       "kinds": WRONG_KINDS}
 
 N_CAL, N_TEST = 1000, 2000
 ECHO = {"size": 32, "clip": 8, "period": 2, "frames": 16, "fps": 25.0, "noise_sd": 5.0,
@@ -239,16 +240,7 @@ def _age_cine(rng: np.random.Generator, kind: str) -> tuple[np.ndarray, float]:
         noisy = add_rician_noise(frames, NOISE, rng)
         return preprocess_cine(noisy, None, AGE["size"], spacing_mm=(AGE["pixel_mm"],) * 2
                                )[0], age
-    if kind == "echo":
-        grey = echo_phantom_video(rng, size=64, n_frames=t)[0].astype(float)
-    elif kind == "noise":
-        grey = rng.uniform(0, 1, (t, r, r))
-    elif kind == "blank":
-        grey = np.full((t, r, r), float(rng.uniform(0.2, 1.0)))
-    else:
-        still = cv2.resize(cxr_phantom(rng, 64, draw_anatomy(rng))[0].astype(float), (r, r))
-        grey = np.repeat(still[None], t, axis=0)
-    return preprocess_cine(grey, None, AGE["size"], crop="centre")[0], age
+    return wrong_kind_cine(rng, kind, t, r, AGE["size"]), age
 
 
 def _age_store(root: Path, parts: list[tuple[str, str, int, int]]) -> PreparedStore:

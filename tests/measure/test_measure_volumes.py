@@ -21,12 +21,8 @@ from cinelab.measure.volumes import (
     voxel_ml,
 )
 from cinelab.pipelines.cmr.acdc import find_acdc_patients, load_acdc_patient
-from cinelab.pipelines.cmr.measure import (
-    ef_difference_table,
-    mask_index,
-    measure_mask_set,
-    paired_measures,
-)
+from cinelab.pipelines.cmr.mask_sets import mask_index
+from cinelab.pipelines.cmr.measure import ef_difference_table, measure_mask_set, paired_measures
 from cinelab.pipelines.cmr.synth import synth_cmr_cohort
 from cinelab.synth.cmr_phantom import Grid, random_heart, render_stack, voxel_volumes_ml
 from conftest import real_path

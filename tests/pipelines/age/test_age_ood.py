@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -43,10 +42,9 @@ from cinelab.pipelines.age.ood import (
 )
 from cinelab.pipelines.age.prepare import preprocess_cine
 from cinelab.pipelines.age.synth import AGE_RANGE, NOISE, random_lax_heart, render_view
-from cinelab.pipelines.cxr.synth import cxr_phantom, draw_anatomy
+from cinelab.pipelines.age.wrong_kind import WRONG_KINDS, wrong_kind_cine
 from cinelab.pipelines.registry import Options, get_pipeline
 from cinelab.synth.cmr_phantom import add_rician_noise
-from cinelab.synth.echo import echo_phantom_video
 from cinelab.train.checkpoint import InputSpec, load_checkpoint, save_checkpoint
 from cinelab.utils import write_json
 
@@ -54,7 +52,6 @@ SIZE, FRAMES, RENDER, PIXEL_MM = 16, 25, 48, 3.6
 N = {"train": 40, "val": 24, "test": 30}
 N_WRONG = 20
 KW = {"in_channels": 1, "num_outputs": 1, "channels": [4, 8]}
-WRONG_KINDS = ("echo", "noise", "blank", "cxr")
 
 
 def _lax_cine(rng: np.random.Generator) -> tuple[np.ndarray, float]:
@@ -63,20 +60,6 @@ def _lax_cine(rng: np.random.Generator) -> tuple[np.ndarray, float]:
                          np.arange(FRAMES) / FRAMES)
     noisy = add_rician_noise(frames, NOISE, rng)
     return preprocess_cine(noisy, None, SIZE, spacing_mm=(PIXEL_MM, PIXEL_MM))[0], age
-
-
-def _wrong_cine(rng: np.random.Generator, kind: str) -> np.ndarray:
-    """A wrong-kind input prepared like a cine (25 frames at the age input size)."""
-    if kind == "echo":
-        grey = echo_phantom_video(rng, size=64, n_frames=FRAMES)[0].astype(float)
-    elif kind == "noise":
-        grey = rng.uniform(0, 1, (FRAMES, RENDER, RENDER))
-    elif kind == "blank":
-        grey = np.full((FRAMES, RENDER, RENDER), float(rng.uniform(0.2, 1.0)))
-    else:
-        still = cxr_phantom(rng, 64, draw_anatomy(rng))[0].astype(float)
-        grey = np.repeat(cv2.resize(still, (RENDER, RENDER))[None], FRAMES, axis=0)
-    return preprocess_cine(grey, None, SIZE, crop="centre")[0]
 
 
 def _write_store(root: Path, cines: list[np.ndarray], rows: list[dict]) -> PreparedStore:
@@ -109,7 +92,8 @@ def _wrong_store(root: Path) -> PreparedStore:
     cines, rows = [], []
     for k, kind in enumerate(WRONG_KINDS):
         for i in range(N_WRONG):
-            cines.append(_wrong_cine(np.random.default_rng([10 + k, i]), kind))
+            cines.append(wrong_kind_cine(np.random.default_rng([10 + k, i]), kind, FRAMES,
+                                         RENDER, SIZE))
             rows.append({"sample_id": f"{kind}{i:02d}_4ch", "patient_id": f"{kind}{i:02d}",
                          "path": "x", "modality": "cine", "view": "4ch", "split": "test"})
     return _write_store(root, cines, rows)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from cinelab.cli import app
 from cinelab.io.nifti import write_volume
-from cinelab.pipelines.cmr.measure import load_mask, mask_index
+from cinelab.pipelines.cmr.mask_sets import load_mask, mask_index
 
 runner = CliRunner()
 

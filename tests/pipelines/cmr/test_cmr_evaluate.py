@@ -28,7 +28,7 @@ from cinelab.pipelines.cmr.evaluate import (
     pair_images,
     slice_regions,
 )
-from cinelab.pipelines.cmr.measure import mask_index
+from cinelab.pipelines.cmr.mask_sets import mask_index
 
 SPACING = (10.0, 1.5, 1.5)
 MODEL_LABELS = LabelMap(lv=1, myo=2, rv=3)

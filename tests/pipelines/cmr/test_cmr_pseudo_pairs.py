@@ -14,7 +14,7 @@ from cinelab.data.store import PreparedStore
 from cinelab.errors import InputError
 from cinelab.io.nifti import write_volume
 from cinelab.measure.volumes import LabelMap
-from cinelab.pipelines.cmr.measure import mask_index
+from cinelab.pipelines.cmr.mask_sets import mask_index
 from cinelab.pipelines.cmr.pngmasks import read_png_masks
 from cinelab.pipelines.cmr.prepare import prepare_cmr_folder
 from cinelab.pipelines.cmr.pseudo import SCORE_COLUMN

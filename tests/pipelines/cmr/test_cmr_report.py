@@ -14,7 +14,7 @@ from scipy import ndimage
 from cinelab.errors import InputError
 from cinelab.io.nifti import write_volume
 from cinelab.pipelines.cmr.evaluate import evaluate_cmr
-from cinelab.pipelines.cmr.measure import load_mask, mask_index
+from cinelab.pipelines.cmr.mask_sets import load_mask, mask_index
 from cinelab.pipelines.cmr.report import build_cmr_report, case_overlay, dice_pivot
 from cinelab.pipelines.cmr.synth import synth_cmr_cohort
 

@@ -27,9 +27,9 @@ from cinelab.pipelines.echonet.fastbeats import (
     interpolated_area,
     seg_stride_option,
 )
-from cinelab.pipelines.echonet.predict import predict_video
 from cinelab.pipelines.echonet.segment import lv_area, segment_video
 from cinelab.pipelines.echonet.sources import list_items, load_item
+from cinelab.pipelines.echonet.video import predict_video
 from cinelab.pipelines.registry import Options
 from cinelab.synth.echo import echo_phantom_video
 from cinelab.train.checkpoint import InputSpec, save_checkpoint

@@ -29,13 +29,9 @@ from cinelab.infer.contract import read_run
 from cinelab.io.video import write_video
 from cinelab.models.registry import create_model
 from cinelab.pipelines.echonet.api import evaluate_echonet_predictions
-from cinelab.pipelines.echonet.predict import (
-    CLIP_COLUMNS,
-    mask_disc_volume,
-    predict,
-    predict_video,
-    resample_to_fps,
-)
+from cinelab.pipelines.echonet.predict import predict
+from cinelab.pipelines.echonet.tables import CLIP_COLUMNS, mask_disc_volume
+from cinelab.pipelines.echonet.video import predict_video, resample_to_fps
 from cinelab.pipelines.registry import Options
 from cinelab.train.checkpoint import InputSpec, save_checkpoint
 from cinelab.train.fit import small_cohort_note

@@ -17,18 +17,11 @@ from cinelab.errors import InputError
 from cinelab.infer.contract import read_run
 from cinelab.io.video import write_video
 from cinelab.models.registry import create_model
-from cinelab.pipelines.echonet.predict import (
-    BEAT_COLUMNS,
-    FRAME_COLUMNS,
-    PREDICTION_COLUMNS,
-    PROBLEM_COLUMNS,
-    predict,
-    predict_ef_clips,
-    predict_video,
-    resolve_checkpoints,
-)
+from cinelab.pipelines.echonet.predict import PROBLEM_COLUMNS, predict
 from cinelab.pipelines.echonet.segment import logits_to_mask, lv_area, segment_video
-from cinelab.pipelines.echonet.sources import list_items, load_item
+from cinelab.pipelines.echonet.sources import list_items, load_item, resolve_checkpoints
+from cinelab.pipelines.echonet.tables import BEAT_COLUMNS, FRAME_COLUMNS, PREDICTION_COLUMNS
+from cinelab.pipelines.echonet.video import predict_ef_clips, predict_video
 from cinelab.prep.prepare import PrepSpec, prepare
 from cinelab.synth.dicom import write_ultrasound_dicom
 from cinelab.train.checkpoint import InputSpec, load_checkpoint, save_checkpoint

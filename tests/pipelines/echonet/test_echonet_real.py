@@ -18,12 +18,8 @@ import torch
 
 from cinelab.models.registry import create_model
 from cinelab.pipelines.echonet.api import evaluate_echonet_predictions
-from cinelab.pipelines.echonet.predict import (
-    BEAT_COLUMNS,
-    FRAME_COLUMNS,
-    PREDICTION_COLUMNS,
-    predict,
-)
+from cinelab.pipelines.echonet.predict import predict
+from cinelab.pipelines.echonet.tables import BEAT_COLUMNS, FRAME_COLUMNS, PREDICTION_COLUMNS
 from cinelab.pipelines.registry import Options
 from cinelab.train.checkpoint import InputSpec, save_checkpoint
 from conftest import real_path

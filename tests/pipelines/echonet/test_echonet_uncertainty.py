@@ -29,12 +29,13 @@ from cinelab.infer.uncertainty import UncertaintyState
 from cinelab.models.registry import create_model, output_layer
 from cinelab.pipelines.cxr.synth import cxr_phantom, draw_anatomy
 from cinelab.pipelines.echonet.api import evaluate_echonet_predictions, report_echonet
-from cinelab.pipelines.echonet.predict import predict, predict_video
+from cinelab.pipelines.echonet.predict import predict
 from cinelab.pipelines.echonet.uncertainty import (
     BEAT_SD_THRESHOLD,
     annotate_predictions,
     beat_sd,
 )
+from cinelab.pipelines.echonet.video import predict_video
 from cinelab.pipelines.registry import Options
 from cinelab.synth.echo import echo_phantom_video
 from cinelab.train.checkpoint import InputSpec, load_checkpoint, save_checkpoint

@@ -22,12 +22,8 @@ from cinelab.measure.volumes import parse_label_map
 from cinelab.pipelines.cmr import pipeline as cmr_pipeline
 from cinelab.pipelines.cmr.dsb import convert_dsb
 from cinelab.pipelines.cmr.evaluate import evaluate_cmr
-from cinelab.pipelines.cmr.measure import (
-    ef_difference_table,
-    mask_index,
-    measure_mask_set,
-    paired_measures,
-)
+from cinelab.pipelines.cmr.mask_sets import mask_index
+from cinelab.pipelines.cmr.measure import ef_difference_table, measure_mask_set, paired_measures
 from cinelab.pipelines.cmr.predict import predict_cmr
 from cinelab.pipelines.cmr.prepare import prepare_cmr_folder
 from cinelab.pipelines.cmr.pseudo import is_volume_table, pseudo_labels, threshold_summary

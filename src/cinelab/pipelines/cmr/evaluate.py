@@ -1,6 +1,6 @@
 """Compare short-axis mask sets: per-image confusion counts, Dice per class, EF agreement.
 
-Any two mask sets (`cinelab.pipelines.cmr.measure.mask_index` layouts) can be compared:
+Any two mask sets (`cinelab.pipelines.cmr.mask_sets.mask_index` layouts) can be compared:
 prediction vs truth, observer vs observer, model vs model; each set has its own `LabelMap`,
 so a model numbering its classes differently is compared structure by structure (LV, MYO,
 RV).
@@ -29,14 +29,8 @@ from cinelab.errors import InputError, Problem
 from cinelab.evaluate import plots
 from cinelab.evaluate.metrics import json_safe, surface_distances
 from cinelab.measure.volumes import ACDC_LABELS, STRUCTURES, LabelMap
-from cinelab.pipelines.cmr.measure import (
-    NO_FRAME,
-    difference_stats,
-    load_mask,
-    mask_index,
-    measure_mask_set,
-    paired_measures,
-)
+from cinelab.pipelines.cmr.mask_sets import NO_FRAME, load_mask, mask_index
+from cinelab.pipelines.cmr.measure import difference_stats, measure_mask_set, paired_measures
 from cinelab.utils import atomic_path, write_csv, write_json
 
 COUNT_COLUMNS = ("TP", "FP", "FN", "TN")

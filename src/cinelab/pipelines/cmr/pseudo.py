@@ -24,7 +24,8 @@ from cinelab.errors import InputError
 from cinelab.io.table import read_table
 from cinelab.measure.volumes import ACDC_LABELS, LabelMap
 from cinelab.pipelines.cmr.dsb import read_dsb_volumes
-from cinelab.pipelines.cmr.measure import mask_index, measure_mask_set
+from cinelab.pipelines.cmr.mask_sets import mask_index
+from cinelab.pipelines.cmr.measure import measure_mask_set
 from cinelab.utils import atomic_path, write_csv
 
 DEFAULT_THRESHOLDS = (5.0, 10.0, 15.0)

@@ -36,7 +36,7 @@ from cinelab.errors import InputError, Problem
 from cinelab.io.nifti import read_volume
 from cinelab.measure.volumes import ACDC_LABELS, LabelMap, ed_es_frames, frame_volumes
 from cinelab.pipelines.cmr.acdc import load_acdc_h5
-from cinelab.pipelines.cmr.measure import NO_FRAME, load_mask
+from cinelab.pipelines.cmr.mask_sets import NO_FRAME, load_mask
 from cinelab.pipelines.cmr.prepare import H5_SUFFIX, normalise_intensity
 from cinelab.pipelines.cmr.pseudo import (
     DEFAULT_THRESHOLDS,

@@ -27,7 +27,7 @@ from cinelab.pipelines.cmr.evaluate import (
     SUMMARY_CSV,
     VOLUMES_CSV,
 )
-from cinelab.pipelines.cmr.measure import load_image, load_mask
+from cinelab.pipelines.cmr.mask_sets import load_image, load_mask
 from cinelab.report.html import HtmlReport
 from cinelab.utils import read_json
 

@@ -31,12 +31,7 @@ from cinelab.infer.contract import read_predictions
 from cinelab.infer.intervals import DEFAULT_COVERAGE, IntervalModel, check_coverage
 from cinelab.infer.ood import DEFAULT_QUANTILE, MahalanobisDetector
 from cinelab.infer.uncertainty import UncertaintyState
-from cinelab.pipelines.echonet.predict import (
-    predict,
-    predict_ef_clips,
-    resample_to_fps,
-    training_fps,
-)
+from cinelab.pipelines.echonet.predict import predict
 from cinelab.pipelines.echonet.sources import (
     EF_TASK,
     STORE_INFO,
@@ -47,6 +42,7 @@ from cinelab.pipelines.echonet.sources import (
     resolve_checkpoints,
 )
 from cinelab.pipelines.echonet.uncertainty import mean_feature, video_features
+from cinelab.pipelines.echonet.video import predict_ef_clips, resample_to_fps, training_fps
 from cinelab.pipelines.registry import Options
 from cinelab.train.checkpoint import LoadedCheckpoint, update_checkpoint_extra
 from cinelab.utils import write_json

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from cinelab.errors import InputError
-from cinelab.evaluate.classification import ENSEMBLE_NAME, MEMBERS_CSV
+from cinelab.evaluate.classification import ENSEMBLE_NAME, MEMBERS_CSV, confusion_table
 from cinelab.infer.contract import read_run
 from cinelab.pipelines.rvf.evaluate import METRICS_FILE, PATIENTS_FILE, ROC_FILE
 from cinelab.pipelines.rvf.uncertainty import RELIABILITY_PNG
@@ -42,19 +42,14 @@ def _metric_block(report: dict[str, Any]) -> dict[str, Any]:
     return keep
 
 
-def confusion_table(metrics: dict[str, Any]) -> pd.DataFrame:
-    """Confusion counts (rows: level and true class) of the video and patient reports."""
-    rows = []
-    for level in ("video", "patient"):
-        rep = metrics.get(level, {})
-        if "tp" not in rep:
-            continue
-        rows.append({"level": level, "true": "negative", "predicted negative": rep["tn"],
-                     "predicted positive": rep["fp"]})
-        rows.append({"level": level, "true": "positive", "predicted negative": rep["fn"],
-                     "predicted positive": rep["tp"]})
-    return pd.DataFrame(rows, columns=["level", "true", "predicted negative",
-                                       "predicted positive"])
+def confusion_by_level(metrics: dict[str, Any]) -> pd.DataFrame:
+    """Confusion counts of the video and patient reports, one block per level."""
+    tables = [confusion_table(metrics[level]).assign(level=level)
+              for level in ("video", "patient") if "tp" in metrics.get(level, {})]
+    if not tables:
+        return pd.DataFrame()
+    table = pd.concat(tables, ignore_index=True)
+    return table[["level", *[c for c in table.columns if c != "level"]]]
 
 
 def _strips(saliency_dir: Path) -> list[tuple[Path, str]]:
@@ -152,7 +147,7 @@ def _metrics_section(page: HtmlReport, metrics: dict[str, Any]) -> None:
             page.metrics_table(_metric_block(rep), caption=f"per {level} (95% bootstrap CI)")
         else:
             page.paragraph(f"per {level}: {rep.get('note', 'no labels')}", note=True)
-    confusion = confusion_table(metrics)
+    confusion = confusion_by_level(metrics)
     if len(confusion):
         page.table(confusion, caption="confusion matrices")
 
