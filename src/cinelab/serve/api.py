@@ -1,5 +1,6 @@
-"""The HTTP API (FastAPI): upload, list and read studies and results, download outputs,
-/health, /ready, /metrics and the review page. Every /api and /metrics route needs
+"""The HTTP API (FastAPI): upload, list and read studies and results (with the versions
+kept of a re-opened study), download outputs (current, or of one kept version), /health,
+/ready, /metrics and the review page. Every /api and /metrics route needs
 ``Authorization: Bearer <token>`` (401 without); uploads over the limit get 413."""
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from cinelab.serve.config import ServeConfig
 from cinelab.serve.metrics import CONTENT_TYPE, prometheus_text
 from cinelab.serve.page import review_page
 from cinelab.serve.queue import JobQueue
-from cinelab.serve.worker import RESULTS_JSON
+from cinelab.serve.worker import RESULTS_JSON, result_versions
 from cinelab.utils import inside
 
 MAX_FORM_FIELDS = 8
@@ -79,6 +80,15 @@ async def _save_upload(item: UploadFile, folder: Path, index: int, budget: int) 
                 raise LimitError("upload larger than limits.upload_bytes")
             out.write(chunk)
     return target
+
+
+def _file_response(folder: Path, name: str) -> FileResponse:
+    """A file of a results folder; 404 for anything not a file inside it (``..``, links
+    that lead out)."""
+    path = folder / name
+    if not inside(folder, path) or not path.is_file():
+        raise HTTPException(404, "no such file")
+    return FileResponse(path, filename=path.name, media_type=_media_type(path))
 
 
 def _media_type(path: Path) -> str | None:
@@ -156,7 +166,9 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/api/studies/{uid}", dependencies=authorized)
     def study(uid: str) -> dict[str, Any]:
-        return {**_study_or_404(service, uid).as_json(), "results": _results(service, uid)}
+        found = _study_or_404(service, uid)
+        return {**found.as_json(), "results": _results(service, uid),
+                "versions": result_versions(service.paths, found)}
 
     @app.get("/api/studies/{uid}/results", dependencies=authorized)
     def results(uid: str) -> dict[str, Any]:
@@ -169,11 +181,16 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/api/studies/{uid}/files/{name:path}", dependencies=authorized)
     def download(uid: str, name: str) -> FileResponse:
         _study_or_404(service, uid)
-        folder = service.paths.results(uid)
-        path = folder / name
-        if not inside(folder, path) or not path.is_file():
-            raise HTTPException(404, "no such file")
-        return FileResponse(path, filename=path.name, media_type=_media_type(path))
+        return _file_response(service.paths.results(uid), name)
+
+    @app.get("/api/studies/{uid}/versions/{version}/files/{name:path}",
+             dependencies=authorized)
+    def download_version(uid: str, version: int, name: str) -> FileResponse:
+        _study_or_404(service, uid)
+        folder = service.paths.version(uid, version)
+        if version < 0 or folder.is_symlink() or not folder.is_dir():
+            raise HTTPException(404, "no such version")
+        return _file_response(folder, name)
 
     @app.post("/api/studies", dependencies=authorized, status_code=202)
     async def upload(request: Request) -> dict[str, Any]:

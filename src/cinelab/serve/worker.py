@@ -267,3 +267,27 @@ def relative_paths(obj: Any, folder: Path) -> Any:
 
 def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=1, allow_nan=False))
+
+
+def result_versions(paths: StatePaths, study: Study) -> list[dict[str, Any]]:
+    """Every version of `study` the API can show, oldest first: each finished folder kept on
+    disk (``results/<uid>.v<N>/``: status ``done``, ``finished`` the time its results.json
+    was written, ``current`` when ``results/<uid>`` serves it), then the study's own version
+    with its queue status while that one has no finished folder yet."""
+    link = paths.results(study.uid)
+    current = link.resolve() if link.exists() else None
+    prefix = paths.version(study.uid, 0).name[:-1]  # "<uid>.v"
+    found = []
+    for folder in link.parent.glob(f"{prefix}*") if link.parent.is_dir() else ():
+        number = folder.name[len(prefix):]
+        if not number.isdigit() or folder.is_symlink() or \
+                not (folder / RESULTS_JSON).is_file():
+            continue
+        found.append({"version": int(number), "status": "done",
+                      "finished": (folder / RESULTS_JSON).stat().st_mtime,
+                      "current": folder.resolve() == current})
+    found.sort(key=lambda v: v["version"])
+    if study.version not in {v["version"] for v in found}:
+        found.append({"version": study.version, "status": study.status,
+                      "finished": study.finished, "current": False})
+    return found

@@ -10,10 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cinelab.errors import InputError
+from cinelab.infer.calibration import TemperatureScaler
+from cinelab.infer.calibration_state import STALE_NOTE
 from cinelab.infer.contract import read_predictions, read_run
+from cinelab.infer.uncertainty import UncertaintyState
+from cinelab.pipelines.cxr import calibrate as cxr_calibrate
+from cinelab.pipelines.cxr.calibrate import cxr_state_digest
 from cinelab.pipelines.cxr.ood import read_member_ood
 from cinelab.pipelines.cxr.run import CxrSettings, calibrate_step
-from cinelab.pipelines.cxr.uncertainty import RAW, read_cxr_state
+from cinelab.pipelines.cxr.uncertainty import RAW, read_cxr_state, write_cxr_state
 from cinelab.pipelines.registry import Options, get_pipeline
 from cinelab.report.classification import calibration_lines
 from cinelab.utils import read_json
@@ -26,7 +32,8 @@ OPTIONS = Options(n=60, seed=0, recipe="cxr-ensemble-cpu", max_epochs=1, extra={
 
 
 @pytest.mark.slow
-def test_run_calibrates_and_records_it(tmp_path: Path) -> None:
+def test_run_calibrates_and_records_it(tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     data, out = CXR.synth(tmp_path / "data", OPTIONS.n, OPTIONS.seed), tmp_path / "out"
     metrics = CXR.run(data, out, OPTIONS)
     cal = read_json(out / "calibration" / "calibration.json")
@@ -51,10 +58,38 @@ def test_run_calibrates_and_records_it(tmp_path: Path) -> None:
     # a cohort without a validation split: nothing fitted, and calibration.json says why
     manifest = pd.read_csv(out / "manifest.csv")
     manifest[manifest["split"] != "val"].to_csv(tmp_path / "noval.csv", index=False)
+    # all or nothing: the OOD fit fails after the temperature -> nothing stored, error says so
+    write_cxr_state(out / "ensemble", UncertaintyState(calibrator=TemperatureScaler(7.0)))
+    before = cxr_state_digest(out / "ensemble")
+    with monkeypatch.context() as patch:
+        patch.setattr(cxr_calibrate, "fit_member_ood", _fail)
+        with pytest.raises(InputError, match="earlier calibration, if any, is unchanged"):
+            cxr_calibrate.calibrate_cxr(out / "ensemble", data, tmp_path / "cal1",
+                                        Options(extra={"tta": 1}))
+    assert cxr_state_digest(out / "ensemble") == before is not None
+    assert read_cxr_state(out / "ensemble").calibrator.temperature == 7.0  # not refitted
+    # a run that cannot calibrate removes the earlier state, so predict applies none
     summary = calibrate_step(out / "ensemble", tmp_path / "noval.csv", None,
                              tmp_path / "cal2", CxrSettings(tta=1))
     assert summary["calibrated"] is False and "'val'" in summary["note"]
+    assert STALE_NOTE in summary["note"] and summary["state"] is None
     assert read_json(tmp_path / "cal2" / "calibration.json") == summary
+    assert cxr_state_digest(out / "ensemble") is None
+    assert read_member_ood(out / "ensemble") is None
+    assert read_cxr_state(out / "ensemble").calibrator is None
+    # rerunning the run sees its recorded state gone: it calibrates again and its
+    # predictions, run.json and the stored state agree
+    CXR.run(data, out, OPTIONS)
+    again = read_json(out / "calibration" / "calibration.json")
+    assert again["calibrated"] is True and again["state"] == cxr_state_digest(out / "ensemble")
+    state = read_cxr_state(out / "ensemble")
+    pred = read_predictions(out / "predictions")
+    assert np.allclose(pred["probability"], state.calibrator.apply(pred[RAW].to_numpy(float)))
+    assert read_run(out / "predictions")["calibration"]["state"] == again["state"]
+
+
+def _fail(*args: object, **kwargs: object) -> None:
+    raise InputError(None, "training features", "an invertible covariance", "singular")
 
 
 def test_report_lines_say_whether_calibrated() -> None:

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from cinelab.data.manifest import write_manifest
-from cinelab.errors import InputError, Problem
+from cinelab.errors import Problem
+from cinelab.infer.calibration_state import calibrate_or_note, is_current
 from cinelab.infer.contract import (
     PREDICTIONS_FILE,
     PROBLEMS_FILE,
@@ -37,7 +38,13 @@ from cinelab.infer.contract import (
     read_predictions,
     read_run,
 )
-from cinelab.pipelines.cxr.calibrate import CALIBRATION_JSON, CALIBRATION_SPLIT, calibrate_cxr
+from cinelab.pipelines.cxr.calibrate import (
+    CALIBRATION_JSON,
+    CALIBRATION_SPLIT,
+    calibrate_cxr,
+    clear_cxr_calibration,
+    cxr_state_digest,
+)
 from cinelab.pipelines.cxr.cohort import load_cxr_cohort
 from cinelab.pipelines.cxr.ensemble import train_ensemble
 from cinelab.pipelines.cxr.evaluate import evaluate, report
@@ -169,7 +176,7 @@ def _done_with(folder: Path, ensemble: str, **more: Any) -> bool:
 
 #: what run.json's ``calibration`` keeps of calibration.json
 RUN_KEYS = ("calibrated", "note", "temperature", "ece_before", "ece_after", "n_calibration",
-            "split", "ood", "ood_note", "ood_threshold", "ood_fit_split")
+            "split", "ood", "ood_note", "ood_threshold", "ood_fit_split", "state")
 
 
 def calibrate_step(ensemble: Path, data: Path, labels: Path | None, out: Path,
@@ -177,19 +184,21 @@ def calibrate_step(ensemble: Path, data: Path, labels: Path | None, out: Path,
     """Temperature and member OOD detectors of the trained ensemble, fitted as `cinelab
     calibrate` does (`calibrate_cxr`: the cohort's val split, OOD on its train split) into
     `out`/calibration.json (``calibrated``: true); without a val split, or when fitting
-    fails (e.g. one class only), nothing is fitted and the file says why (``calibrated``:
-    false, ``note``). Done once per ensemble.json."""
+    fails (e.g. one class only), nothing is fitted, state of an earlier calibration is
+    removed and the file says why (``calibrated``: false, ``note``). ``state`` is the digest
+    of what predict will read; done once per ensemble.json while that state is unchanged."""
     digest = file_hash(ensemble / ENSEMBLE_FILE)
-    if _done_with(out, digest):
+    if _done_with(out, digest) and \
+            is_current(read_json(out / CALIBRATION_JSON), lambda: cxr_state_digest(ensemble)):
         return read_json(out / CALIBRATION_JSON)
-    summary: dict[str, Any] = {"pipeline": "cxr", "calibrated": False}
-    try:
-        summary = {**calibrate_cxr(ensemble, data, out, Options(
-            split=CALIBRATION_SPLIT, labels=labels, seed=settings.seed, device=settings.device,
-            batch_size=settings.batch_size, extra={"tta": settings.tta})), "calibrated": True}
-    except InputError as exc:
-        summary["note"] = (f"not calibrated: {exc}; probability is the ensemble's own and "
-                           "there is no OOD flag")
+    summary = {"pipeline": "cxr", **calibrate_or_note(
+        lambda: calibrate_cxr(ensemble, data, out, Options(
+            split=CALIBRATION_SPLIT, labels=labels, seed=settings.seed,
+            device=settings.device, batch_size=settings.batch_size,
+            extra={"tta": settings.tta})),
+        lambda: cxr_state_digest(ensemble), lambda: clear_cxr_calibration(ensemble))}
+    if not summary["calibrated"]:
+        summary["note"] += "; probability is the ensemble's own and there is no OOD flag"
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / CALIBRATION_JSON, summary)
     mark_done(out, [CALIBRATION_JSON], ensemble=digest)
@@ -199,18 +208,19 @@ def calibrate_step(ensemble: Path, data: Path, labels: Path | None, out: Path,
 def _predict_split(ensemble: Path, split: str, out: Path, settings: CxrSettings,
                    source: Path, labels: Path | None, calibration: dict[str, Any]) -> None:
     """One split through the pipeline's predict (`predict_with_ood`), run.json saying
-    whether it is calibrated (``calibration``)."""
+    whether it is calibrated (``calibration``); done per ensemble and recorded calibration
+    (its ``state`` digest included)."""
     digest = file_hash(ensemble / ENSEMBLE_FILE)
-    calibrated = bool(calibration.get("calibrated"))
-    if _done_with(out, digest, calibrated=calibrated):
+    kept = {k: calibration[k] for k in RUN_KEYS if k in calibration}
+    if _done_with(out, digest, calibration=kept):
         return
     predict_with_ood(ensemble, source, out, Options(
         split=split, labels=labels, seed=settings.seed, device=settings.device,
         batch_size=settings.batch_size, extra={"tta": settings.tta}))
     run = read_run(out)
-    run["calibration"] = {k: calibration[k] for k in RUN_KEYS if k in calibration}
+    run["calibration"] = kept
     write_json(out / RUN_FILE, run)
-    mark_done(out, CONTRACT, ensemble=digest, calibrated=calibrated)
+    mark_done(out, CONTRACT, ensemble=digest, calibration=kept)
 
 
 def run_cxr(data: str | Path, out: str | Path, settings: CxrSettings | None = None,

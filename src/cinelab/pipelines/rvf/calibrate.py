@@ -26,12 +26,13 @@ from cinelab.errors import InputError
 from cinelab.evaluate.classification import TRUTH_COLUMN, join_labels
 from cinelab.evaluate.uncertainty import expected_calibration_error
 from cinelab.infer.calibration import TemperatureScaler
+from cinelab.infer.calibration_state import kept_state, state_digest
 from cinelab.infer.contract import read_predictions
 from cinelab.infer.ood import DEFAULT_QUANTILE, MahalanobisDetector
 from cinelab.infer.uncertainty import UncertaintyState
 from cinelab.infer.video_classify import recipe_clips, select_ids
 from cinelab.pipelines.registry import Options
-from cinelab.pipelines.rvf.ensemble import MEMBERS_DIR, is_ensemble, read_ensemble
+from cinelab.pipelines.rvf.ensemble import ENSEMBLE_FILE, MEMBERS_DIR, is_ensemble, read_ensemble
 from cinelab.pipelines.rvf.predict import (
     PREPARED_DIR,
     checkpoint_path,
@@ -39,7 +40,12 @@ from cinelab.pipelines.rvf.predict import (
     stacked_features,
 )
 from cinelab.pipelines.rvf.prepare import store_for
-from cinelab.pipelines.rvf.uncertainty import RAW, fit_temperature, write_rvf_state
+from cinelab.pipelines.rvf.uncertainty import (
+    RAW,
+    fit_temperature,
+    read_rvf_state,
+    write_rvf_state,
+)
 from cinelab.train.checkpoint import load_checkpoint
 from cinelab.utils import write_json
 
@@ -105,33 +111,64 @@ def calibrate_model(model: Path, data: Path, out: Path, options: Options) -> dic
 def calibrate_ensemble(folder: Path, options: Options) -> dict[str, Any]:
     """Pooled-validation temperature (ensemble.json) and a detector per member."""
     info, models = read_ensemble(folder)
-    pooled, thresholds = [], []
+    pooled, detectors = [], []
     for k, model in enumerate(models):
         view = PreparedStore(Path(folder) / MEMBERS_DIR / str(k) / "store")
         detector, videos = fit_detector(model, view, CALIBRATION_SPLIT,
                                         str(options.get("fit_split", FIT_SPLIT)), options)
-        write_rvf_state(model, UncertaintyState(ood=detector))
-        thresholds.append(detector.threshold)
+        detectors.append(detector)
         val_dir = Path(folder) / MEMBERS_DIR / str(k) / "val"
         pooled.append(read_predictions(val_dir) if (val_dir / "predictions.csv").is_file()
                       else videos)
     table = pd.concat(pooled, ignore_index=True)
     labels = read_manifest(Path(info["store"]) / "manifest.csv")
     scaler = fit_temperature(table, labels)
+    found = {"model": str(folder), "store": str(info["store"]), "split": "members' val",
+             "ood": "mahalanobis per member",
+             "ood_thresholds": [d.threshold for d in detectors],
+             **_ece(scaler, table, labels)}
+    for model, detector in zip(models, detectors, strict=True):  # everything fitted: store
+        write_rvf_state(model, UncertaintyState(ood=detector))
     write_rvf_state(folder, UncertaintyState(calibrator=scaler))
-    return {"model": str(folder), "store": str(info["store"]), "split": "members' val",
-            "ood": "mahalanobis per member", "ood_thresholds": thresholds,
-            **_ece(scaler, table, labels)}
+    return found
 
 
 def calibrate_rvf(model: Path, data: Path, out: Path, options: Options) -> dict[str, Any]:
     """The pipeline's calibrate: `calibrate_ensemble` for an ensemble folder (its members'
     own splits; `data` unused), else `calibrate_model` on `data`; writes and returns
-    calibration.json's content."""
+    calibration.json's content. Everything is fitted before anything is stored: when a part
+    fails nothing is, and the error says the earlier state is unchanged."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    found = calibrate_ensemble(Path(model), options) if is_ensemble(model) \
-        else calibrate_model(Path(model), Path(data), out, options)
+    try:
+        found = calibrate_ensemble(Path(model), options) if is_ensemble(model) \
+            else calibrate_model(Path(model), Path(data), out, options)
+    except InputError as exc:
+        raise kept_state(exc) from exc
     summary = {"pipeline": "rvf", "data": str(data), **found}
     write_json(out / CALIBRATION_JSON, summary)
     return summary
+
+
+def state_files(model: Path) -> list[Path]:
+    """The files holding the state `predict` applies: ensemble.json and the members'
+    checkpoints of an ensemble folder, else the checkpoint."""
+    if is_ensemble(model):
+        return [Path(model) / ENSEMBLE_FILE, *read_ensemble(model)[1]]
+    return [checkpoint_path(model)]
+
+
+def rvf_state_digest(model: Path) -> str | None:
+    """Digest of the calibration state files of `model` (None when it carries none)."""
+    files = state_files(model)
+    if all(read_rvf_state(f.parent if f.name == ENSEMBLE_FILE else f).empty for f in files):
+        return None
+    return state_digest(files)
+
+
+def clear_rvf_calibration(model: Path) -> None:
+    """Remove the stored temperature and OOD detectors of `model` (and its members)."""
+    for f in state_files(model):
+        target = f.parent if f.name == ENSEMBLE_FILE else f
+        if not read_rvf_state(target).empty:
+            write_rvf_state(target, UncertaintyState())

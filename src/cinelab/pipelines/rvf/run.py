@@ -34,6 +34,7 @@ from cinelab.data.manifest import read_manifest
 from cinelab.errors import InputError
 from cinelab.evaluate.classification import SCORE_COLUMN, TRUTH_COLUMN, join_labels
 from cinelab.evaluate.metrics import youden_threshold
+from cinelab.infer.calibration_state import calibrate_or_note, is_current
 from cinelab.infer.contract import (
     PREDICTIONS_FILE,
     PROBLEMS_FILE,
@@ -47,6 +48,8 @@ from cinelab.pipelines.rvf.calibrate import (
     CALIBRATION_SPLIT,
     FIT_SPLIT,
     calibrate_rvf,
+    clear_rvf_calibration,
+    rvf_state_digest,
 )
 from cinelab.pipelines.rvf.discover import is_rvf_cohort, rvf_tables
 from cinelab.pipelines.rvf.ensemble import (
@@ -66,7 +69,7 @@ from cinelab.pipelines.rvf.report import rvf_report
 from cinelab.train.checkpoint import load_checkpoint, save_checkpoint
 from cinelab.train.fit import fit
 from cinelab.train.recipe import Recipe, load_recipe
-from cinelab.utils import is_done, mark_done, read_json, write_csv, write_json
+from cinelab.utils import DONE_FILE, is_done, mark_done, read_json, write_csv, write_json
 
 DEFAULT_RECIPE = "rvf-twostream-cpu"
 DEFAULT_SPLIT = "test"
@@ -182,8 +185,9 @@ def threshold_step(model: Path, paths: RvfPaths, options: Options) -> None:
     given = options.get("threshold", YOUDEN)
     loaded = load_checkpoint(model)
     extra = dict(loaded.info.get("extra") or {})
-    if given == YOUDEN and "threshold" in extra:
-        return
+    if (given == YOUDEN and "threshold" in extra) or \
+            (given != YOUDEN and extra.get("threshold") == float(given)):
+        return  # kept: rewriting would change the checkpoint (and its calibration digest)
     value, source = (float(given), "given") if given != YOUDEN \
         else youden_on_val(model, paths, options)
     extra.update(threshold=value, threshold_source=source)
@@ -194,27 +198,26 @@ def threshold_step(model: Path, paths: RvfPaths, options: Options) -> None:
 def calibrate_step(model: Path, paths: RvfPaths, options: Options) -> dict[str, Any]:
     """Temperature and OOD detector of the trained model (or ensemble folder), fitted as
     `cinelab calibrate` does, into OUT/calibration/calibration.json (``calibrated``: true);
-    without a validation (or training) split, or when fitting fails, that file says why and
-    nothing is fitted (``calibrated``: false, ``note``)."""
-    if is_done(paths.calibration):
+    without a validation (or training) split, or when fitting fails, that file says why,
+    nothing is fitted and state of an earlier calibration is removed (``calibrated``: false,
+    ``note``). ``state`` is the digest of what predict will read: done while it holds."""
+    stored = lambda: rvf_state_digest(model)  # noqa: E731 - passed on, read twice
+    if is_done(paths.calibration) and \
+            is_current(read_json(paths.calibration / CALIBRATION_JSON), stored):
         return read_json(paths.calibration / CALIBRATION_JSON)
     splits = set(read_manifest(paths.store / "manifest.csv")["split"].astype(str))
     missing = [s for s in (CALIBRATION_SPLIT, FIT_SPLIT) if s not in splits]
-    summary: dict[str, Any] = {"pipeline": "rvf", "calibrated": False}
-    if missing and not is_ensemble(model):
-        summary["note"] = (f"not calibrated: the store has no '{missing[0]}' split "
-                           f"(splits {sorted(splits)}); probability is the model's own and "
-                           "there is no OOD flag")
-    else:
-        try:
-            summary = {**calibrate_rvf(model, paths.store, paths.calibration,
-                                       replace(options, split=None)), "calibrated": True}
-        except InputError as exc:
-            summary["note"] = f"not calibrated: {exc}"
+    why_not = (f"not calibrated: the store has no '{missing[0]}' split (splits "
+               f"{sorted(splits)})") if missing and not is_ensemble(model) else None
+    summary = {"pipeline": "rvf", **calibrate_or_note(
+        lambda: calibrate_rvf(model, paths.store, paths.calibration,
+                              replace(options, split=None)),
+        stored, lambda: clear_rvf_calibration(model), why_not)}
+    if not summary["calibrated"]:
+        summary["note"] += "; probability is the model's own and there is no OOD flag"
     paths.calibration.mkdir(parents=True, exist_ok=True)
     write_json(paths.calibration / CALIBRATION_JSON, summary)
-    if summary["calibrated"]:  # the stored state changed the model files: still done
-        _remark_models(model, paths)
+    _remark_models(model, paths)  # the stored state may have changed the model files
     mark_done(paths.calibration, [CALIBRATION_JSON])
     return summary
 
@@ -230,7 +233,7 @@ def _remark_models(model: Path, paths: RvfPaths) -> None:
 
 #: what run.json's "calibration" keeps of calibration.json
 RUN_KEYS = ("calibrated", "note", "temperature", "ece_before", "ece_after", "n_calibration",
-            "split", "ood", "ood_threshold", "ood_thresholds")
+            "split", "ood", "ood_threshold", "ood_thresholds", "state")
 
 
 def record_calibration(pred: Path, summary: dict[str, Any]) -> None:
@@ -263,20 +266,25 @@ def run_rvf(data: Path, out: Path, options: Options | None = None) -> dict[str, 
         folder, model = ensemble_step(recipe, paths, options)
     else:
         model = train_step(recipe, paths, options)
-    if not is_done(paths.predictions):
+    if members > 1:
+        summary = calibrate_step(folder, paths, options)
+    else:
+        threshold_step(model, paths, options)
+        summary = calibrate_step(model, paths, options)
+    kept = {k: summary[k] for k in RUN_KEYS if k in summary}
+    if not (is_done(paths.predictions) and
+            read_json(paths.predictions / DONE_FILE).get("calibration") == kept):
         if members > 1:
             given = options.get("threshold", YOUDEN)
-            summary = calibrate_step(folder, paths, options)
             predict_ensemble(folder, paths.store, paths.predictions,
                              _with(options, split=split,
                                    threshold=None if given == YOUDEN else float(given)))
         else:
-            threshold_step(model, paths, options)
-            summary = calibrate_step(model, paths, options)
             predict_rvf(model, paths.store, paths.predictions,
                         _with(options, split=split, threshold=None))
         record_calibration(paths.predictions, summary)
-        mark_done(paths.predictions, CONTRACT_FILES)
+        mark_done(paths.predictions, CONTRACT_FILES, calibration=kept)
+        (paths.evaluation / DONE_FILE).unlink(missing_ok=True)  # evaluate the new ones
     if not is_done(paths.evaluation):
         evaluate_rvf(paths.predictions, paths.evaluation, replace(options, labels=None))
         mark_done(paths.evaluation, [METRICS_FILE])
