@@ -114,6 +114,10 @@ def test_whole_chain_trains_once_and_resumes(raw, tmp_path):
     out = _ok(["cxr", "run", raw, "--out", tmp_path, "--tta", 2, "--max-epochs", 1,
                *SETTINGS]).output
     assert model_pt.read_bytes() == first and "test AUC" in out
+    cal = json.loads((tmp_path / "calibration" / "calibration.json").read_text())
+    said = cal["note"] if not cal["calibrated"] else \
+        f"calibrated on the {cal['split']} split: temperature {cal['temperature']:.3f}"
+    assert " ".join(said.split()) in " ".join(out.split())  # one line, calibrated or why not
     run = json.loads((tmp_path / "predictions" / "run.json").read_text())
     assert (run["mask_source"], run["crop_source"]) == ("files", "files")
     metrics = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())

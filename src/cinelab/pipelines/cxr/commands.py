@@ -42,7 +42,7 @@ from cinelab.pipelines.cxr.run import (
     run_cxr,
 )
 from cinelab.pipelines.registry import Options
-from cinelab.report.classification import build_classification_report
+from cinelab.report.classification import build_classification_report, calibration_lines
 from cinelab.train.recipe import load_recipe
 
 cxr_app = typer.Typer(no_args_is_help=True, help="Chest X-ray ensemble (DeepCOVID-XR): lung "
@@ -223,6 +223,9 @@ def run_cmd(
     Grad-CAM and report (resumable: finished steps are reused; alias of `cinelab run cxr`)."""
     settings = CxrSettings(recipe, tta, processes, max_epochs, train_lung, tuple(set_ or ()))
     m = run_cxr(raw, out, settings)
+    for line in calibration_lines(m):  # calibrated, or the note why not
+        console.print(line, style=None if m.get("calibrated") else "yellow",
+                      highlight=False, markup=False)
     console.print(f"test AUC {m['auc']:.3f} ({m['auc_ci_low']:.3f}-{m['auc_ci_high']:.3f}), "
                   f"sensitivity {m['sensitivity']:.3f}, specificity {m['specificity']:.3f}")
     console.print(f"report -> {CxrPaths(Path(out)).report}")

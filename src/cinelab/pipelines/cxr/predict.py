@@ -1,6 +1,7 @@
 """Chest X-ray ensemble prediction on raw files: read, lung crop, sizes, members x TTA,
 weighted ensemble probability, the prediction contract (Grad-CAM lives in
-`cinelab.pipelines.cxr.gradcam`).
+`cinelab.pipelines.cxr.gradcam`; the loaded ensemble, its loading and engine setup in
+`cinelab.pipelines.cxr.model`, re-exported here).
 
 An ensemble folder is what `cinelab.pipelines.cxr.ensemble.train_ensemble` writes: ``ensemble.json``
 (weights, members with their crop and size, the validation-tuned threshold), the members'
@@ -46,15 +47,11 @@ from cinelab.infer.contract import (
     run_record,
     write_contract,
 )
-from cinelab.infer.engine_outputs import Engine, FeatureSpec
-from cinelab.infer.engines import AUTO, engine_checkpoint
-from cinelab.infer.ensemble import EnsembleWeights, load_ensemble_weights
+from cinelab.infer.engine_outputs import FeatureSpec
 from cinelab.infer.tta import tta_views
-from cinelab.io.cxr_dicom import CxrAcceptance, read_cxr
+from cinelab.io.cxr_dicom import read_cxr
 from cinelab.pipelines.cxr.cohort import MANIFEST, load_cxr_cohort
 from cinelab.pipelines.cxr.crop import (
-    NO_CROP_MODES,
-    VARIANTS,
     CxrVariants,
     acceptance,
     cxr_variants,
@@ -63,53 +60,34 @@ from cinelab.pipelines.cxr.crop import (
     resolve_mask_source,
 )
 from cinelab.pipelines.cxr.layout import find_mask, list_images, unique_ids
-from cinelab.pipelines.cxr.members import DEFAULT_BATCH, load_member, predict_member, to_batch
+from cinelab.pipelines.cxr.members import DEFAULT_BATCH, predict_member, to_batch
+from cinelab.pipelines.cxr.members import load_member as load_member
 from cinelab.pipelines.cxr.members import positive_probability as positive_probability
 from cinelab.pipelines.cxr.members import predict_arrays as predict_arrays
+from cinelab.pipelines.cxr.model import DEFAULT_THRESHOLD as DEFAULT_THRESHOLD
+from cinelab.pipelines.cxr.model import (
+    ENSEMBLE_FILE,
+    CxrEnsemble,
+    engine_members,
+    load_cxr_model,
+)
+from cinelab.pipelines.cxr.model import CxrMember as CxrMember
+from cinelab.pipelines.cxr.model import is_cxr_ensemble as is_cxr_ensemble
+from cinelab.pipelines.cxr.model import load_cxr_ensemble as load_cxr_ensemble
 from cinelab.pipelines.cxr.uncertainty import annotate_cxr, read_cxr_state
 from cinelab.pipelines.registry import Options
-from cinelab.train.checkpoint import LoadedCheckpoint, load_checkpoint
+from cinelab.train.checkpoint import LoadedCheckpoint
 from cinelab.utils import write_csv
 
 PIPELINE = "cxr"
 TASK = "image_classification"
-ENSEMBLE_FILE = "ensemble.json"
 PREDICTIONS_CSV, PROBLEMS_CSV = PREDICTIONS_FILE, PROBLEMS_FILE
 MEMBER_PREFIX = "probability_"
 STAGE = "cxr-predict"
-DEFAULT_THRESHOLD = 0.5
 MASK_SOURCES = ("auto", "unet", "files", "none")
 COLUMNS = ["sample_id", "patient_id", "probability", "prediction", "threshold"]
 CROP_COLUMNS = ["file", "cropped", "crop_reason", "height", "width", "tta"]
 LUNG_PROBABILITY = 0.5  # one-channel U-Net: lung where sigmoid > this; K channels: argmax > 0
-
-
-@dataclass
-class CxrMember:
-    """One loaded member: its name, store variant (crop, size) and checkpoint."""
-
-    name: str
-    crop: str
-    size: int
-    loaded: LoadedCheckpoint
-
-
-@dataclass
-class CxrEnsemble:
-    """A loaded ensemble: members, weights, threshold and the optional lung U-Net."""
-
-    root: Path
-    members: list[CxrMember]
-    weights: EnsembleWeights
-    threshold: float
-    lung: LoadedCheckpoint | None = None
-    crop_source: str | None = None  # the masks its members were trained on (ensemble.json)
-    accept: CxrAcceptance = field(default_factory=CxrAcceptance)  # which DICOMs are CXRs
-
-    @property
-    def sizes(self) -> list[int]:
-        """Every image side the members need."""
-        return sorted({m.size for m in self.members})
 
 
 @dataclass
@@ -120,59 +98,6 @@ class CxrPredictions:
     problems: list[Problem] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
     features: dict[str, np.ndarray] = field(default_factory=dict)  # per member, table rows
-
-
-# --------------------------------------------------------------------------- models
-
-
-def load_cxr_ensemble(root: str | Path) -> CxrEnsemble:
-    """The ensemble written by `train_ensemble` under `root`."""
-    root = Path(root)
-    weights = load_ensemble_weights(root / ENSEMBLE_FILE)
-    info = weights.details.get("member_info") or {}
-    missing = [n for n in weights.members or [] if n not in info]
-    if not weights.members or missing:
-        raise InputError(root / ENSEMBLE_FILE, "details.member_info",
-                         "crop, size and checkpoint of every member",
-                         f"nothing for {missing or 'any member'}",
-                         "re-run `cinelab cxr train-ensemble` to rewrite it")
-    members = [CxrMember(n, str(info[n]["crop"]), int(info[n]["size"]),
-                         load_member(root / info[n]["checkpoint"])) for n in weights.members]
-    lung_rel = weights.details.get("lung_model")
-    lung = load_checkpoint(root / lung_rel) if lung_rel else None
-    threshold = weights.details.get("threshold")
-    return CxrEnsemble(root, members, weights,
-                       DEFAULT_THRESHOLD if threshold is None else float(threshold), lung,
-                       weights.details.get("crop_source"))
-
-
-def is_cxr_ensemble(model: str | Path) -> bool:
-    """An ensemble folder written by `train_ensemble` (or its ensemble.json)."""
-    path = Path(model)
-    file = path / ENSEMBLE_FILE if path.is_dir() else path
-    return file.name == ENSEMBLE_FILE and file.is_file() and \
-        "member_info" in file.read_text(errors="replace")
-
-
-def load_cxr_model(model: str | Path) -> CxrEnsemble:
-    """An ensemble folder (or its ensemble.json), or one image_classification checkpoint
-    as a one-member ensemble (its crop from the recipe, size from its input spec)."""
-    path = Path(model)
-    if not path.exists():
-        raise InputError(path, "model", "an ensemble folder (with ensemble.json) or an "
-                         "image_classification checkpoint", "no such file or folder")
-    if path.is_dir() or path.name == ENSEMBLE_FILE:
-        return load_cxr_ensemble(path if path.is_dir() else path.parent)
-    loaded = load_member(path)
-    raw = str((loaded.recipe.get("data") or {}).get("crop") or "")
-    crop = raw if raw in VARIANTS else "uncrop" if raw in ("", *NO_CROP_MODES) else "crop"
-    name = f"{(loaded.recipe.get('model') or {}).get('name', 'model')}-{loaded.input_spec.size}"
-    weights = EnsembleWeights(np.ones(1), "single", "binary", [name], {})
-    extra = loaded.info.get("extra") or {}
-    threshold = extra.get("threshold")
-    return CxrEnsemble(path.parent, [CxrMember(name, crop, int(loaded.input_spec.size), loaded)],
-                       weights, DEFAULT_THRESHOLD if threshold is None else float(threshold),
-                       crop_source=extra.get("crop_source"))
 
 
 # --------------------------------------------------------------------------- lung crop
@@ -399,25 +324,6 @@ def predict_run(model: Path, source: Path, out: Path, options: Options,
         write_csv(annotate_cxr(written, read_cxr_state(Path(model))), Path(out) /
                   PREDICTIONS_FILE)
     return result
-
-
-def engine_members(ensemble: CxrEnsemble, engine: str, device: str = "cpu",
-                   features: Mapping[str, FeatureSpec] | None = None) -> dict[str, Any]:
-    """Put every member behind `engine` (`infer.engines`: each exported once for this
-    call, with the ``features`` output `features` names for it, else the default; the lung
-    U-Net stays eager); run.json's ``engine``."""
-    for member in ensemble.members:
-        spec = (features or {}).get(member.name)
-        member.loaded = engine_checkpoint(member.loaded, engine, device,
-                                          features=AUTO if spec is None else spec)
-    return {"name": engine, **{m.name: _engine_info(m.loaded.model) for m in ensemble.members
-                               if engine != "eager"}}
-
-
-def _engine_info(engine: Engine) -> dict[str, Any]:
-    """run.json's record of one member's engine: its info and its ``features`` output."""
-    features = None if engine.features is None else engine.features.to_dict()
-    return {**engine.info, "features": features}
 
 
 def input_files(source: Path, options: Options

@@ -262,11 +262,11 @@ def _path(value: str | Path | None) -> Path | None:
 def record_calibration(evaluation: Path, metrics: dict[str, Any],
                        calibration: dict[str, Any]) -> dict[str, Any]:
     """`metrics` and the evaluation's metrics.json (what the report shows) with
-    ``calibration``: what was fitted, or the note why not."""
+    ``calibration``: what was fitted, or the note why not (and ``calibrated``)."""
     kept = {k: calibration[k] for k in RUN_KEYS if k in calibration}
     path = evaluation / "metrics.json"
     write_json(path, {**read_json(path), "calibration": kept})
-    return {**metrics, "calibrated": bool(kept.get("calibrated"))}
+    return {**metrics, "calibrated": bool(kept.get("calibrated")), "calibration": kept}
 
 
 def run(data: Path, out: Path, options: Options) -> dict[str, Any]:
