@@ -15,7 +15,11 @@ import torch
 import yaml
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    Comprehensive3DSRStorage,
+    SegmentationStorage,
+)
 from torch import nn
 
 from cinelab.data.store import PreparedStore
@@ -171,6 +175,22 @@ def send_instances(port: int, context: str, *datasets: Dataset) -> list[int]:
         return [int(assoc.send_c_store(ds).Status) for ds in datasets]
     finally:
         assoc.release()
+
+
+def capture_scp() -> tuple[Any, list[Dataset]]:
+    """A PACS stand-in on a free port that keeps the SRs and SEGs forwarded to it."""
+    received: list[Dataset] = []
+
+    def keep(event: Any) -> int:
+        received.append(event.dataset)
+        return 0
+
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context(Comprehensive3DSRStorage)
+    ae.add_supported_context(SegmentationStorage)
+    server = ae.start_server(("127.0.0.1", 0), block=False,
+                             evt_handlers=[(evt.EVT_C_STORE, keep)])
+    return server, received
 
 
 def wait_done(service: Any, uid: str) -> Any:

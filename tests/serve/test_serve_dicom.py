@@ -16,21 +16,16 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
-from pynetdicom import AE, evt
+from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    Comprehensive3DSRStorage,
-    SegmentationStorage,
     UltrasoundMultiFrameImageStorage,
     Verification,
 )
-from serve_fixtures import PHI, VIEW_WORDS, us_dicom
+from serve_fixtures import PHI, VIEW_WORDS, capture_scp, us_dicom, wait_done
 
 from cinelab.serve.node import start_node
-from cinelab.serve.queue import DONE
 from cinelab.serve.sr import measure_columns, read_sr_measurements, write_sr
 from conftest import real_path
-
-WAIT_S = 60.0
 
 
 def _scu() -> AE:
@@ -48,33 +43,6 @@ def _send(port: int, *datasets: Dataset) -> list[int]:
         return [int(assoc.send_c_store(ds).Status) for ds in datasets]
     finally:
         assoc.release()
-
-
-def _wait_done(service: Any, uid: str) -> Any:
-    deadline = time.time() + WAIT_S
-    while time.time() < deadline:
-        study = service.queue.get(uid)
-        if study is not None and study.status not in ("receiving", "queued", "running"):
-            assert study.status == DONE, study.reason
-            return study
-        time.sleep(0.1)
-    raise AssertionError("study not processed in time")
-
-
-def _capture_scp() -> tuple[Any, list[Dataset]]:
-    """A second node that keeps what is forwarded to it."""
-    received: list[Dataset] = []
-
-    def keep(event: Any) -> int:
-        received.append(event.dataset)
-        return 0
-
-    ae = AE(ae_title="PACS")
-    ae.add_supported_context(Comprehensive3DSRStorage)
-    ae.add_supported_context(SegmentationStorage)
-    server = ae.start_server(("127.0.0.1", 0), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, keep)])
-    return server, received
 
 
 def test_echo(service_factory: Any) -> None:
@@ -101,14 +69,14 @@ def test_instance_limit_refused_and_quiet_time(service_factory: Any, tmp_path: P
 @pytest.mark.filterwarnings("ignore:.*person name")
 def test_real_ultrasound_gets_sr_and_seg(service_factory: Any, tmp_path: Path) -> None:
     source = real_path("echo-dicom", "examples_ybr_color.dcm")
-    pacs, forwarded = _capture_scp()
+    pacs, forwarded = capture_scp()
     try:
         service = service_factory(node=True, forward={
             "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.server_address[1]})
         sent = pydicom.dcmread(source)
         assert _send(service.dicom_port, sent) == [0]
         assert _send(service.dicom_port, sent) == [0]  # a duplicate is accepted, ignored
-        study = _wait_done(service, str(sent.StudyInstanceUID))
+        study = wait_done(service, str(sent.StudyInstanceUID))
         assert study.n_instances == 1 and study.completions == 1
         folder = service.paths.results(study.uid)
         sop = str(sent.SOPInstanceUID)
@@ -179,7 +147,7 @@ def test_planted_phi_never_reaches_logs_or_outputs(service_factory: Any, tmp_pat
     time.sleep(0.1)
     [study] = service.queue.studies()
     assert study.uid != original_study
-    _wait_done(service, study.uid)
+    wait_done(service, study.uid)
     shutil.copy(service.paths.db, tmp_path / "copy.db")  # WAL content included by sqlite
     haystack = _all_bytes(service.paths.root).lower() + caplog.text.lower().encode()
     for value in [*PHI.values(), "PATIENT-12345", "John",

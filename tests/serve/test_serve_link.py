@@ -12,32 +12,20 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
-from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    Comprehensive3DSRStorage,
-    SegmentationStorage,
+from serve_fixtures import (
+    PHI,
+    QUICK_DICOM,
+    capture_scp,
+    chest_dicom,
+    send_instances,
+    tiny_cxr,
+    wait_done,
 )
-from serve_fixtures import PHI, QUICK_DICOM, chest_dicom, send_instances, tiny_cxr, wait_done
 
 from cinelab.serve.link import read_links, record_links, relink, uids_of
 
 WAIT_S = 20.0
 
-
-def _capture_scp() -> tuple[Any, list[Dataset]]:
-    """A PACS stand-in that keeps what is forwarded to it."""
-    received: list[Dataset] = []
-
-    def keep(event: Any) -> int:
-        received.append(event.dataset)
-        return 0
-
-    ae = AE(ae_title="PACS")
-    ae.add_supported_context(Comprehensive3DSRStorage)
-    ae.add_supported_context(SegmentationStorage)
-    server = ae.start_server(("127.0.0.1", 0), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, keep)])
-    return server, received
 
 
 def _evidence(sr: Dataset) -> tuple[str, str, str]:
@@ -72,7 +60,7 @@ def test_record_read_and_relink(tmp_path: Path) -> None:
 def test_forwarded_sr_links_to_the_original_study(service_factory: Any, tmp_path: Path,
                                                   link: bool) -> None:
     model = tiny_cxr(tmp_path / "cxr")
-    pacs, forwarded = _capture_scp()
+    pacs, forwarded = capture_scp()
     try:
         service = service_factory(
             node=True, models={"cxr": {"path": str(model), "pipeline": "cxr"}},
