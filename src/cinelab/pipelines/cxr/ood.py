@@ -40,8 +40,8 @@ from cinelab.pipelines.cxr.predict import (
     to_batch,
 )
 from cinelab.pipelines.registry import Options
-from cinelab.train.checkpoint import read_checkpoint, update_checkpoint_extra
-from cinelab.utils import atomic_path, write_csv, write_json
+from cinelab.train.checkpoint import read_checkpoint
+from cinelab.utils import write_csv, write_json
 
 OOD_FILE, EXTRA_KEY, FORMAT = "ood.pt", "cxr_ood", "cinelab-cxr-ood/1"
 OOD_QUANTILE, POOL, BATCH = DEFAULT_QUANTILE, "mean", 16
@@ -90,17 +90,6 @@ def read_member_ood(model: Path) -> MemberOOD | None:
             else None
     state = (read_checkpoint(model).get("extra") or {}).get(EXTRA_KEY)
     return None if state is None else MemberOOD.from_dict(state)
-
-
-def write_member_ood(model: Path, ood: MemberOOD) -> Path:
-    """Store `ood`: ood.pt in an ensemble folder, else the checkpoint's extra."""
-    model = Path(model)
-    folder = model if model.is_dir() else model.parent if model.suffix == ".json" else None
-    if folder is not None:
-        with atomic_path(folder / OOD_FILE) as tmp:
-            torch.save(ood.to_dict(), tmp)
-        return folder / OOD_FILE
-    return update_checkpoint_extra(model, {EXTRA_KEY: ood.to_dict()})
 
 
 def _batch(member: CxrMember, images: np.ndarray) -> torch.Tensor:
